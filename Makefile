@@ -1,0 +1,55 @@
+# maskloop developer commands. `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: help install demo serve test lint typecheck importlint unit bench services clean
+
+help:
+	@echo "make demo   - install, migrate an SQLite database under data/, load demo phantoms, serve on :8000"
+	@echo "make test   - lint, type-check, import contracts, and the whole pytest suite (PostgreSQL + Redis)"
+	@echo "make bench  - run the benchmarks and write bench/results.json"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel
+	$(BIN)/pip install -q -e '.[ml,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/maskloop migrate
+	$(BIN)/maskloop demo-data
+	$(BIN)/maskloop serve
+
+serve: install
+	$(BIN)/maskloop serve
+
+services:
+	@bash scripts/services.sh
+
+lint: install
+	$(BIN)/ruff check backend worker tests bench migrations
+	$(BIN)/ruff format --check backend worker tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+importlint: install
+	$(BIN)/lint-imports
+
+test: install services lint typecheck importlint
+	$(BIN)/pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+
+bench: install services
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,77 @@
+"""The HTTP API: routers mounted under /api, domain errors mapped to status codes, limits enforced."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from backend.audit.router import router as audit_router
+from backend.auth.router import router as auth_router
+from backend.auth.router import users_router
+from backend.core.config import Settings
+from backend.core.errors import (
+    Conflict,
+    DomainError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    Unauthenticated,
+)
+from backend.labels.router import router as labels_router
+from backend.projects.router import router as projects_router
+from backend.scans.router import router as scans_router
+
+STATUS_OF: dict[type[DomainError], int] = {
+    InvalidInput: 422,
+    NotFound: 404,
+    Unauthenticated: 401,
+    PermissionDenied: 403,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+}
+
+
+def _status_for(error: DomainError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return 400
+
+
+async def domain_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """Render a domain error as JSON: a readable message, a machine code and details."""
+    assert isinstance(exc, DomainError)
+    code = _status_for(exc)
+    headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+    body = {"detail": exc.message, "error": exc.code, **exc.details}
+    return JSONResponse(status_code=code, content=body, headers=headers)
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Mount every router and the error handling on an app."""
+    app.add_exception_handler(DomainError, domain_error_handler)
+
+    @app.middleware("http")
+    async def refuse_oversized(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """Refuse a body larger than the limit before reading it, when the client announces its size."""
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_upload_bytes + (1 << 20):
+            return JSONResponse(
+                status_code=413,
+                content={
+                    "detail": f"request body is larger than the upload limit of {settings.max_upload_mb} MiB",
+                    "error": "payload_too_large",
+                },
+            )
+        return await call_next(request)
+
+    for router in (auth_router, users_router, projects_router, scans_router, labels_router, audit_router):
+        app.include_router(router)
+
+    @app.get("/api/health", tags=["meta"])
+    def health() -> dict[str, str]:
+        """Liveness probe."""
+        return {"status": "ok"}

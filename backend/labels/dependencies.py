@@ -1,0 +1,45 @@
+"""Label version lookups with the caller's project role checked (outsiders see 404)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import Depends
+
+from backend.auth.dependencies import CurrentUser, DbSession
+from backend.core.errors import NotFound
+from backend.labels import service
+from backend.models import LabelVersion, Scan, User
+from backend.projects import service as projects
+from backend.scans import service as scans
+
+
+@dataclass(frozen=True)
+class VersionAccess:
+    """A label version the caller may act on, with its scan."""
+
+    version: LabelVersion
+    scan: Scan
+    user: User
+    role: str
+
+
+def version_access(permission: str) -> Callable[..., VersionAccess]:
+    """A dependency that loads version {version_id} and checks the caller's permission on its project."""
+
+    def dependency(version_id: int, db: DbSession, user: CurrentUser) -> VersionAccess:
+        version = service.get_version(db, version_id)
+        scan = scans.get_scan(db, version.scan_id)
+        try:
+            role = projects.authorize(db, user, scan.project_id, permission)
+        except NotFound as exc:
+            raise NotFound(f"label version {version_id} not found") from exc
+        return VersionAccess(version=version, scan=scan, user=user, role=role)
+
+    return dependency
+
+
+def require_version(permission: str) -> VersionAccess:
+    """Shorthand for Depends(version_access(permission))."""
+    return Depends(version_access(permission))

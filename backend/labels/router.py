@@ -1,0 +1,295 @@
+"""Label version endpoints: create (masks, combined map, patch), read, lineage, masks, combined map, diff."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile as StarletteUploadFile
+
+from backend.auth.dependencies import Blobs, DbSession, SettingsDep
+from backend.core.errors import InvalidInput, NotFound, PayloadTooLarge
+from backend.core.uploads import read_limited
+from backend.imaging import chunks, nifti
+from backend.labels import service
+from backend.labels.dependencies import VersionAccess, require_version
+from backend.labels.schemas import (
+    AuthorOut,
+    DiffOut,
+    PatchRequest,
+    StructureDiffOut,
+    VersionOut,
+    VersionStructureOut,
+)
+from backend.models import LabelVersion, Scan, Structure, User
+from backend.projects import service as projects
+from backend.scans import service as scans
+from backend.scans.dependencies import ScanAccess, require_scan
+
+router = APIRouter(tags=["labels"])
+
+NIFTI_MEDIA = "application/octet-stream"
+
+
+def version_out(version: LabelVersion, scan: Scan, structures: list[Structure], authors: dict[int, User]) -> VersionOut:
+    """Serialise a version with its per-structure rows in schema order."""
+    by_id = {s.id: s for s in structures}
+    author = authors.get(version.author_user_id) if version.author_user_id else None
+    rows = sorted(version.structures, key=lambda e: by_id[e.structure_id].position)
+    return VersionOut(
+        id=version.id,
+        scan_id=version.scan_id,
+        parent_id=version.parent_id,
+        kind=version.kind,
+        author=AuthorOut(
+            user_id=version.author_user_id,
+            display_name=author.display_name if author else None,
+            model_version_id=version.author_model_version_id,
+        ),
+        message=version.message,
+        created_at=version.created_at,
+        is_head=scan.head_version_id == version.id,
+        is_branch=version.is_branch,
+        new_bytes=version.new_bytes,
+        structures=[
+            VersionStructureOut(
+                name=by_id[e.structure_id].name,
+                label_value=by_id[e.structure_id].label_value,
+                status=e.status,
+                voxel_count=e.voxel_count,
+                volume_ml=e.volume_ml,
+                changed=e.changed,
+            )
+            for e in rows
+        ],
+    )
+
+
+def _one_out(db: DbSession, version: LabelVersion, scan: Scan) -> VersionOut:
+    return version_out(version, scan, projects.structures_of(db, scan.project_id), service.authors_of(db, [version]))
+
+
+def _kind_for(user: User, kind: str) -> str:
+    if kind not in ("human", "import", "model"):
+        raise InvalidInput(f"kind {kind!r} cannot be uploaded; use 'human', 'import' or 'model'")
+    if kind == "model" and not user.is_service:
+        raise InvalidInput("only a model worker's service account may upload a 'model' version")
+    return kind
+
+
+@router.get("/api/scans/{scan_id}/versions", response_model=list[VersionOut])
+def list_versions(db: DbSession, access: ScanAccess = require_scan("read")) -> list[VersionOut]:
+    """Every version of a scan, oldest first; parent ids give the lineage graph."""
+    versions = service.list_versions(db, access.scan)
+    structures = projects.structures_of(db, access.scan.project_id)
+    authors = service.authors_of(db, versions)
+    return [version_out(v, access.scan, structures, authors) for v in versions]
+
+
+@router.post("/api/scans/{scan_id}/versions", response_model=VersionOut, status_code=status.HTTP_201_CREATED)
+async def create_from_masks(
+    db: DbSession,
+    blobs: Blobs,
+    settings: SettingsDep,
+    files: Annotated[list[UploadFile], File(description="One <structure>.nii.gz per structure")],
+    base_version_id: Annotated[int | None, Form()] = None,
+    message: Annotated[str, Form(max_length=2000)] = "",
+    kind: Annotated[str, Form()] = "human",
+    missing: Annotated[str, Form(description="comma-separated structures recorded as missing")] = "",
+    idempotency_key: Annotated[str | None, Form(max_length=200)] = None,
+    access: ScanAccess = require_scan("write_labels"),
+) -> VersionOut:
+    """Create a version from per-structure NIfTI masks; structures not uploaded are kept from the base."""
+    kind = _kind_for(access.user, kind)
+    geometry = scans.geometry_of(access.scan)
+    masks = {}
+    for upload in files:
+        name = scans.case_id_from_filename(upload.filename or "")
+        if not name:
+            raise InvalidInput("every mask file needs a name: <structure>.nii.gz")
+        data = await read_limited(upload, settings.max_upload_bytes)
+        masks[name] = nifti.load_mask_bytes(data, geometry, upload.filename or name)
+    version = service.create_version(
+        db,
+        blobs,
+        access.scan,
+        author=service.Author(user_id=access.user.id),
+        kind=kind,
+        message=message,
+        base_version_id=base_version_id,
+        masks=masks,
+        missing=[m.strip() for m in missing.split(",") if m.strip()],
+        idempotency_key=idempotency_key,
+    )
+    db.commit()
+    return _one_out(db, version, access.scan)
+
+
+@router.post("/api/scans/{scan_id}/versions/combined", response_model=VersionOut, status_code=status.HTTP_201_CREATED)
+async def create_from_label_map(
+    db: DbSession,
+    blobs: Blobs,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="An integer label map whose values are schema label values")],
+    base_version_id: Annotated[int | None, Form()] = None,
+    message: Annotated[str, Form(max_length=2000)] = "",
+    kind: Annotated[str, Form()] = "human",
+    idempotency_key: Annotated[str | None, Form(max_length=200)] = None,
+    access: ScanAccess = require_scan("write_labels"),
+) -> VersionOut:
+    """Create a version from a combined label map (every schema structure gets its mask, maybe empty)."""
+    kind = _kind_for(access.user, kind)
+    data = await read_limited(file, settings.max_upload_bytes)
+    label_map = nifti.load_label_map_bytes(data, scans.geometry_of(access.scan), file.filename or "labels.nii.gz")
+    version = service.create_version_from_label_map(
+        db,
+        blobs,
+        access.scan,
+        label_map,
+        author=service.Author(user_id=access.user.id),
+        kind=kind,
+        message=message,
+        base_version_id=base_version_id,
+        idempotency_key=idempotency_key,
+    )
+    db.commit()
+    return _one_out(db, version, access.scan)
+
+
+@router.post(
+    "/api/scans/{scan_id}/versions/patch",
+    response_model=VersionOut,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "meta": {"type": "string", "description": "PatchRequest as JSON"},
+                        },
+                        "additionalProperties": {"type": "string", "format": "binary"},
+                    }
+                }
+            }
+        }
+    },
+)
+async def save_patch(
+    request: Request,
+    db: DbSession,
+    blobs: Blobs,
+    settings: SettingsDep,
+    access: ScanAccess = require_scan("write_labels"),
+) -> VersionOut:
+    """Save an edit as a child of a base version from the changed boxes only; 409 if the head moved on."""
+    form = await request.form(max_files=256, max_fields=16)
+    meta_field = form.get("meta")
+    if not isinstance(meta_field, str):
+        raise InvalidInput("a patch save needs a 'meta' field holding the PatchRequest JSON")
+    try:
+        meta = PatchRequest.model_validate(json.loads(meta_field))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise InvalidInput(f"patch meta is invalid: {exc}") from exc
+    patches = []
+    for box in meta.patches:
+        size = (box.size[0], box.size[1], box.size[2])
+        origin = (box.origin[0], box.origin[1], box.origin[2])
+        chunks.check_box((access.scan.shape[0], access.scan.shape[1], access.scan.shape[2]), origin, size)
+        if size[0] * size[1] * size[2] > settings.max_patch_voxels:
+            raise PayloadTooLarge(f"patch box of {list(size)} voxels exceeds the limit of {settings.max_patch_voxels}")
+        part = form.get(box.part)
+        if not isinstance(part, StarletteUploadFile):
+            raise InvalidInput(f"patch part {box.part!r} is missing from the upload")
+        data = await read_limited(part, settings.max_upload_bytes)
+        patches.append(service.BoxPatch(box.structure, origin, chunks.decode_box(data, size, box.encoding)))
+    version = service.save_patch(
+        db,
+        blobs,
+        access.scan,
+        author=service.Author(user_id=access.user.id),
+        base_version_id=meta.base_version_id,
+        patches=patches,
+        message=meta.message,
+        branch=meta.branch,
+        idempotency_key=meta.idempotency_key,
+    )
+    db.commit()
+    return _one_out(db, version, access.scan)
+
+
+@router.get("/api/versions/{version_id}", response_model=VersionOut)
+def get_version(db: DbSession, access: VersionAccess = require_version("read")) -> VersionOut:
+    """One version with per-structure voxel counts and volumes."""
+    return _one_out(db, access.version, access.scan)
+
+
+@router.get("/api/versions/{version_id}/lineage", response_model=list[VersionOut])
+def get_lineage(db: DbSession, access: VersionAccess = require_version("read")) -> list[VersionOut]:
+    """The chain from this version back to the first one, newest first."""
+    chain = service.lineage(db, access.version)
+    structures = projects.structures_of(db, access.scan.project_id)
+    authors = service.authors_of(db, chain)
+    return [version_out(v, access.scan, structures, authors) for v in chain]
+
+
+@router.get("/api/versions/{version_id}/masks/{structure}", response_class=Response)
+def get_mask(
+    structure: str, request: Request, db: DbSession, blobs: Blobs, access: VersionAccess = require_version("read")
+) -> Response:
+    """One structure's binary mask as .nii.gz in the scan's geometry (404 if recorded as missing)."""
+    found, entry = service.structure_entry(db, access.version, structure)
+    if entry.status != "present":
+        raise NotFound(f"structure {found.name!r} is recorded as missing in version {access.version.id}")
+    etag = f'"{entry.manifest_digest}-{access.scan.image_digest[:16]}"'
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    mask = service.read_mask(blobs, access.scan, entry)
+    body = nifti.to_nifti_gz(mask.astype("uint8"), scans.geometry_of(access.scan).affine)
+    headers["Content-Disposition"] = f'attachment; filename="{found.name}.nii.gz"'
+    return Response(body, media_type=NIFTI_MEDIA, headers=headers)
+
+
+@router.get("/api/versions/{version_id}/combined", response_class=Response)
+def get_combined(
+    db: DbSession,
+    blobs: Blobs,
+    order: Annotated[str | None, Query(description="comma-separated paint order; later wins")] = None,
+    access: VersionAccess = require_version("read"),
+) -> Response:
+    """All structures flattened into one label map with an explicit paint order (an export: overlaps are lost)."""
+    names = [n.strip() for n in order.split(",") if n.strip()] if order else None
+    label_map, painted = service.combined_map(db, blobs, access.version, names)
+    body = nifti.to_nifti_gz(label_map, scans.geometry_of(access.scan).affine)
+    return Response(
+        body,
+        media_type=NIFTI_MEDIA,
+        headers={
+            "X-Paint-Order": ",".join(s.name for s in painted),
+            "Content-Disposition": f'attachment; filename="{access.scan.case_id}_v{access.version.id}.nii.gz"',
+        },
+    )
+
+
+@router.get("/api/versions/{version_id}/diff", response_model=DiffOut)
+def diff(
+    against: Annotated[int, Query(description="the other version (a); this version is b")],
+    db: DbSession,
+    blobs: Blobs,
+    access: VersionAccess = require_version("read"),
+) -> DiffOut:
+    """Per-structure added/removed voxels and Dice from version `against` to this one."""
+    other = service.get_version(db, against)
+    if other.scan_id != access.scan.id:
+        raise InvalidInput(f"version {against} belongs to another scan")
+    rows = service.diff_versions(db, blobs, other, access.version)
+    return DiffOut(
+        version_a=other.id,
+        version_b=access.version.id,
+        structures=[StructureDiffOut(**row.__dict__) for row in rows],
+    )

@@ -1,0 +1,84 @@
+"""Request and response bodies of the label version endpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class AuthorOut(BaseModel):
+    """Who made a version."""
+
+    user_id: int | None
+    display_name: str | None
+    model_version_id: int | None
+
+
+class VersionStructureOut(BaseModel):
+    """One structure's state in a version."""
+
+    name: str
+    label_value: int
+    status: str
+    voxel_count: int
+    volume_ml: float
+    changed: bool
+
+
+class VersionOut(BaseModel):
+    """A label version: lineage, author, kind, message, and per-structure counts (no mask opened)."""
+
+    id: int
+    scan_id: int
+    parent_id: int | None
+    kind: str
+    author: AuthorOut
+    message: str
+    created_at: datetime
+    is_head: bool
+    is_branch: bool
+    new_bytes: int
+    structures: list[VersionStructureOut]
+
+
+class PatchBox(BaseModel):
+    """One box of new voxels for one structure; its bytes are in the multipart part named `part`."""
+
+    structure: str
+    origin: list[int] = Field(min_length=3, max_length=3)
+    size: list[int] = Field(min_length=3, max_length=3)
+    encoding: str = "bits+gzip"
+    part: str = Field(min_length=1, max_length=100)
+
+
+class PatchRequest(BaseModel):
+    """A patch save: the base version and the changed boxes (voxels in NIfTI order, x fastest)."""
+
+    base_version_id: int
+    message: str = Field(default="", max_length=2000)
+    branch: bool = False
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    patches: list[PatchBox] = Field(min_length=1, max_length=256)
+
+
+class StructureDiffOut(BaseModel):
+    """How one structure differs between two versions."""
+
+    structure: str
+    status_a: str
+    status_b: str
+    voxels_a: int
+    voxels_b: int
+    intersection: int
+    added: int
+    removed: int
+    dice: float | None
+
+
+class DiffOut(BaseModel):
+    """Per-structure differences from version a to version b (Dice 1.0 when both empty, None when missing)."""
+
+    version_a: int
+    version_b: int
+    structures: list[StructureDiffOut]

@@ -1,0 +1,484 @@
+"""Label versions: immutable per-structure masks with lineage, O(edit) storage and optimistic concurrency."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from backend.audit import service as audit
+from backend.core.blobstore import BlobStore, sha256_hex
+from backend.core.errors import Conflict, InvalidInput, NotFound
+from backend.imaging import chunks
+from backend.imaging.chunks import MaskManifest
+from backend.models import LabelVersion, LabelVersionStructure, Scan, Structure, User
+from backend.models.labels import VERSION_KINDS
+from backend.projects import service as projects
+
+
+@dataclass(frozen=True)
+class Author:
+    """Who made a version: a user, a model version (run by a service user), or the import."""
+
+    user_id: int | None
+    model_version_id: int | None = None
+
+
+@dataclass(frozen=True)
+class BoxPatch:
+    """New voxels for a box of one structure: origin (i, j, k) and a boolean box that replaces them."""
+
+    structure: str
+    origin: tuple[int, int, int]
+    box: np.ndarray
+
+
+@dataclass
+class _TrackingPut:
+    """Writes blobs and counts the bytes that were not already stored (storage cost of a version)."""
+
+    blobs: BlobStore
+    new_bytes: int = 0
+    digests: list[str] = field(default_factory=list)
+
+    def __call__(self, data: bytes) -> str:
+        digest = sha256_hex(data)
+        if not self.blobs.exists(digest):
+            self.blobs.put_bytes(data)
+            self.new_bytes += len(data)
+        return digest
+
+
+@dataclass(frozen=True)
+class StructureDiff:
+    """How one structure differs between two versions."""
+
+    structure: str
+    status_a: str
+    status_b: str
+    voxels_a: int
+    voxels_b: int
+    intersection: int
+    added: int
+    removed: int
+    dice: float | None
+
+
+def _shape(scan: Scan) -> tuple[int, int, int]:
+    return (int(scan.shape[0]), int(scan.shape[1]), int(scan.shape[2]))
+
+
+def volume_ml(voxels: int, scan: Scan) -> float:
+    """Volume in millilitres of a voxel count in this scan's geometry."""
+    return voxels * scan.voxel_volume_mm3 / 1000.0
+
+
+@lru_cache(maxsize=4096)
+def _manifest_from_bytes(data: bytes) -> MaskManifest:
+    return MaskManifest.from_bytes(data)
+
+
+def load_manifest(blobs: BlobStore, digest: str) -> MaskManifest:
+    """Read a mask manifest (immutable, so parsed manifests are cached by content)."""
+    return _manifest_from_bytes(blobs.get_bytes(digest))
+
+
+def get_version(db: Session, version_id: int) -> LabelVersion:
+    """A label version by id."""
+    version = db.get(LabelVersion, version_id)
+    if version is None:
+        raise NotFound(f"label version {version_id} not found")
+    return version
+
+
+def _entries_by_structure(version: LabelVersion | None) -> dict[int, LabelVersionStructure]:
+    return {} if version is None else {entry.structure_id: entry for entry in version.structures}
+
+
+def _check_base(db: Session, scan: Scan, base_version_id: int | None, *, branch: bool) -> LabelVersion | None:
+    """Load the base version and refuse a stale one early (the conditional UPDATE stays the authority)."""
+    base = None
+    if base_version_id is not None:
+        base = db.get(LabelVersion, base_version_id)
+        if base is None or base.scan_id != scan.id:
+            raise InvalidInput(f"base version {base_version_id} is not a version of scan {scan.id}")
+    if not branch and scan.head_version_id != base_version_id:
+        raise _conflict(db, scan, base_version_id)
+    return base
+
+
+def _conflict(db: Session, scan: Scan, base_version_id: int | None) -> Conflict:
+    head_id = db.scalar(
+        select(Scan.head_version_id).where(Scan.id == scan.id).execution_options(populate_existing=True)
+    )
+    head = db.get(LabelVersion, head_id) if head_id is not None else None
+    author = db.get(User, head.author_user_id) if head is not None and head.author_user_id else None
+    return Conflict(
+        f"scan {scan.id} moved on: your base is version {base_version_id}, the head is version {head_id}",
+        base_version_id=base_version_id,
+        head_version_id=head_id,
+        head_author=author.display_name if author else None,
+        head_message=head.message if head is not None else None,
+        head_created_at=head.created_at.isoformat() if head is not None else None,
+    )
+
+
+def _persist(
+    db: Session,
+    scan: Scan,
+    base: LabelVersion | None,
+    *,
+    kind: str,
+    author: Author,
+    message: str,
+    entries: dict[int, tuple[str, str | None, int]],
+    new_bytes: int,
+    branch: bool,
+    idempotency_key: str | None,
+) -> LabelVersion:
+    """Insert the version and its rows, then move the head only if it is still the base."""
+    if kind not in VERSION_KINDS:
+        raise InvalidInput(f"unknown version kind {kind!r}")
+    parent_entries = _entries_by_structure(base)
+    version = LabelVersion(
+        scan_id=scan.id,
+        parent_id=base.id if base else None,
+        kind=kind,
+        author_user_id=author.user_id,
+        author_model_version_id=author.model_version_id,
+        message=message[:2000],
+        is_branch=branch,
+        idempotency_key=idempotency_key,
+        new_bytes=new_bytes,
+    )
+    db.add(version)
+    db.flush()
+    for structure_id, (status, digest, voxels) in entries.items():
+        parent = parent_entries.get(structure_id)
+        changed = parent is None or parent.status != status or parent.manifest_digest != digest
+        db.add(
+            LabelVersionStructure(
+                version_id=version.id,
+                structure_id=structure_id,
+                status=status,
+                manifest_digest=digest,
+                voxel_count=voxels,
+                volume_ml=volume_ml(voxels, scan),
+                changed=changed,
+            )
+        )
+    db.flush()
+    if not branch:
+        base_id = base.id if base else None
+        condition = Scan.head_version_id.is_(None) if base_id is None else Scan.head_version_id == base_id
+        moved = db.execute(update(Scan).where(Scan.id == scan.id, condition).values(head_version_id=version.id))
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            raise _conflict(db, scan, base_id)
+        db.refresh(scan, attribute_names=["head_version_id"])
+    db.refresh(version, attribute_names=["structures"])
+    audit.record(
+        db,
+        actor_user_id=author.user_id,
+        action="label_version.create",
+        entity_type="label_version",
+        entity_id=version.id,
+        project_id=scan.project_id,
+        scan_id=scan.id,
+        details={
+            "kind": kind,
+            "parent_id": version.parent_id,
+            "branch": branch,
+            "changed": [sid for sid, row in _entries_by_structure(version).items() if row.changed],
+            "new_bytes": new_bytes,
+            "model_version_id": author.model_version_id,
+        },
+    )
+    return version
+
+
+def _existing_for_key(db: Session, scan: Scan, idempotency_key: str | None) -> LabelVersion | None:
+    """The version a retried save already created, if any."""
+    if not idempotency_key:
+        return None
+    existing = db.scalar(select(LabelVersion).where(LabelVersion.idempotency_key == idempotency_key))
+    if existing is not None and existing.scan_id != scan.id:
+        raise InvalidInput("this idempotency key was used for another scan")
+    return existing
+
+
+def create_version(
+    db: Session,
+    blobs: BlobStore,
+    scan: Scan,
+    *,
+    author: Author,
+    kind: str,
+    message: str = "",
+    base_version_id: int | None = None,
+    masks: Mapping[str, np.ndarray],
+    missing: Collection[str] = (),
+    branch: bool = False,
+    idempotency_key: str | None = None,
+) -> LabelVersion:
+    """Create a version from whole per-structure masks; structures not given are inherited from the base.
+
+    Without a base, structures that are neither given nor listed as missing are recorded as missing
+    (unknown), never as empty.
+    """
+    existing = _existing_for_key(db, scan, idempotency_key)
+    if existing is not None:
+        return existing
+    structures = projects.structures_of(db, scan.project_id)
+    base = _check_base(db, scan, base_version_id, branch=branch)
+    inherited = _entries_by_structure(base)
+    shape = _shape(scan)
+    put = _TrackingPut(blobs)
+    entries: dict[int, tuple[str, str | None, int]] = {}
+    given: dict[int, np.ndarray] = {}
+    for name, mask in masks.items():
+        structure = projects.find_structure(structures, name)
+        if structure.id in given:
+            raise InvalidInput(f"structure {structure.name!r} was given twice")
+        if tuple(mask.shape) != shape:
+            raise InvalidInput(f"mask of {name!r} has shape {list(mask.shape)}, the scan has {list(shape)}")
+        given[structure.id] = mask
+    missing_ids = {projects.find_structure(structures, name).id for name in missing}
+    for structure in structures:
+        if structure.id in given:
+            manifest = chunks.build_manifest(given[structure.id], put)
+            entries[structure.id] = ("present", put(manifest.to_bytes()), manifest.voxel_count)
+        elif structure.id in missing_ids or structure.id not in inherited:
+            entries[structure.id] = ("missing", None, 0)
+        else:
+            row = inherited[structure.id]
+            entries[structure.id] = (row.status, row.manifest_digest, row.voxel_count)
+    return _persist(
+        db,
+        scan,
+        base,
+        kind=kind,
+        author=author,
+        message=message,
+        entries=entries,
+        new_bytes=put.new_bytes,
+        branch=branch,
+        idempotency_key=idempotency_key,
+    )
+
+
+def create_version_from_label_map(
+    db: Session,
+    blobs: BlobStore,
+    scan: Scan,
+    label_map: np.ndarray,
+    *,
+    author: Author,
+    kind: str,
+    message: str = "",
+    base_version_id: int | None = None,
+    idempotency_key: str | None = None,
+) -> LabelVersion:
+    """Create a version from a combined integer map: every schema structure gets its mask (maybe empty)."""
+    structures = projects.structures_of(db, scan.project_id)
+    known = {s.label_value for s in structures}
+    values = {int(v) for v in np.unique(label_map)} - {0}
+    unknown = sorted(values - known)
+    if unknown:
+        raise InvalidInput(f"label values {unknown[:20]} are not in the project's schema", unknown_values=unknown[:100])
+    masks = {s.name: label_map == s.label_value for s in structures}
+    return create_version(
+        db,
+        blobs,
+        scan,
+        author=author,
+        kind=kind,
+        message=message,
+        base_version_id=base_version_id,
+        masks=masks,
+        idempotency_key=idempotency_key,
+    )
+
+
+def save_patch(
+    db: Session,
+    blobs: BlobStore,
+    scan: Scan,
+    *,
+    author: Author,
+    base_version_id: int,
+    patches: Sequence[BoxPatch],
+    message: str = "",
+    branch: bool = False,
+    kind: str = "human",
+    idempotency_key: str | None = None,
+) -> LabelVersion:
+    """Apply boxes of new voxels to a base version and create the child; only touched chunks are stored."""
+    existing = _existing_for_key(db, scan, idempotency_key)
+    if existing is not None:
+        return existing
+    if not patches:
+        raise InvalidInput("a patch save needs at least one box")
+    structures = projects.structures_of(db, scan.project_id)
+    base = _check_base(db, scan, base_version_id, branch=branch)
+    assert base is not None  # base_version_id is an int, so _check_base found it
+    shape = _shape(scan)
+    put = _TrackingPut(blobs)
+    current = {
+        sid: (row.status, row.manifest_digest, row.voxel_count) for sid, row in _entries_by_structure(base).items()
+    }
+    manifests: dict[int, MaskManifest] = {}
+    for patch in patches:
+        structure = projects.find_structure(structures, patch.structure)
+        size = (int(patch.box.shape[0]), int(patch.box.shape[1]), int(patch.box.shape[2]))
+        chunks.check_box(shape, patch.origin, size)
+        manifest = manifests.get(structure.id)
+        if manifest is None:
+            status, digest, _ = current.get(structure.id, ("missing", None, 0))
+            manifest = load_manifest(blobs, digest) if status == "present" and digest else MaskManifest.empty(shape)
+        manifests[structure.id] = chunks.apply_box(manifest, patch.origin, patch.box, blobs.get_bytes, put)
+    for sid, manifest in manifests.items():
+        current[sid] = ("present", put(manifest.to_bytes()), manifest.voxel_count)
+    return _persist(
+        db,
+        scan,
+        base,
+        kind=kind,
+        author=author,
+        message=message,
+        entries=current,
+        new_bytes=put.new_bytes,
+        branch=branch,
+        idempotency_key=idempotency_key,
+    )
+
+
+def structure_entry(db: Session, version: LabelVersion, name: str) -> tuple[Structure, LabelVersionStructure]:
+    """The schema structure and this version's row for it."""
+    scan = db.get(Scan, version.scan_id)
+    assert scan is not None
+    structure = projects.find_structure(projects.structures_of(db, scan.project_id), name)
+    for entry in version.structures:
+        if entry.structure_id == structure.id:
+            return structure, entry
+    raise NotFound(f"version {version.id} has no entry for {name!r}")
+
+
+def read_mask(blobs: BlobStore, scan: Scan, entry: LabelVersionStructure) -> np.ndarray:
+    """The full boolean mask of one structure of a version (all-false when missing)."""
+    if entry.status != "present" or not entry.manifest_digest:
+        return np.zeros(_shape(scan), dtype=bool)
+    return chunks.assemble_mask(load_manifest(blobs, entry.manifest_digest), blobs.get_bytes)
+
+
+def default_paint_order(structures: Sequence[Structure]) -> list[Structure]:
+    """Schema order with every structure painted after the one it lies inside, so sub-structures stay visible."""
+    by_name = {s.name: s for s in structures}
+
+    def depth(structure: Structure) -> int:
+        level, seen = 0, set()
+        while structure.inside and structure.inside in by_name and structure.name not in seen:
+            seen.add(structure.name)
+            structure = by_name[structure.inside]
+            level += 1
+        return level
+
+    return sorted(structures, key=lambda s: (depth(s), s.position))
+
+
+def combined_map(
+    db: Session, blobs: BlobStore, version: LabelVersion, order: Sequence[str] | None = None
+) -> tuple[np.ndarray, list[Structure]]:
+    """Flatten a version into one integer map, later structures painted over earlier ones (an export, lossy)."""
+    scan = db.get(Scan, version.scan_id)
+    assert scan is not None
+    structures = projects.structures_of(db, scan.project_id)
+    if order:
+        painted = [projects.find_structure(structures, name) for name in order]
+        if len({s.id for s in painted}) != len(painted):
+            raise InvalidInput("a structure appears twice in the paint order")
+    else:
+        painted = default_paint_order(structures)
+    dtype = np.uint8 if max(s.label_value for s in structures) < 256 else np.uint16
+    out = np.zeros(_shape(scan), dtype=dtype)
+    entries = _entries_by_structure(version)
+    for structure in painted:
+        entry = entries.get(structure.id)
+        if entry is None or entry.status != "present" or not entry.manifest_digest:
+            continue
+        manifest = load_manifest(blobs, entry.manifest_digest)
+        for chunk_entry in manifest.entries:
+            region = chunks.chunk_slices(chunk_entry.flat_index, manifest.shape, manifest.chunk)
+            block = chunks.decode_chunk(blobs.get_bytes(chunk_entry.digest), out[region].shape)
+            out[region][block] = structure.label_value
+    return out, painted
+
+
+def diff_versions(db: Session, blobs: BlobStore, a: LabelVersion, b: LabelVersion) -> list[StructureDiff]:
+    """Per-structure changed voxels and Dice between two versions of one scan (decodes only differing chunks).
+
+    Dice policy (PanTS): 1.0 when both masks are empty, 0.0 when exactly one is; None when either is missing.
+    """
+    if a.scan_id != b.scan_id:
+        raise InvalidInput("versions of different scans cannot be compared")
+    scan = db.get(Scan, a.scan_id)
+    assert scan is not None
+    entries_a, entries_b = _entries_by_structure(a), _entries_by_structure(b)
+    out = []
+    for structure in projects.structures_of(db, scan.project_id):
+        ea, eb = entries_a.get(structure.id), entries_b.get(structure.id)
+        status_a = ea.status if ea else "missing"
+        status_b = eb.status if eb else "missing"
+        count_a = ea.voxel_count if ea else 0
+        count_b = eb.voxel_count if eb else 0
+        if ea is None or eb is None or "missing" in (status_a, status_b):
+            inter, dice = 0, None
+        else:
+            if ea.manifest_digest == eb.manifest_digest:
+                inter = count_a
+            else:
+                assert ea.manifest_digest and eb.manifest_digest
+                inter = chunks.intersection_count(
+                    load_manifest(blobs, ea.manifest_digest),
+                    load_manifest(blobs, eb.manifest_digest),
+                    blobs.get_bytes,
+                )
+            dice = 1.0 if count_a + count_b == 0 else 2.0 * inter / (count_a + count_b)
+        out.append(
+            StructureDiff(
+                structure=structure.name,
+                status_a=status_a,
+                status_b=status_b,
+                voxels_a=count_a,
+                voxels_b=count_b,
+                intersection=inter,
+                added=count_b - inter,
+                removed=count_a - inter,
+                dice=dice,
+            )
+        )
+    return out
+
+
+def list_versions(db: Session, scan: Scan) -> list[LabelVersion]:
+    """Every version of a scan, oldest first (the lineage graph via parent ids)."""
+    return list(db.scalars(select(LabelVersion).where(LabelVersion.scan_id == scan.id).order_by(LabelVersion.id)))
+
+
+def lineage(db: Session, version: LabelVersion) -> list[LabelVersion]:
+    """The chain from a version back to its root, newest first."""
+    chain = [version]
+    while chain[-1].parent_id is not None:
+        chain.append(get_version(db, chain[-1].parent_id))
+    return chain
+
+
+def authors_of(db: Session, versions: Sequence[LabelVersion]) -> dict[int, User]:
+    """Users who authored the given versions, by id."""
+    ids = {v.author_user_id for v in versions if v.author_user_id is not None}
+    if not ids:
+        return {}
+    return {user.id: user for user in db.scalars(select(User).where(User.id.in_(ids)))}

@@ -1,0 +1,19 @@
+"""Column helpers shared by the ORM tables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import DateTime
+from sqlalchemy.orm import mapped_column
+from sqlalchemy.orm.properties import MappedColumn
+
+
+def utcnow() -> datetime:
+    """Timezone-aware current time in UTC."""
+    return datetime.now(UTC)
+
+
+def created_at_column() -> MappedColumn[datetime]:
+    """A non-null creation timestamp filled in by Python (same on SQLite and PostgreSQL)."""
+    return mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)

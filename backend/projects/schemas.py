@@ -1,0 +1,80 @@
+"""Request and response bodies of the project endpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StructureIn(BaseModel):
+    """A structure of a custom label schema."""
+
+    name: str
+    label_value: int
+    color: str = "#888888"
+    group: str = ""
+    inside: str | None = None
+    aliases: list[str] = Field(default_factory=list)
+
+
+class ProjectCreate(BaseModel):
+    """A new project; without structures it gets the PanTS schema."""
+
+    slug: str = Field(max_length=63)
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=2000)
+    schema_name: str | None = Field(default=None, max_length=100)
+    structures: list[StructureIn] | None = None
+
+
+class ProjectOut(BaseModel):
+    """A project and the caller's role in it."""
+
+    id: int
+    slug: str
+    name: str
+    description: str
+    role: str
+    created_at: datetime
+    settings: dict[str, Any]
+
+
+class StructureOut(BaseModel):
+    """A structure of the project's schema."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    label_value: int
+    name: str
+    position: int
+    color: str
+    group: str
+    inside: str | None
+    aliases: list[str]
+
+
+class SchemaOut(BaseModel):
+    """The project's label schema."""
+
+    name: str
+    structures: list[StructureOut]
+
+
+class MemberIn(BaseModel):
+    """Add a member by e-mail or id, with a role."""
+
+    email: str | None = None
+    user_id: int | None = None
+    role: str
+
+
+class MemberOut(BaseModel):
+    """A member and their role."""
+
+    user_id: int
+    email: str
+    display_name: str
+    role: str

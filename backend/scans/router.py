@@ -1,0 +1,163 @@
+"""Scan endpoints: import NIfTI or DICOM, list and filter, metadata, and the volume for the viewer."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
+from fastapi.responses import FileResponse, Response
+
+from backend.auth.dependencies import Blobs, DbSession, SettingsDep
+from backend.core.errors import InvalidInput
+from backend.core.uploads import read_limited
+from backend.models import Scan
+from backend.projects.dependencies import ProjectAccess, require_project
+from backend.scans import service
+from backend.scans.dependencies import ScanAccess, require_scan
+from backend.scans.schemas import ScanFacets, ScanOut, ScanPage
+
+router = APIRouter(tags=["scans"])
+
+
+def _parse_metadata(metadata: str | None) -> dict[str, str] | None:
+    if not metadata:
+        return None
+    try:
+        parsed = json.loads(metadata)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"metadata is not valid JSON: {exc.msg}") from exc
+    if not isinstance(parsed, dict):
+        raise InvalidInput("metadata must be a JSON object of column -> value")
+    return {str(k): "" if v is None else str(v) for k, v in parsed.items()}
+
+
+@router.post("/api/projects/{project_id}/scans", response_model=ScanOut, status_code=status.HTTP_201_CREATED)
+async def import_nifti(
+    db: DbSession,
+    blobs: Blobs,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="A .nii or .nii.gz CT volume")],
+    case_id: Annotated[str | None, Form()] = None,
+    split: Annotated[str | None, Form()] = None,
+    metadata: Annotated[str | None, Form(description="JSON object with PanTS metadata columns")] = None,
+    access: ProjectAccess = require_project("import"),
+) -> Scan:
+    """Import one NIfTI volume (any orientation and data type; the header is kept as is)."""
+    data = await read_limited(file, settings.max_upload_bytes)
+    scan = service.import_nifti(
+        db,
+        blobs,
+        access.project,
+        access.user,
+        data,
+        file.filename or "volume.nii.gz",
+        case_id=case_id,
+        split=split,
+        raw_metadata=_parse_metadata(metadata),
+    )
+    db.commit()
+    return scan
+
+
+@router.post("/api/projects/{project_id}/scans/dicom", response_model=ScanOut, status_code=status.HTTP_201_CREATED)
+async def import_dicom(
+    db: DbSession,
+    blobs: Blobs,
+    settings: SettingsDep,
+    files: Annotated[list[UploadFile], File(description="Every file of one DICOM series")],
+    case_id: Annotated[str, Form()],
+    split: Annotated[str | None, Form()] = None,
+    metadata: Annotated[str | None, Form()] = None,
+    access: ProjectAccess = require_project("import"),
+) -> Scan:
+    """Import one DICOM series (slices sorted by position, HU from rescale, converted to RAS NIfTI)."""
+    service.check_case_id(case_id)
+    total = 0
+    with tempfile.TemporaryDirectory(prefix="maskloop-dicom-") as tmp:
+        paths = []
+        for index, upload in enumerate(files):
+            data = await read_limited(upload, settings.max_upload_bytes - total)
+            total += len(data)
+            # Our own file names: the client's names never touch the filesystem (no traversal).
+            path = Path(tmp) / f"{index:06d}.dcm"
+            path.write_bytes(data)
+            paths.append(path)
+        scan = service.import_dicom(
+            db,
+            blobs,
+            access.project,
+            access.user,
+            paths,
+            case_id=case_id,
+            split=split,
+            raw_metadata=_parse_metadata(metadata),
+        )
+    db.commit()
+    return scan
+
+
+@router.get("/api/projects/{project_id}/scans", response_model=ScanPage)
+def list_scans(
+    db: DbSession,
+    access: ProjectAccess = require_project("read"),
+    site: str | None = None,
+    phase: str | None = None,
+    sex: str | None = None,
+    tumor: bool | None = None,
+    manufacturer: str | None = None,
+    split: str | None = None,
+    age_min: int | None = None,
+    age_max: int | None = None,
+    q: Annotated[str | None, Query(max_length=200, description="part of the case id")] = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> ScanPage:
+    """Scans of a project filtered by metadata, ordered by case id, one page at a time."""
+    flt = service.ScanFilter(
+        site=site,
+        phase=phase,
+        sex=sex,
+        tumor=tumor,
+        manufacturer=manufacturer,
+        split=split,
+        age_min=age_min,
+        age_max=age_max,
+        search=q,
+    )
+    items, total = service.list_scans(db, access.project.id, flt, (page - 1) * page_size, page_size)
+    return ScanPage(items=[ScanOut.model_validate(s) for s in items], total=total, page=page, page_size=page_size)
+
+
+@router.get("/api/projects/{project_id}/scan-facets", response_model=ScanFacets)
+def scan_facets(db: DbSession, access: ProjectAccess = require_project("read")) -> ScanFacets:
+    """Counts of scans per site, phase, sex, manufacturer, tumour flag and split."""
+    return ScanFacets(facets=service.facets(db, access.project.id))
+
+
+@router.get("/api/scans/{scan_id}", response_model=ScanOut)
+def get_scan(access: ScanAccess = require_scan("read")) -> Scan:
+    """One scan with its geometry and metadata."""
+    return access.scan
+
+
+@router.get(
+    "/api/scans/{scan_id}/volume",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, 304: {"description": "unchanged"}},
+)
+def get_volume(request: Request, blobs: Blobs, access: ScanAccess = require_scan("read")) -> Response:
+    """The CT volume as .nii.gz, served from the stored blob (no recompression), with an ETag."""
+    scan = access.scan
+    etag = f'"{scan.image_digest}"'
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    path = blobs.local_path(scan.image_digest)
+    filename = f"{scan.case_id}.nii.gz"
+    if path is not None:
+        return FileResponse(path, media_type="application/octet-stream", filename=filename, headers=headers)
+    headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return Response(blobs.get_bytes(scan.image_digest), media_type="application/octet-stream", headers=headers)

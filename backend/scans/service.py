@@ -1,0 +1,346 @@
+"""Scans: import (NIfTI, DICOM series, PanTS-layout datasets), metadata, listing and volume lookup."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from backend.audit import service as audit
+from backend.core.blobstore import BlobStore
+from backend.core.errors import Conflict, InvalidInput, NotFound
+from backend.imaging import dicom, nifti, pants
+from backend.labels import service as labels
+from backend.models import LabelVersion, Project, Scan, User
+from backend.projects import service as projects
+
+_CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def case_id_from_filename(filename: str) -> str:
+    """The case id implied by an uploaded file name (its base name without .nii/.nii.gz)."""
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    for suffix in _NIFTI_SUFFIXES:
+        if base.lower().endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+def check_case_id(case_id: str) -> str:
+    """Refuse case ids that could escape a folder or break exports (path traversal, separators)."""
+    if not _CASE_ID_RE.match(case_id) or ".." in case_id:
+        raise InvalidInput(
+            f"case id {case_id!r} may only hold letters, digits, '.', '_' and '-' (no '..' or '/'), "
+            "and must start with a letter or digit"
+        )
+    return case_id
+
+
+@dataclass(frozen=True)
+class ScanFilter:
+    """Filters of the scan list (all optional)."""
+
+    site: str | None = None
+    phase: str | None = None
+    sex: str | None = None
+    tumor: bool | None = None
+    manufacturer: str | None = None
+    split: str | None = None
+    age_min: int | None = None
+    age_max: int | None = None
+    search: str | None = None
+
+
+def _metadata_fields(meta: pants.NormalisedMetadata | None) -> dict[str, Any]:
+    """Scan columns filled from normalised metadata."""
+    if meta is None:
+        return {}
+    return {
+        "site": meta.site,
+        "phase": meta.phase,
+        "sex": meta.sex,
+        "age": meta.age,
+        "manufacturer": meta.manufacturer,
+        "manufacturer_model": meta.manufacturer_model,
+        "tumor": meta.tumor,
+        "lesion_instances": meta.lesion_instances,
+        "header_spacing": list(meta.header_spacing) if meta.header_spacing else None,
+        "slice_thickness": meta.slice_thickness,
+    }
+
+
+def _ensure_new_case(db: Session, project: Project, case_id: str) -> None:
+    if db.scalar(select(Scan.id).where(Scan.project_id == project.id, Scan.case_id == case_id)) is not None:
+        raise Conflict(f"case {case_id!r} already exists in project {project.slug!r}", case_id=case_id)
+
+
+def _create_scan(
+    db: Session,
+    project: Project,
+    actor: User | None,
+    *,
+    case_id: str,
+    image_digest: str,
+    image_bytes: int,
+    volume: nifti.LoadedVolume,
+    source_format: str,
+    source_name: str,
+    split: str | None,
+    raw_metadata: Mapping[str, str] | None,
+    slice_thickness: float | None = None,
+) -> Scan:
+    geometry = volume.geometry
+    meta = pants.normalise_metadata(dict(raw_metadata)) if raw_metadata else None
+    fields = _metadata_fields(meta)
+    thickness = fields.pop("slice_thickness", None) or slice_thickness or volume.slice_thickness
+    scan = Scan(
+        project_id=project.id,
+        case_id=case_id,
+        split=split,
+        source_format=source_format,
+        source_name=source_name[:500],
+        image_digest=image_digest,
+        image_bytes=image_bytes,
+        source_dtype=volume.source_dtype,
+        shape=list(geometry.shape),
+        spacing=[float(s) for s in geometry.spacing],
+        affine=[[float(v) for v in row] for row in geometry.affine],
+        orientation=geometry.orientation,
+        slice_count=int(geometry.shape[2]),
+        voxel_volume_mm3=float(abs(np.linalg.det(geometry.affine[:3, :3]))),
+        slice_thickness=thickness,
+        raw_metadata=dict(raw_metadata or {}),
+        created_by=actor.id if actor else None,
+        **fields,
+    )
+    db.add(scan)
+    db.flush()
+    audit.record(
+        db,
+        actor_user_id=actor.id if actor else None,
+        action="scan.import",
+        entity_type="scan",
+        entity_id=scan.id,
+        project_id=project.id,
+        scan_id=scan.id,
+        details={
+            "case_id": case_id,
+            "format": source_format,
+            "source": source_name[:500],
+            "shape": list(geometry.shape),
+            "orientation": geometry.orientation,
+        },
+    )
+    return scan
+
+
+def geometry_of(scan: Scan) -> nifti.Geometry:
+    """The stored geometry of a scan."""
+    return nifti.Geometry.from_affine(tuple(scan.shape), np.asarray(scan.affine, dtype=np.float64))
+
+
+def import_nifti(
+    db: Session,
+    blobs: BlobStore,
+    project: Project,
+    actor: User | None,
+    data: bytes,
+    filename: str,
+    *,
+    case_id: str | None = None,
+    split: str | None = None,
+    raw_metadata: Mapping[str, str] | None = None,
+) -> Scan:
+    """Import one NIfTI volume; the stored file keeps the original header (geometry, scaling) byte for byte."""
+    case_id = check_case_id(case_id or case_id_from_filename(filename))
+    _ensure_new_case(db, project, case_id)
+    volume = nifti.load_nifti_bytes(data, filename)
+    stored = nifti.ensure_gzip(data)
+    digest = blobs.put_bytes(stored)
+    return _create_scan(
+        db,
+        project,
+        actor,
+        case_id=case_id,
+        image_digest=digest,
+        image_bytes=len(stored),
+        volume=volume,
+        source_format="nifti",
+        source_name=filename,
+        split=split,
+        raw_metadata=raw_metadata,
+    )
+
+
+def import_dicom(
+    db: Session,
+    blobs: BlobStore,
+    project: Project,
+    actor: User | None,
+    files: Sequence[Path] | Path,
+    *,
+    case_id: str,
+    split: str | None = None,
+    raw_metadata: Mapping[str, str] | None = None,
+) -> Scan:
+    """Import one DICOM series (files or a folder) as a RAS NIfTI volume in Hounsfield units."""
+    check_case_id(case_id)
+    _ensure_new_case(db, project, case_id)
+    volume = dicom.load_dicom_series(files)
+    stored = nifti.to_nifti_gz(volume.data, volume.geometry.affine)
+    digest = blobs.put_bytes(stored)
+    source = str(files) if isinstance(files, Path) else f"{len(files)} DICOM files"
+    return _create_scan(
+        db,
+        project,
+        actor,
+        case_id=case_id,
+        image_digest=digest,
+        image_bytes=len(stored),
+        volume=volume,
+        source_format="dicom",
+        source_name=source,
+        split=split,
+        raw_metadata=raw_metadata,
+        slice_thickness=volume.slice_thickness,
+    )
+
+
+@dataclass
+class DatasetImportReport:
+    """What a dataset import did, case by case."""
+
+    imported: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    missing_structures: dict[str, list[str]] = field(default_factory=dict)
+    unknown_files: dict[str, list[str]] = field(default_factory=dict)
+
+
+def import_pants_case(
+    db: Session, blobs: BlobStore, project: Project, actor: User | None, case: pants.PantsCase
+) -> tuple[Scan, LabelVersion | None]:
+    """Import one PanTS case: the CT and, if it has masks, an `import` version (missing files stay missing)."""
+    data = case.image_path.read_bytes()
+    scan = import_nifti(
+        db,
+        blobs,
+        project,
+        actor,
+        data,
+        case.image_path.name,
+        case_id=case.case_id,
+        split=case.split,
+        raw_metadata=case.raw_metadata,
+    )
+    if not case.structure_paths:
+        return scan, None
+    geometry = geometry_of(scan)
+    masks = {
+        name: nifti.load_mask_bytes(path.read_bytes(), geometry, f"{case.case_id}/{name}.nii.gz")
+        for name, path in case.structure_paths.items()
+    }
+    version = labels.create_version(
+        db,
+        blobs,
+        scan,
+        author=labels.Author(user_id=actor.id if actor else None),
+        kind="import",
+        message=f"imported from {case.image_path.parent.parent.parent.name}/{case.case_id}",
+        masks=masks,
+        missing=case.missing_structures,
+    )
+    return scan, version
+
+
+def import_pants_dataset(
+    db: Session,
+    blobs: BlobStore,
+    project: Project,
+    actor: User | None,
+    root: Path,
+    *,
+    progress: Callable[[int, int, str], None] | None = None,
+    commit: Callable[[], None] | None = None,
+) -> DatasetImportReport:
+    """Import a PanTS-layout folder; cases already in the project are skipped, so a rerun resumes."""
+    structure_names = [s.name for s in projects.structures_of(db, project.id)]
+    cases = pants.scan_pants_folder(root, structure_names)
+    existing = set(db.scalars(select(Scan.case_id).where(Scan.project_id == project.id)))
+    report = DatasetImportReport()
+    for index, case in enumerate(cases):
+        if case.case_id in existing:
+            report.skipped.append(case.case_id)
+        else:
+            import_pants_case(db, blobs, project, actor, case)
+            report.imported.append(case.case_id)
+            if case.missing_structures:
+                report.missing_structures[case.case_id] = list(case.missing_structures)
+            if case.unknown_files:
+                report.unknown_files[case.case_id] = list(case.unknown_files)
+            if commit is not None:
+                commit()
+        if progress is not None:
+            progress(index + 1, len(cases), case.case_id)
+    return report
+
+
+def get_scan(db: Session, scan_id: int) -> Scan:
+    """A scan by id."""
+    scan = db.get(Scan, scan_id)
+    if scan is None:
+        raise NotFound(f"scan {scan_id} not found")
+    return scan
+
+
+def _filtered(query: Select[Any], project_id: int, flt: ScanFilter) -> Select[Any]:
+    query = query.where(Scan.project_id == project_id)
+    if flt.site:
+        query = query.where(Scan.site == flt.site)
+    if flt.phase:
+        query = query.where(Scan.phase == flt.phase)
+    if flt.sex:
+        query = query.where(Scan.sex == flt.sex)
+    if flt.tumor is not None:
+        query = query.where(Scan.tumor == flt.tumor)
+    if flt.manufacturer:
+        query = query.where(Scan.manufacturer == flt.manufacturer)
+    if flt.split:
+        query = query.where(Scan.split == flt.split)
+    if flt.age_min is not None:
+        query = query.where(Scan.age >= flt.age_min)
+    if flt.age_max is not None:
+        query = query.where(Scan.age <= flt.age_max)
+    if flt.search:
+        escaped = flt.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(Scan.case_id.like(f"%{escaped}%", escape="\\"))
+    return query
+
+
+def list_scans(db: Session, project_id: int, flt: ScanFilter, offset: int, limit: int) -> tuple[list[Scan], int]:
+    """One page of a project's scans (by case id) and the total matching the filter."""
+    total = db.scalar(_filtered(select(func.count(Scan.id)), project_id, flt)) or 0
+    rows = db.scalars(_filtered(select(Scan), project_id, flt).order_by(Scan.case_id).offset(offset).limit(limit))
+    return list(rows), int(total)
+
+
+def facets(db: Session, project_id: int) -> dict[str, dict[str, int]]:
+    """Counts of scans per site, phase, sex, manufacturer and tumour flag (for filter menus)."""
+    out: dict[str, dict[str, int]] = {}
+    for name, column in (
+        ("site", Scan.site),
+        ("phase", Scan.phase),
+        ("sex", Scan.sex),
+        ("manufacturer", Scan.manufacturer),
+        ("tumor", Scan.tumor),
+        ("split", Scan.split),
+    ):
+        rows = db.execute(select(column, func.count()).where(Scan.project_id == project_id).group_by(column)).all()
+        out[name] = {("unknown" if value is None else str(value).lower()): int(count) for value, count in rows}
+    return out
