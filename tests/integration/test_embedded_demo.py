@@ -1,0 +1,91 @@
+"""The embedded default end to end: `maskloop demo-data` then `maskloop serve` on SQLite and a local blob folder."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import nibabel as nib
+import pytest
+
+from backend.cli import DEMO_PASSWORD
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def demo_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    env = {**os.environ, "MASKLOOP_DATA_DIR": str(tmp_path / "data")}
+    env.pop("MASKLOOP_DATABASE_URL", None)
+    setup = subprocess.run(
+        [str(BIN / "maskloop"), "demo-data", "--cases", "2", "--size", "64"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    assert "lead@maskloop.local" in setup.stdout
+    assert "2 scans imported" in setup.stdout
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(BIN / "maskloop"), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("maskloop serve did not come up")
+        yield base, tmp_path / "data"
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_demo_data_and_serve_on_the_embedded_default(demo_server: tuple[str, Path]) -> None:
+    base, data_dir = demo_server
+    assert (data_dir / "maskloop.db").exists()
+    assert any((data_dir / "blobs").rglob("*"))
+    login = httpx.post(f"{base}/api/auth/login", json={"email": "annotator@maskloop.local", "password": DEMO_PASSWORD})
+    assert login.status_code == 200, login.text
+    headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    projects = httpx.get(f"{base}/api/projects", headers=headers).json()
+    assert [p["slug"] for p in projects] == ["demo"]
+    page = httpx.get(f"{base}/api/projects/{projects[0]['id']}/scans", headers=headers).json()
+    assert page["total"] == 2
+    scan = page["items"][0]
+    assert scan["head_version_id"] is not None
+    volume = httpx.get(f"{base}/api/scans/{scan['id']}/volume", headers=headers)
+    assert volume.status_code == 200
+    image = nib.Nifti1Image.from_bytes(gzip.decompress(volume.content))
+    assert image.shape == tuple(scan["shape"])
+    version = httpx.get(f"{base}/api/versions/{scan['head_version_id']}", headers=headers).json()
+    rows = {row["name"]: row for row in version["structures"]}
+    assert rows["liver"]["voxel_count"] > 0 and rows["pancreas"]["voxel_count"] > 0
+    # The second demo case has a structure file left out on purpose: recorded as missing, not empty.
+    second = httpx.get(f"{base}/api/versions/{page['items'][1]['head_version_id']}", headers=headers).json()
+    assert {r["name"]: r["status"] for r in second["structures"]}["gall_bladder"] == "missing"
+    docs = httpx.get(f"{base}/docs")
+    assert docs.status_code == 200
