@@ -1,0 +1,92 @@
+"""Run every registered benchmark, print one table and merge the figures into bench/results.json.
+
+Usage: `python -m bench [name ...]` — with names (module names such as `core_spine`), only those run.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import traceback
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import RESULTS_PATH, Benchmark, Row, core_spine, merge_results
+
+# The registry: add a module's entry point here to have `make bench` run it.
+BENCHMARKS: list[Benchmark] = [
+    core_spine.run,
+]
+
+
+def _name(benchmark: Benchmark) -> str:
+    """A benchmark's short name: its module name without the package."""
+    return benchmark.__module__.rsplit(".", 1)[-1]
+
+
+def _fmt(value: float) -> str:
+    """A value with a sensible number of digits."""
+    if math.isnan(value):
+        return "n/a"
+    if value == int(value) and abs(value) >= 1:
+        return f"{int(value):,}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.4f}"
+
+
+def render(rows: list[tuple[str, Row]]) -> Table:
+    """The table of every row: figure, value, unit, goal, met?"""
+    table = Table(title="maskloop benchmarks")
+    table.add_column("bench")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("unit")
+    table.add_column("goal")
+    table.add_column("met?")
+    for name, row in rows:
+        met = "" if row.met is None else ("[green]yes[/green]" if row.met else "[red]NO[/red]")
+        table.add_row(name, row.figure, _fmt(row.value), row.unit, row.goal, met)
+    return table
+
+
+def main(argv: list[str]) -> int:
+    """Run the selected (default: all) benchmarks; exit status 1 if any failed."""
+    console = Console()
+    known = {_name(b): b for b in BENCHMARKS}
+    unknown = [a for a in argv if a not in known]
+    if unknown:
+        console.print(f"[red]unknown benchmark(s):[/red] {', '.join(unknown)}; known: {', '.join(known)}")
+        return 2
+    selected = [known[a] for a in argv] if argv else BENCHMARKS
+    collected: list[tuple[str, Row]] = []
+    failed: list[str] = []
+    for benchmark in selected:
+        name = _name(benchmark)
+        console.rule(f"[bold]{name}")
+        started = time.perf_counter()
+        try:
+            rows = benchmark()
+        except Exception:
+            console.print(f"[red]benchmark {name} FAILED[/red]")
+            console.print(traceback.format_exc())
+            failed.append(name)
+            continue
+        console.print(f"{name}: {len(rows)} figures in {time.perf_counter() - started:.1f} s")
+        collected += [(name, row) for row in rows]
+    if collected:
+        console.print(render(collected))
+        merge_results([row for _, row in collected])
+        console.print(f"results merged into {RESULTS_PATH}")
+    if failed:
+        console.print(f"[red]failed:[/red] {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
