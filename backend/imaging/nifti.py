@@ -139,12 +139,26 @@ class _Raw:
     header_pixdim: tuple[float, float, float]
 
 
-def _decompress(data: bytes, name: str) -> bytes:
-    """Gunzip `data` if it carries the gzip magic, mapping corruption to InvalidInput."""
+# Largest uncompressed NIfTI accepted: a 1024x1024x1500 float16 or 512x512x3000 float32 study fits; a gzip bomb
+# (a small upload that inflates to tens of GB) is refused before it can exhaust memory.
+MAX_UNCOMPRESSED_BYTES = 3 * 1024**3
+
+
+def _decompress(data: bytes, name: str, limit: int | None = None) -> bytes:
+    """Gunzip `data` if it carries the gzip magic, bounded in size, mapping corruption to InvalidInput."""
     if not data.startswith(GZIP_MAGIC):
         return data
+    limit = MAX_UNCOMPRESSED_BYTES if limit is None else limit
     try:
-        return gzip.decompress(data)
+        inflater = zlib.decompressobj(wbits=31)
+        out = inflater.decompress(data, limit + 1)
+        if len(out) > limit:
+            raise InvalidInput(f"{name}: decompresses to more than {limit // 1024**2} MiB; refusing it", file=name)
+        if not inflater.eof:
+            raise InvalidInput(f"{name}: gzip stream is truncated", file=name)
+        rest = inflater.unused_data
+        # Concatenated gzip members are legal; fall back to the standard reader for them.
+        return out if not rest else gzip.decompress(data)
     except EOFError as exc:
         raise InvalidInput(f"{name}: gzip stream is truncated ({exc})", file=name) from exc
     except (OSError, zlib.error) as exc:

@@ -439,3 +439,11 @@ def test_geometry_matches_tolerance_and_json_validation() -> None:
     with pytest.raises(InvalidInput, match="'shape' and 'affine'"):
         Geometry.from_json({"shape": [5, 6, 7]})
     assert g.affine.flags.writeable is False
+
+
+def test_gzip_bomb_is_refused_before_inflating_it_all() -> None:
+    from backend.imaging import nifti as nifti_module
+
+    bomb = gzip.compress(b"\0" * (8 * 1024 * 1024))
+    with pytest.raises(InvalidInput, match="decompresses to more than"):
+        nifti_module._decompress(bomb, "bomb.nii.gz", limit=1024 * 1024)
