@@ -20,8 +20,10 @@ from backend.core.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from backend.jobs.router import router as jobs_router
 from backend.labels.router import router as labels_router
 from backend.projects.router import router as projects_router
+from backend.registry.router import router as registry_router
 from backend.scans.router import router as scans_router
 
 STATUS_OF: dict[type[DomainError], int] = {
@@ -68,7 +70,8 @@ def install(app: FastAPI, settings: Settings) -> None:
             )
         return await call_next(request)
 
-    for router in (auth_router, users_router, projects_router, scans_router, labels_router, audit_router):
+    routers = (auth_router, users_router, projects_router, scans_router, labels_router, audit_router)
+    for router in (*routers, jobs_router, registry_router):
         app.include_router(router)
 
     @app.get("/api/health", tags=["meta"])

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +19,12 @@ from backend.core.blobstore import get_blob_store
 from backend.core.config import get_settings
 from backend.core.db import session_scope
 from backend.core.errors import DomainError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from backend.models import Structure
+    from backend.scans.service import ScanFilter
 
 app = typer.Typer(help="maskloop: collaborative CT segmentation platform.", no_args_is_help=True)
 console = Console()
@@ -168,6 +177,9 @@ def import_data(
 def demo_data(
     cases: Annotated[int, typer.Option(help="number of synthetic phantom scans")] = 4,
     size: Annotated[int, typer.Option(help="in-plane voxels of each phantom")] = 128,
+    preannotate_demo: Annotated[
+        bool, typer.Option("--preannotate/--no-preannotate", help="queue pre-annotation of the new scans")
+    ] = True,
 ) -> None:
     """Create the demo project, accounts and synthetic phantom scans with ground truth (idempotent)."""
     from backend.auth import service as auth
@@ -204,11 +216,242 @@ def demo_data(
             if projects.role_of(db, users[role], project.id) is None:
                 projects.set_membership(db, project.id, users[role], role, users["admin"])
         report = scans.import_pants_dataset(db, get_blob_store(), project, users["admin"], dataset, commit=db.commit)
+        models = register_builtin_models(db, project.id)
     table = Table("account", "password", "role", title="demo accounts")
     for email, _display, role in DEMO_USERS:
         table.add_row(email, DEMO_PASSWORD, role)
     console.print(table)
     console.print(f"project 'demo': {len(report.imported)} scans imported, {len(report.skipped)} already there")
+    console.print(f"models: {', '.join(models)}")
+    if preannotate_demo and report.imported:
+        for name in models:
+            preannotate(
+                project="demo",
+                model=name,
+                case=None,
+                all_scans=True,
+                site=None,
+                phase=None,
+                tumor=None,
+                as_user=DEMO_USERS[0][0],
+                wait=False,
+            )
+
+
+PHANTOM_WEIGHTS = Path(__file__).resolve().parents[1] / "worker" / "models" / "weights"
+PHANTOM_MODEL_NAME = "phantom-unet"
+
+
+def register_builtin_models(db: Session, project_id: int) -> list[str]:
+    """Register the classical pre-annotator and the bundled phantom UNet (if its weights exist) in a project."""
+    from backend.registry import service as registry
+
+    blobs = get_blob_store()
+    names = [s.name for s in _structures(db, project_id)]
+    classical = [n for n in CLASSICAL_STRUCTURES if n in names]
+    registry.ensure_classical_model(db, blobs, project_id, classical)
+    registered = [registry.CLASSICAL_MODEL_NAME]
+    sidecar = PHANTOM_WEIGHTS / "phantom_unet.json"
+    weights = PHANTOM_WEIGHTS / "phantom_unet.pt"
+    if sidecar.exists() and weights.exists():
+        meta = json.loads(sidecar.read_text())
+        try:
+            registry.get_model_by_name(db, project_id, PHANTOM_MODEL_NAME)
+        except DomainError:
+            model = registry.create_model(
+                db,
+                project_id,
+                name=PHANTOM_MODEL_NAME,
+                architecture=meta["architecture"],
+                structures=meta["structures"],
+                config=meta.get("config", {}),
+                preprocessing=meta.get("preprocessing", {}),
+                inference=meta.get("inference", {}),
+            )
+            version = registry.add_version(
+                db,
+                blobs,
+                model,
+                weights=weights.read_bytes(),
+                provenance={"trained_on": "synthetic phantoms", "command": "maskloop train --phantom"},
+                validation=meta.get("validation", {}),
+            )
+            registry.promote(db, version, None, checked=False)
+        registered.append(PHANTOM_MODEL_NAME)
+    return registered
+
+
+def _structures(db: Session, project_id: int) -> list[Structure]:
+    from backend.projects import service as projects
+
+    return projects.structures_of(db, project_id)
+
+
+# What the weightless pre-annotator can find (worker/models/classical.py); kept here so the API needs no torch.
+CLASSICAL_STRUCTURES = ("liver", "spleen", "kidney_left", "kidney_right", "aorta", "lung_left", "lung_right")
+
+
+def _scan_filter(site: str | None, phase: str | None, tumor: bool | None) -> ScanFilter | None:
+    from backend.scans.service import ScanFilter
+
+    if site is None and phase is None and tumor is None:
+        return None
+    return ScanFilter(site=site, phase=phase, tumor=tumor)
+
+
+@app.command()
+def preannotate(
+    project: Annotated[str, typer.Option(help="project slug")],
+    model: Annotated[str, typer.Option(help="model name (its promoted version is used)")],
+    case: Annotated[list[str] | None, typer.Option(help="case id (repeatable)")] = None,
+    all_scans: Annotated[bool, typer.Option("--all", help="every scan of the project")] = False,
+    site: Annotated[str | None, typer.Option(help="filter: site")] = None,
+    phase: Annotated[str | None, typer.Option(help="filter: contrast phase")] = None,
+    tumor: Annotated[bool | None, typer.Option(help="filter: tumour flag")] = None,
+    as_user: Annotated[str, typer.Option("--as", help="e-mail of the requesting lead")] = "admin@maskloop.local",
+    wait: Annotated[bool, typer.Option(help="follow the jobs with progress bars")] = False,
+) -> None:
+    """Queue pre-annotation of scans with a registered model."""
+    from sqlalchemy import select
+
+    from backend.auth import service as auth
+    from backend.jobs import service as jobs
+    from backend.models import Scan
+    from backend.projects import service as projects
+
+    try:
+        with session_scope() as db:
+            proj = projects.get_project_by_slug(db, project)
+            actor = auth.get_user_by_email(db, as_user)
+            projects.authorize(db, actor, proj.id, "run_jobs")
+            scan_ids = None
+            if case:
+                scan_ids = [
+                    int(i)
+                    for i in db.scalars(select(Scan.id).where(Scan.project_id == proj.id, Scan.case_id.in_(case)))
+                ]
+                if len(scan_ids) != len(set(case)):
+                    raise DomainError(f"unknown case ids among {case}")
+            flt = _scan_filter(site, phase, tumor)
+            chosen_model, version = jobs.resolve_model_version(db, proj.id, None, model)
+            ids = jobs.select_scans(db, proj, scan_ids=scan_ids, flt=flt, all_scans=all_scans)
+            queued = jobs.launch_preannotation(db, proj, actor, model=chosen_model, version=version, scan_ids=ids)
+            db.commit()
+            jobs.dispatch(db, queued)
+            job_ids = [j.id for j in queued]
+    except DomainError as exc:
+        _fail(exc)
+    console.print(f"queued {len(job_ids)} pre-annotation jobs: {job_ids[:10]}{' …' if len(job_ids) > 10 else ''}")
+    if wait:
+        _follow(job_ids)
+
+
+@app.command()
+def train(
+    project: Annotated[str, typer.Option(help="project slug")] = "demo",
+    model: Annotated[str | None, typer.Option(help="model name to fine-tune")] = None,
+    versions: Annotated[str | None, typer.Option(help="comma-separated label version ids")] = None,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
+    heldout: Annotated[float, typer.Option(help="held-out fraction")] = 0.25,
+    phantom: Annotated[bool, typer.Option(help="(re)train the bundled phantom UNet from synthetic data")] = False,
+    as_user: Annotated[str, typer.Option("--as", help="e-mail of the requesting lead")] = "admin@maskloop.local",
+    wait: Annotated[bool, typer.Option(help="follow the job with a progress bar")] = False,
+) -> None:
+    """Fine-tune a model on label versions (a queued job), or retrain the bundled phantom model locally."""
+    if phantom:
+        # Runs the pure ML module in its own process: the backend never imports torch.
+        out = PHANTOM_WEIGHTS / "phantom_unet.pt"
+        raise typer.Exit(subprocess.call([sys.executable, "-m", "worker.models.phantom_model", str(out)]))
+    from backend.auth import service as auth
+    from backend.jobs import service as jobs
+    from backend.projects import service as projects
+    from backend.registry import service as registry
+
+    if not model or not versions:
+        console.print("[red]error:[/red] give --model and --versions (or --phantom)")
+        raise typer.Exit(code=2)
+    try:
+        with session_scope() as db:
+            proj = projects.get_project_by_slug(db, project)
+            actor = auth.get_user_by_email(db, as_user)
+            projects.authorize(db, actor, proj.id, "run_jobs")
+            chosen = registry.get_model_by_name(db, proj.id, model)
+            ids = [int(v) for v in versions.split(",") if v.strip()]
+            job = jobs.launch_training(
+                db, proj, actor, model=chosen, label_version_ids=ids, epochs=epochs, heldout_fraction=heldout
+            )
+            db.commit()
+            jobs.dispatch(db, [job])
+            job_id = job.id
+    except DomainError as exc:
+        _fail(exc)
+    except ValueError:
+        console.print("[red]error:[/red] --versions must be comma-separated integers")
+        raise typer.Exit(code=2) from None
+    console.print(f"queued training job {job_id}")
+    if wait:
+        _follow([job_id])
+
+
+@app.command("jobs")
+def list_jobs(
+    project: Annotated[str, typer.Option(help="project slug")] = "demo",
+    watch: Annotated[bool, typer.Option(help="follow active jobs with progress bars")] = False,
+    requeue: Annotated[bool, typer.Option(help="resend queued jobs that never reached a worker")] = False,
+    limit: Annotated[int, typer.Option(help="rows")] = 30,
+) -> None:
+    """Show a project's jobs with status, progress and queue position."""
+    from backend.jobs import service as jobs
+    from backend.projects import service as projects
+
+    with session_scope() as db:
+        proj = projects.get_project_by_slug(db, project)
+        if requeue:
+            stale = jobs.requeue_candidates(db, stale_after_s=60)
+            jobs.dispatch(db, stale)
+            console.print(f"resent {len(stale)} queued jobs")
+        rows, total = jobs.list_jobs(db, proj.id, status=None, kind=None, offset=0, limit=limit)
+        positions = jobs.queue_positions(db, rows)
+        table = Table("id", "kind", "status", "progress", "queue pos.", "message", title=f"{total} jobs")
+        for job in rows:
+            position = positions.get(job.id)
+            table.add_row(
+                str(job.id),
+                job.kind,
+                job.status,
+                f"{job.progress:5.1f}%",
+                str(position) if position else "",
+                (job.error or job.message)[:60],
+            )
+        active = [j.id for j in rows if j.status in ("queued", "running")]
+    console.print(table)
+    if watch and active:
+        _follow(active)
+
+
+def _follow(job_ids: list[int]) -> None:
+    """Progress bars for jobs until they all finish."""
+    from backend.jobs import service as jobs
+
+    with Progress(
+        TextColumn("job {task.fields[job]}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[status]}: {task.fields[note]}"),
+        console=console,
+    ) as progress:
+        tasks = {i: progress.add_task("", total=100, job=i, status="queued", note="") for i in job_ids}
+        pending = set(job_ids)
+        while pending:
+            with session_scope() as db:
+                rows = [jobs.get_job(db, i) for i in sorted(pending)]
+                positions = jobs.queue_positions(db, rows)
+                for job in rows:
+                    note = f"#{positions[job.id]} in queue" if job.id in positions else (job.error or job.message)
+                    progress.update(tasks[job.id], completed=job.progress, status=job.status, note=note[:60])
+                    if job.status in ("succeeded", "failed", "cancelled"):
+                        pending.discard(job.id)
+            time.sleep(0.5)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -48,6 +48,11 @@ class AuditFilter:
     until: datetime | None = None
 
 
+def _utc(moment: datetime) -> datetime:
+    """The instant in UTC (a naive time is taken as UTC): SQLite stores UTC wall times and drops any offset."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def list_events(
     db: Session, project_id: int, flt: AuditFilter, offset: int, limit: int
 ) -> tuple[list[AuditEvent], int]:
@@ -60,9 +65,9 @@ def list_events(
     if flt.action:
         query = query.where(AuditEvent.action == flt.action)
     if flt.since is not None:
-        query = query.where(AuditEvent.at >= flt.since)
+        query = query.where(AuditEvent.at >= _utc(flt.since))
     if flt.until is not None:
-        query = query.where(AuditEvent.at < flt.until)
+        query = query.where(AuditEvent.at < _utc(flt.until))
     total = db.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = db.scalars(query.order_by(AuditEvent.at.desc(), AuditEvent.id.desc()).offset(offset).limit(limit))
     return list(rows), int(total)

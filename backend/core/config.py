@@ -23,6 +23,16 @@ class Settings(BaseSettings):
     s3_endpoint_url: str = ""
     s3_prefix: str = "blobs/"
     broker_url: str = Field(default="", description="Celery broker; empty means an SQLite broker in data_dir.")
+    broker_visibility_timeout_s: int = Field(
+        default=3600, description="Seconds before an unacknowledged task (its worker died) is delivered again."
+    )
+    job_stale_after_s: int = Field(
+        default=120, description="A running job whose heartbeat is older than this may be claimed again."
+    )
+    job_max_attempts: int = Field(default=3, description="Claims of one job before it is marked failed.")
+    task_time_limit_s: int = Field(default=6 * 3600, description="Hard time limit of one task.")
+    embedded_worker: bool = Field(default=True, description="`maskloop serve` starts a solo worker with SQLite.")
+    torch_threads: int = Field(default=0, description="CPU threads for inference; 0 lets torch decide.")
     secret_key: str = Field(default="", description="Signs bearer tokens; empty means a random key kept in data_dir.")
     token_ttl_minutes: int = 12 * 60
     max_upload_mb: int = Field(default=2048, description="Largest accepted upload, in MiB.")

@@ -273,7 +273,10 @@ def _assemble(slices: list[_Slice], rows: int, cols: int) -> tuple[np.ndarray, s
         if slope == 0:
             raise InvalidInput(f"{s.path.name}: RescaleSlope is 0", file=s.path.name)
         scales.append((slope, inter))
-    integral = all(sl.is_integer() and it.is_integer() for sl, it in scales)
+    # Exact integer arithmetic only while pixel * slope + intercept cannot overflow int64 (else float).
+    integral = all(
+        sl.is_integer() and it.is_integer() and abs(sl) <= 2**16 and abs(it) <= 2**31 for sl, it in scales
+    )
 
     source_dtype = ""
     volume: np.ndarray = np.empty((cols, rows, n), dtype=np.int32 if integral else np.float32, order="F")
@@ -295,6 +298,12 @@ def _assemble(slices: list[_Slice], rows: int, cols: int) -> tuple[np.ndarray, s
             hu = px.astype(np.float64) * slope + inter
             if not np.all(np.isfinite(hu)):
                 raise InvalidInput(f"{s.path.name}: pixel values are not finite", file=s.path.name)
+            if hu.size and float(np.abs(hu).max()) > float(np.finfo(np.float32).max):
+                raise InvalidInput(
+                    f"{s.path.name}: rescaled pixel values exceed the float32 range "
+                    f"(RescaleSlope {slope:g}, RescaleIntercept {inter:g})",
+                    file=s.path.name,
+                )
         volume[:, :, k] = hu.T
     if volume.dtype == np.int32:
         if lo >= _INT16_MIN and hi <= _INT16_MAX:

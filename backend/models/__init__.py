@@ -1,22 +1,31 @@
 """ORM tables. Import from here so Alembic sees every table."""
 
 from backend.core.db import Base
+from backend.models.attention import AttentionMap, Prediction, TrainingRound
 from backend.models.audit import AuditEvent
+from backend.models.jobs import Job
 from backend.models.labels import LabelVersion, LabelVersionStructure
 from backend.models.projects import LabelSchema, Membership, Project, Structure
+from backend.models.registry import Model, ModelVersion
 from backend.models.scans import Scan
 from backend.models.users import ApiToken, User
 
 __all__ = [
     "ApiToken",
+    "AttentionMap",
     "AuditEvent",
     "Base",
+    "Job",
     "LabelSchema",
     "LabelVersion",
     "LabelVersionStructure",
     "Membership",
+    "Model",
+    "ModelVersion",
+    "Prediction",
     "Project",
     "Scan",
     "Structure",
+    "TrainingRound",
     "User",
 ]

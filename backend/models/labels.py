@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, Float, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, Float, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from backend.core.db import Base
@@ -31,8 +31,9 @@ class LabelVersion(Base):
     author_user_id: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True
     )
-    # The model registry (model workers issue) adds the model_versions table this refers to.
-    author_model_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    author_model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="RESTRICT"), nullable=True, index=True
+    )
     message: Mapped[str] = mapped_column(String(2000), nullable=False, default="")
     # Set when the version was saved on purpose beside the head (a fork after a conflict).
     is_branch: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)

@@ -90,8 +90,8 @@ def set_member(body: MemberIn, db: DbSession, access: ProjectAccess = require_pr
         user = auth.get_user_by_email(db, body.email)
     else:
         raise InvalidInput("give the member's email or user_id")
-    if body.role == "admin" and access.role != "admin":
-        raise PermissionDenied("only a project admin may grant the admin role")
+    if access.role != "admin" and "admin" in (body.role, service.member_role(db, access.project.id, user.id)):
+        raise PermissionDenied("only a project admin may grant the admin role or change a project admin's role")
     service.set_membership(db, access.project.id, user, body.role, access.user)
     db.commit()
     return MemberOut(user_id=user.id, email=user.email, display_name=user.display_name, role=body.role)
@@ -99,6 +99,8 @@ def set_member(body: MemberIn, db: DbSession, access: ProjectAccess = require_pr
 
 @router.delete("/{project_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
 def remove_member(user_id: int, db: DbSession, access: ProjectAccess = require_project("manage_members")) -> None:
-    """Remove a member (leads and admins)."""
+    """Remove a member (leads and admins; only admins remove a project admin)."""
+    if access.role != "admin" and service.member_role(db, access.project.id, user_id) == "admin":
+        raise PermissionDenied("only a project admin may remove a project admin")
     service.remove_membership(db, access.project.id, user_id, access.user)
     db.commit()

@@ -154,12 +154,16 @@ def get_project_by_slug(db: Session, slug: str) -> Project:
     return project
 
 
+def member_role(db: Session, project_id: int, user_id: int) -> str | None:
+    """The role a membership row gives the user in a project, or None (platform admin rights not counted)."""
+    return db.scalar(select(Membership.role).where(Membership.project_id == project_id, Membership.user_id == user_id))
+
+
 def role_of(db: Session, user: User, project_id: int) -> str | None:
-    """The user's role in a project (administrators count as 'admin'), or None."""
-    role = db.scalar(select(Membership.role).where(Membership.project_id == project_id, Membership.user_id == user.id))
-    if role is None and user.is_admin:
+    """The user's role in a project, or None; platform administrators are 'admin' whatever their membership."""
+    if user.is_admin:
         return "admin"
-    return role
+    return member_role(db, project_id, user.id)
 
 
 def authorize(db: Session, user: User, project_id: int, permission: str) -> str:
@@ -175,11 +179,7 @@ def authorize(db: Session, user: User, project_id: int, permission: str) -> str:
 def list_projects_for(db: Session, user: User) -> list[tuple[Project, str]]:
     """Projects the user can see, with their role."""
     if user.is_admin:
-        projects = db.scalars(select(Project).order_by(Project.slug))
-        roles = dict(
-            db.execute(select(Membership.project_id, Membership.role).where(Membership.user_id == user.id)).all()
-        )
-        return [(p, roles.get(p.id, "admin")) for p in projects]
+        return [(p, "admin") for p in db.scalars(select(Project).order_by(Project.slug))]
     rows = db.execute(
         select(Project, Membership.role)
         .join(Membership, Membership.project_id == Project.id)

@@ -319,7 +319,8 @@ def _filtered(query: Select[Any], project_id: int, flt: ScanFilter) -> Select[An
         query = query.where(Scan.age <= flt.age_max)
     if flt.search:
         escaped = flt.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(Scan.case_id.like(f"%{escaped}%", escape="\\"))
+        # ilike: case-insensitive on PostgreSQL too (SQLite's LIKE already is), so both databases agree.
+        query = query.where(Scan.case_id.ilike(f"%{escaped}%", escape="\\"))
     return query
 
 
@@ -328,6 +329,14 @@ def list_scans(db: Session, project_id: int, flt: ScanFilter, offset: int, limit
     total = db.scalar(_filtered(select(func.count(Scan.id)), project_id, flt)) or 0
     rows = db.scalars(_filtered(select(Scan), project_id, flt).order_by(Scan.case_id).offset(offset).limit(limit))
     return list(rows), int(total)
+
+
+def _facet_key(value: object) -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def facets(db: Session, project_id: int) -> dict[str, dict[str, int]]:
@@ -342,5 +351,11 @@ def facets(db: Session, project_id: int) -> dict[str, dict[str, int]]:
         ("split", Scan.split),
     ):
         rows = db.execute(select(column, func.count()).where(Scan.project_id == project_id).group_by(column)).all()
-        out[name] = {("unknown" if value is None else str(value).lower()): int(count) for value, count in rows}
+        # Keys are the stored values (so each works as a filter value); booleans as "true"/"false".
+        out[name] = {_facet_key(value): int(count) for value, count in rows}
     return out
+
+
+def scan_ids_matching(db: Session, project_id: int, flt: ScanFilter) -> list[int]:
+    """Ids of every scan of a project matching a filter, by case id."""
+    return [int(i) for i in db.scalars(_filtered(select(Scan.id), project_id, flt).order_by(Scan.case_id))]

@@ -211,9 +211,7 @@ def upgrade() -> None:
         sa.Column("idempotency_key", sa.String(length=200), nullable=True),
         sa.Column("new_bytes", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.CheckConstraint(
-            "kind IN ('import', 'model', 'human', 'fusion')", name=op.f("ck_label_versions_kind_known")
-        ),
+        sa.CheckConstraint("kind IN ('import', 'model', 'human', 'fusion')", name=op.f("ck_label_versions_kind_known")),
         sa.ForeignKeyConstraint(
             ["author_user_id"],
             ["users.id"],
@@ -232,13 +230,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_label_versions")),
         sa.UniqueConstraint("idempotency_key", name=op.f("uq_label_versions_idempotency_key")),
     )
-    op.create_index(
-        op.f("ix_label_versions_author_user_id"), "label_versions", ["author_user_id"], unique=False
-    )
+    op.create_index(op.f("ix_label_versions_author_user_id"), "label_versions", ["author_user_id"], unique=False)
     op.create_index(op.f("ix_label_versions_parent_id"), "label_versions", ["parent_id"], unique=False)
-    op.create_index(
-        "ix_label_versions_scan_created", "label_versions", ["scan_id", "created_at"], unique=False
-    )
+    op.create_index("ix_label_versions_scan_created", "label_versions", ["scan_id", "created_at"], unique=False)
     op.create_table(
         "structures",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -254,9 +248,7 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
-        sa.CheckConstraint(
-            "label_value > 0 AND label_value < 65536", name=op.f("ck_structures_label_value_range")
-        ),
+        sa.CheckConstraint("label_value > 0 AND label_value < 65536", name=op.f("ck_structures_label_value_range")),
         sa.ForeignKeyConstraint(
             ["schema_id"],
             ["label_schemas.id"],
@@ -276,9 +268,7 @@ def upgrade() -> None:
         sa.Column("voxel_count", sa.BigInteger(), nullable=False),
         sa.Column("volume_ml", sa.Float(), nullable=False),
         sa.Column("changed", sa.Boolean(), nullable=False),
-        sa.CheckConstraint(
-            "status IN ('present', 'missing')", name=op.f("ck_label_version_structures_status_known")
-        ),
+        sa.CheckConstraint("status IN ('present', 'missing')", name=op.f("ck_label_version_structures_status_known")),
         sa.ForeignKeyConstraint(
             ["structure_id"],
             ["structures.id"],

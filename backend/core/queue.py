@@ -1,0 +1,52 @@
+"""The API side of the task queue: send tasks by name (the API never imports worker code, torch or monai)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from backend.core.config import Settings, get_settings
+
+QUEUES = ("gpu", "cpu")
+
+# Task names are the contract between the API and the workers (worker/tasks.py registers them).
+TASK_PREANNOTATE = "maskloop.preannotate"
+TASK_ATTENTION = "maskloop.attention"
+TASK_TRAIN = "maskloop.train"
+
+
+def configure(app: Celery, settings: Settings) -> None:
+    """Settings shared by the API's client and the workers: reliable delivery, one task at a time per worker."""
+    app.conf.update(
+        broker_url=settings.resolved_broker_url,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_default_queue="cpu",
+        task_time_limit=settings.task_time_limit_s,
+        task_soft_time_limit=max(60, settings.task_time_limit_s - 60),
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+
+
+@lru_cache
+def client() -> Celery:
+    """A Celery app used only to send tasks."""
+    app = Celery("maskloop-api")
+    configure(app, get_settings())
+    return app
+
+
+def send(task_name: str, job_id: int, queue: str, attempt: int = 0) -> str:
+    """Enqueue a task for a job; the task id is deterministic so a resend is recognisable."""
+    if queue not in QUEUES:
+        raise ValueError(f"unknown queue {queue!r}")
+    task_id = f"job-{job_id}-{attempt}"
+    client().send_task(task_name, args=[job_id], queue=queue, task_id=task_id)
+    return task_id

@@ -1,0 +1,56 @@
+"""Model registry: models (architecture, structures, preprocessing) and their weight versions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from backend.core.db import Base, JSONType
+from backend.models._common import created_at_column
+
+ARCHITECTURES = ("unet", "segresnet", "classical")
+
+
+class Model(Base):
+    """A segmentation model of a project: what it predicts and how its input is prepared."""
+
+    __tablename__ = "models"
+    __table_args__ = (
+        UniqueConstraint("project_id", "name", name="uq_models_project_name"),
+        CheckConstraint("architecture IN ('unet', 'segresnet', 'classical')", name="architecture_known"),
+        CheckConstraint("promotion_policy IN ('manual', 'auto')", name="promotion_policy_known"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    architecture: Mapped[str] = mapped_column(String(32), nullable=False)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    structures: Mapped[list[str]] = mapped_column(JSONType, nullable=False)
+    preprocessing: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    inference: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    promotion_policy: Mapped[str] = mapped_column(String(16), nullable=False, default="manual")
+    # With the 'auto' policy: retrain after this many newly approved versions (the review workflow triggers it).
+    retrain_every_approvals: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = created_at_column()
+
+
+class ModelVersion(Base):
+    """One set of weights of a model, with its provenance and held-out validation metrics."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "number", name="uq_model_versions_model_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), nullable=False, index=True)
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    # sha256 of the weights file in the blob store; None for weightless (classical) models.
+    weights_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    weights_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    provenance: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    validation: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    is_promoted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = created_at_column()

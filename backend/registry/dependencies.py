@@ -1,0 +1,42 @@
+"""Model lookups with the caller's project role checked (outsiders see 404)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import Depends
+
+from backend.auth.dependencies import CurrentUser, DbSession
+from backend.core.errors import NotFound
+from backend.models import Model, User
+from backend.projects import service as projects
+from backend.registry import service
+
+
+@dataclass(frozen=True)
+class ModelAccess:
+    """A model the caller may act on."""
+
+    model: Model
+    user: User
+    role: str
+
+
+def model_access(permission: str) -> Callable[..., ModelAccess]:
+    """A dependency that loads model {model_id} and checks the caller's permission on its project."""
+
+    def dependency(model_id: int, db: DbSession, user: CurrentUser) -> ModelAccess:
+        model = service.get_model(db, model_id)
+        try:
+            role = projects.authorize(db, user, model.project_id, permission)
+        except NotFound as exc:
+            raise NotFound(f"model {model_id} not found") from exc
+        return ModelAccess(model=model, user=user, role=role)
+
+    return dependency
+
+
+def require_model(permission: str) -> ModelAccess:
+    """Shorthand for Depends(model_access(permission))."""
+    return Depends(model_access(permission))

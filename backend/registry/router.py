@@ -1,0 +1,208 @@
+"""Model registry endpoints, predictions, attention maps and the review priority list."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi.responses import Response
+
+from backend.auth.dependencies import Blobs, DbSession, SettingsDep
+from backend.core.errors import InvalidInput, NotFound
+from backend.core.uploads import read_limited
+from backend.imaging import chunks, nifti
+from backend.models import Model
+from backend.projects import service as projects
+from backend.projects.dependencies import ProjectAccess, require_project
+from backend.registry import service
+from backend.registry.dependencies import ModelAccess, require_model
+from backend.registry.schemas import (
+    ModelCreate,
+    ModelOut,
+    ModelVersionOut,
+    PredictionOut,
+    PriorityOut,
+    PriorityPage,
+    ScanPriorityOut,
+    TrainingRoundOut,
+)
+from backend.scans import service as scans
+from backend.scans.dependencies import ScanAccess, require_scan
+
+router = APIRouter(tags=["models"])
+
+
+def model_out(db: DbSession, model: Model) -> ModelOut:
+    """Serialise a model with its promoted version."""
+    out = ModelOut.model_validate(model)
+    promoted = service.promoted_version(db, model)
+    out.promoted_version = ModelVersionOut.model_validate(promoted) if promoted else None
+    return out
+
+
+@router.get("/api/projects/{project_id}/models", response_model=list[ModelOut])
+def list_models(db: DbSession, access: ProjectAccess = require_project("read")) -> list[ModelOut]:
+    """The project's registered models."""
+    return [model_out(db, m) for m in service.list_models(db, access.project.id)]
+
+
+@router.post("/api/projects/{project_id}/models", response_model=ModelOut, status_code=status.HTTP_201_CREATED)
+def create_model(body: ModelCreate, db: DbSession, access: ProjectAccess = require_project("run_jobs")) -> ModelOut:
+    """Register a model (leads and admins)."""
+    model = service.create_model(db, access.project.id, actor_user_id=access.user.id, **body.model_dump())
+    db.commit()
+    return model_out(db, model)
+
+
+@router.get("/api/models/{model_id}", response_model=ModelOut)
+def get_model(db: DbSession, access: ModelAccess = require_model("read")) -> ModelOut:
+    """One model."""
+    return model_out(db, access.model)
+
+
+@router.get("/api/models/{model_id}/versions", response_model=list[ModelVersionOut])
+def list_versions(db: DbSession, access: ModelAccess = require_model("read")) -> list[ModelVersionOut]:
+    """A model's weight versions with provenance and validation metrics."""
+    return [ModelVersionOut.model_validate(v) for v in service.list_versions(db, access.model)]
+
+
+@router.post("/api/models/{model_id}/versions", response_model=ModelVersionOut, status_code=201)
+async def upload_version(
+    db: DbSession,
+    blobs: Blobs,
+    settings: SettingsDep,
+    weights: Annotated[UploadFile, File(description="A torch state_dict file")],
+    provenance: Annotated[str, Form()] = "{}",
+    validation: Annotated[str, Form()] = "{}",
+    access: ModelAccess = require_model("run_jobs"),
+) -> ModelVersionOut:
+    """Register externally trained weights as the model's next version (not promoted)."""
+    data = await read_limited(weights, settings.max_upload_bytes)
+    try:
+        provenance_json, validation_json = json.loads(provenance), json.loads(validation)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"provenance/validation must be JSON objects: {exc.msg}") from exc
+    version = service.add_version(
+        db,
+        blobs,
+        access.model,
+        weights=data,
+        provenance={**provenance_json, "uploaded_by": access.user.id},
+        validation=validation_json,
+        actor_user_id=access.user.id,
+    )
+    db.commit()
+    return ModelVersionOut.model_validate(version)
+
+
+@router.post("/api/model-versions/{version_id}/promote", response_model=ModelVersionOut)
+def promote(version_id: int, db: DbSession, access: ProjectAccess = require_project("run_jobs")) -> ModelVersionOut:
+    """Promote a version; refused (409) unless it beat the promoted one on their shared held-out set."""
+    version = service.get_model_version(db, version_id)
+    if service.get_model(db, version.model_id).project_id != access.project.id:
+        raise NotFound(f"model version {version_id} not found")
+    service.promote(db, version, access.user.id)
+    db.commit()
+    return ModelVersionOut.model_validate(version)
+
+
+@router.get("/api/models/{model_id}/rounds", response_model=list[TrainingRoundOut])
+def list_rounds(db: DbSession, access: ModelAccess = require_model("read")) -> list[TrainingRoundOut]:
+    """Training rounds: the learning curve (held-out Dice, AI-vs-final Dice, scans revised)."""
+    return [TrainingRoundOut.model_validate(r) for r in service.training_rounds(db, access.model)]
+
+
+@router.get("/api/projects/{project_id}/priorities", response_model=PriorityPage)
+def priorities(
+    db: DbSession,
+    access: ProjectAccess = require_project("read"),
+    structure: str | None = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> PriorityPage:
+    """(scan, structure) pairs ranked by attention volume per slice: what a radiologist should revise first."""
+    structure_id = None
+    if structure:
+        structure_id = projects.find_structure(projects.structures_of(db, access.project.id), structure).id
+    rows, total = service.ranked_priorities(
+        db, access.project.id, offset=(page - 1) * page_size, limit=page_size, structure_id=structure_id
+    )
+    return PriorityPage(
+        items=[
+            PriorityOut(
+                scan_id=scan.id,
+                case_id=scan.case_id,
+                structure=st.name,
+                priority=a.priority,
+                attention_voxels=a.attention_voxels,
+                inconsistency_voxels=a.inconsistency_voxels,
+                uncertainty_voxels=a.uncertainty_voxels,
+                overlap_voxels=a.overlap_voxels,
+                model_version_ids=a.model_version_ids,
+            )
+            for a, scan, st in rows
+        ],
+        total=total,
+        page=page,
+        page_size=page_size,
+    )
+
+
+@router.get("/api/projects/{project_id}/priorities/scans", response_model=list[ScanPriorityOut])
+def scan_priorities(
+    db: DbSession,
+    access: ProjectAccess = require_project("read"),
+    page: Annotated[int, Query(ge=1)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[ScanPriorityOut]:
+    """Scans ranked by their summed attention."""
+    rows = service.ranked_scans(db, access.project.id, offset=(page - 1) * page_size, limit=page_size)
+    return [ScanPriorityOut(scan_id=i, case_id=c, score=s) for i, c, s in rows]
+
+
+@router.get("/api/scans/{scan_id}/attention/{structure}", response_class=Response)
+def attention_map(structure: str, db: DbSession, blobs: Blobs, access: ScanAccess = require_scan("read")) -> Response:
+    """A structure's attention map as a uint8 .nii.gz in the scan's geometry (for the viewer's heat overlay)."""
+    found = projects.find_structure(projects.structures_of(db, access.scan.project_id), structure)
+    row = service.attention_for(db, access.scan.id, found.id)
+    manifest = chunks.MaskManifest.from_bytes(blobs.get_bytes(row.manifest_digest))
+    mask = chunks.assemble_mask(manifest, blobs.get_bytes)
+    body = nifti.to_nifti_gz(mask.astype("uint8"), scans.geometry_of(access.scan).affine)
+    return Response(body, media_type="application/octet-stream", headers={"X-Priority": f"{row.priority:.6g}"})
+
+
+@router.get("/api/scans/{scan_id}/predictions", response_model=list[PredictionOut])
+def predictions(db: DbSession, access: ScanAccess = require_scan("read")) -> list[PredictionOut]:
+    """The newest prediction of each model version for this scan."""
+    return [
+        PredictionOut(
+            id=p.id,
+            job_id=p.job_id,
+            scan_id=p.scan_id,
+            model_version_id=p.model_version_id,
+            label_version_id=p.label_version_id,
+            structures=sorted(p.maps),
+            created_at=p.created_at,
+        )
+        for p in service.latest_predictions(db, access.scan.id)
+    ]
+
+
+@router.get("/api/scans/{scan_id}/predictions/{prediction_id}/{map_kind}/{structure}", response_class=Response)
+def scan_prediction_map(
+    prediction_id: int,
+    map_kind: str,
+    structure: str,
+    db: DbSession,
+    blobs: Blobs,
+    access: ScanAccess = require_scan("read"),
+) -> Response:
+    """A uint8-quantised probability (p*255) or entropy map of one structure as .nii.gz."""
+    if map_kind not in ("probability", "entropy"):
+        raise InvalidInput("map kind must be 'probability' or 'entropy'")
+    prediction = next((p for p in service.latest_predictions(db, access.scan.id) if p.id == prediction_id), None)
+    if prediction is None or structure not in prediction.maps:
+        raise NotFound(f"no {map_kind} map of {structure!r} in prediction {prediction_id}")
+    digest = prediction.maps[structure][map_kind]
+    return Response(blobs.get_bytes(digest), media_type="application/octet-stream", headers={"ETag": f'"{digest}"'})

@@ -1,0 +1,365 @@
+"""Model registry, predictions, attention maps with priorities, and training rounds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from backend.audit import service as audit
+from backend.core.blobstore import BlobStore
+from backend.core.errors import Conflict, InvalidInput, NotFound
+from backend.imaging import chunks
+from backend.models import (
+    AttentionMap,
+    LabelVersion,
+    Model,
+    ModelVersion,
+    Prediction,
+    Scan,
+    Structure,
+    TrainingRound,
+)
+from backend.models.registry import ARCHITECTURES
+from backend.projects import service as projects
+
+CLASSICAL_MODEL_NAME = "classical-hu"
+DEFAULT_PREPROCESSING = {"orientation": "RAS", "target_spacing": [1.5, 1.5, 1.5], "hu_window": [-175.0, 250.0]}
+DEFAULT_INFERENCE = {"roi_size": [96, 96, 96], "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 1}
+
+
+def create_model(
+    db: Session,
+    project_id: int,
+    *,
+    name: str,
+    architecture: str,
+    structures: Sequence[str],
+    config: dict[str, Any] | None = None,
+    preprocessing: dict[str, Any] | None = None,
+    inference: dict[str, Any] | None = None,
+    promotion_policy: str = "manual",
+    retrain_every_approvals: int | None = None,
+    actor_user_id: int | None = None,
+) -> Model:
+    """Register a model; its structures must all be in the project's schema."""
+    if architecture not in ARCHITECTURES:
+        raise InvalidInput(f"unknown architecture {architecture!r}; use one of {list(ARCHITECTURES)}")
+    if promotion_policy not in ("manual", "auto"):
+        raise InvalidInput("promotion policy must be 'manual' or 'auto'")
+    if not structures:
+        raise InvalidInput("a model must predict at least one structure")
+    schema = projects.structures_of(db, project_id)
+    names = [projects.find_structure(schema, name).name for name in structures]
+    if len(set(names)) != len(names):
+        raise InvalidInput("a structure is listed twice")
+    if db.scalar(select(Model.id).where(Model.project_id == project_id, Model.name == name)) is not None:
+        raise Conflict(f"a model named {name!r} already exists in this project")
+    overlap = inference or {}
+    if float(overlap.get("overlap", 0.25)) < 0.25:
+        raise InvalidInput("sliding-window overlap must be at least 0.25")
+    model = Model(
+        project_id=project_id,
+        name=name,
+        architecture=architecture,
+        structures=names,
+        config=config or {},
+        preprocessing={**DEFAULT_PREPROCESSING, **(preprocessing or {})},
+        inference={**DEFAULT_INFERENCE, **overlap},
+        promotion_policy=promotion_policy,
+        retrain_every_approvals=retrain_every_approvals,
+    )
+    db.add(model)
+    db.flush()
+    audit.record(
+        db,
+        actor_user_id=actor_user_id,
+        action="model.create",
+        entity_type="model",
+        entity_id=model.id,
+        project_id=project_id,
+        details={"name": name, "architecture": architecture, "structures": names},
+    )
+    return model
+
+
+def get_model(db: Session, model_id: int) -> Model:
+    """A model by id."""
+    model = db.get(Model, model_id)
+    if model is None:
+        raise NotFound(f"model {model_id} not found")
+    return model
+
+
+def get_model_by_name(db: Session, project_id: int, name: str) -> Model:
+    """A model of a project by name."""
+    model = db.scalar(select(Model).where(Model.project_id == project_id, Model.name == name))
+    if model is None:
+        raise NotFound(f"no model named {name!r} in this project")
+    return model
+
+
+def list_models(db: Session, project_id: int) -> list[Model]:
+    """A project's models by name."""
+    return list(db.scalars(select(Model).where(Model.project_id == project_id).order_by(Model.name)))
+
+
+def get_model_version(db: Session, version_id: int) -> ModelVersion:
+    """A model version by id."""
+    version = db.get(ModelVersion, version_id)
+    if version is None:
+        raise NotFound(f"model version {version_id} not found")
+    return version
+
+
+def list_versions(db: Session, model: Model) -> list[ModelVersion]:
+    """A model's weight versions, oldest first."""
+    return list(db.scalars(select(ModelVersion).where(ModelVersion.model_id == model.id).order_by(ModelVersion.number)))
+
+
+def promoted_version(db: Session, model: Model) -> ModelVersion | None:
+    """The version used for pre-annotation, if any."""
+    return db.scalar(select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.is_promoted))
+
+
+def add_version(
+    db: Session,
+    blobs: BlobStore,
+    model: Model,
+    *,
+    weights: bytes | None,
+    provenance: dict[str, Any] | None = None,
+    validation: dict[str, Any] | None = None,
+    actor_user_id: int | None = None,
+) -> ModelVersion:
+    """Store weights (blob first) and register them as the model's next version."""
+    if model.architecture != "classical" and not weights:
+        raise InvalidInput(f"model {model.name!r} ({model.architecture}) needs a weights file")
+    digest = blobs.put_bytes(weights) if weights else None
+    number = (db.scalar(select(func.max(ModelVersion.number)).where(ModelVersion.model_id == model.id)) or 0) + 1
+    version = ModelVersion(
+        model_id=model.id,
+        number=number,
+        weights_digest=digest,
+        weights_bytes=len(weights) if weights else 0,
+        provenance=provenance or {},
+        validation=validation or {},
+    )
+    db.add(version)
+    db.flush()
+    audit.record(
+        db,
+        actor_user_id=actor_user_id,
+        action="model_version.create",
+        entity_type="model_version",
+        entity_id=version.id,
+        project_id=model.project_id,
+        details={"model": model.name, "number": number, "weights_sha256": digest},
+    )
+    return version
+
+
+def _heldout_mean(metrics: dict[str, Any]) -> float | None:
+    value = metrics.get("mean_dice")
+    return float(value) if value is not None else None
+
+
+def promotion_check(db: Session, version: ModelVersion) -> tuple[bool, str]:
+    """Whether a version may be promoted: it must beat the promoted one on the same held-out set."""
+    model = get_model(db, version.model_id)
+    current = promoted_version(db, model)
+    if current is None:
+        return True, "no version of this model is promoted yet"
+    if current.id == version.id:
+        return False, "this version is already promoted"
+    round_ = db.scalar(select(TrainingRound).where(TrainingRound.new_model_version_id == version.id))
+    if round_ is None or round_.previous_model_version_id != current.id:
+        return False, (
+            f"version {version.number} was not evaluated against the promoted version {current.number} "
+            "on a shared held-out set; retrain to compare them"
+        )
+    new, old = _heldout_mean(round_.heldout_new), _heldout_mean(round_.heldout_previous)
+    if new is None or old is None:
+        return False, "held-out metrics are missing"
+    if new <= old:
+        return False, f"held-out mean Dice {new:.3f} does not beat the promoted version's {old:.3f}"
+    return True, f"held-out mean Dice {new:.3f} beats {old:.3f}"
+
+
+def promote(db: Session, version: ModelVersion, actor_user_id: int | None, *, checked: bool = True) -> ModelVersion:
+    """Make this the model's promoted version (refused unless it beats the current one on held-out data)."""
+    if checked:
+        allowed, reason = promotion_check(db, version)
+        if not allowed:
+            raise Conflict(f"promotion refused: {reason}")
+    model = get_model(db, version.model_id)
+    current = promoted_version(db, model)
+    if current is not None:
+        current.is_promoted = False
+        db.flush()
+    version.is_promoted = True
+    db.flush()
+    audit.record(
+        db,
+        actor_user_id=actor_user_id,
+        action="model_version.promote",
+        entity_type="model_version",
+        entity_id=version.id,
+        project_id=model.project_id,
+        details={"model": model.name, "number": version.number, "previous": current.number if current else None},
+    )
+    return version
+
+
+def ensure_classical_model(db: Session, blobs: BlobStore, project_id: int, structures: Sequence[str]) -> Model:
+    """The weightless HU-threshold pre-annotator, registered and promoted (idempotent)."""
+    existing = db.scalar(select(Model).where(Model.project_id == project_id, Model.name == CLASSICAL_MODEL_NAME))
+    if existing is not None:
+        return existing
+    model = create_model(
+        db,
+        project_id,
+        name=CLASSICAL_MODEL_NAME,
+        architecture="classical",
+        structures=structures,
+        preprocessing={},
+        config={"method": "HU thresholds + connected components + position priors"},
+    )
+    version = add_version(db, blobs, model, weights=None, provenance={"trained": False})
+    promote(db, version, None, checked=False)
+    return model
+
+
+def record_prediction(
+    db: Session, *, job_id: int, scan: Scan, model_version: ModelVersion, label_version: LabelVersion, maps: dict
+) -> Prediction:
+    """Remember which label version and probability/entropy maps a job produced."""
+    prediction = Prediction(
+        job_id=job_id,
+        scan_id=scan.id,
+        model_version_id=model_version.id,
+        label_version_id=label_version.id,
+        maps=maps,
+    )
+    db.add(prediction)
+    db.flush()
+    return prediction
+
+
+def prediction_for_job(db: Session, job_id: int) -> Prediction | None:
+    """The prediction a job already wrote (a rerun finds it instead of writing a second one)."""
+    return db.scalar(select(Prediction).where(Prediction.job_id == job_id))
+
+
+def latest_predictions(db: Session, scan_id: int, model_version_ids: Sequence[int] | None = None) -> list[Prediction]:
+    """The newest prediction of each model version for a scan."""
+    query = select(Prediction).where(Prediction.scan_id == scan_id)
+    if model_version_ids:
+        query = query.where(Prediction.model_version_id.in_(model_version_ids))
+    newest: dict[int, Prediction] = {}
+    for prediction in db.scalars(query.order_by(Prediction.id)):
+        newest[prediction.model_version_id] = prediction
+    return list(newest.values())
+
+
+@dataclass(frozen=True)
+class AttentionInput:
+    """One structure's attention result to store."""
+
+    structure: Structure
+    mask: np.ndarray
+    inconsistency_voxels: int
+    uncertainty_voxels: int
+    overlap_voxels: int
+
+
+def store_attention(
+    db: Session,
+    blobs: BlobStore,
+    scan: Scan,
+    results: Sequence[AttentionInput],
+    *,
+    job_id: int | None,
+    model_version_ids: Sequence[int],
+) -> list[AttentionMap]:
+    """Replace the scan's attention maps (derived data, recomputed from predictions) and their priorities."""
+    stored = []
+    for item in results:
+        manifest = chunks.build_manifest(item.mask, blobs.put_bytes)
+        digest = blobs.put_bytes(manifest.to_bytes())
+        voxels = manifest.voxel_count
+        row = db.scalar(
+            select(AttentionMap).where(AttentionMap.scan_id == scan.id, AttentionMap.structure_id == item.structure.id)
+        )
+        if row is None:
+            row = AttentionMap(project_id=scan.project_id, scan_id=scan.id, structure_id=item.structure.id)
+            db.add(row)
+        row.job_id = job_id
+        row.manifest_digest = digest
+        row.attention_voxels = voxels
+        row.inconsistency_voxels = item.inconsistency_voxels
+        row.uncertainty_voxels = item.uncertainty_voxels
+        row.overlap_voxels = item.overlap_voxels
+        row.priority = voxels / max(1, scan.slice_count)
+        row.model_version_ids = list(model_version_ids)
+        stored.append(row)
+    db.flush()
+    return stored
+
+
+def attention_for(db: Session, scan_id: int, structure_id: int) -> AttentionMap:
+    """The attention map of one structure of a scan."""
+    row = db.scalar(
+        select(AttentionMap).where(AttentionMap.scan_id == scan_id, AttentionMap.structure_id == structure_id)
+    )
+    if row is None:
+        raise NotFound("no attention map for this structure; run the attention step on ≥ 2 model predictions")
+    return row
+
+
+def ranked_priorities(
+    db: Session, project_id: int, *, offset: int, limit: int, structure_id: int | None = None
+) -> tuple[list[tuple[AttentionMap, Scan, Structure]], int]:
+    """(scan, structure) pairs by descending priority: where a radiologist's look is worth most."""
+    query = (
+        select(AttentionMap, Scan, Structure)
+        .join(Scan, Scan.id == AttentionMap.scan_id)
+        .join(Structure, Structure.id == AttentionMap.structure_id)
+        .where(AttentionMap.project_id == project_id, AttentionMap.attention_voxels > 0)
+    )
+    if structure_id is not None:
+        query = query.where(AttentionMap.structure_id == structure_id)
+    total = db.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = db.execute(query.order_by(AttentionMap.priority.desc(), AttentionMap.id).offset(offset).limit(limit))
+    return [(a, s, st) for a, s, st in rows.all()], int(total)
+
+
+def ranked_scans(db: Session, project_id: int, *, offset: int, limit: int) -> list[tuple[int, str, float]]:
+    """Scans by total attention (summed over structures, normalised by slice count)."""
+    rows = db.execute(
+        select(Scan.id, Scan.case_id, func.sum(AttentionMap.priority).label("score"))
+        .join(AttentionMap, AttentionMap.scan_id == Scan.id)
+        .where(AttentionMap.project_id == project_id)
+        .group_by(Scan.id, Scan.case_id)
+        .order_by(func.sum(AttentionMap.priority).desc(), Scan.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    return [(int(i), str(c), float(s)) for i, c, s in rows.all()]
+
+
+def record_training_round(db: Session, **fields: Any) -> TrainingRound:
+    """Store one retraining round (the learning curve a lead watches)."""
+    round_ = TrainingRound(**fields)
+    db.add(round_)
+    db.flush()
+    return round_
+
+
+def training_rounds(db: Session, model: Model) -> list[TrainingRound]:
+    """A model's training rounds, oldest first."""
+    return list(db.scalars(select(TrainingRound).where(TrainingRound.model_id == model.id).order_by(TrainingRound.id)))

@@ -1,0 +1,104 @@
+"""Attention: where ≥ 2 model predictions of a scan disagree, doubt or overlap -> maps and priorities."""
+
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+
+from backend.core.blobstore import BlobStore, get_blob_store
+from backend.core.db import session_scope
+from backend.core.errors import InvalidInput
+from backend.jobs import service as jobs
+from backend.projects import service as projects
+from backend.registry import service as registry
+from backend.scans import service as scans
+from worker.models.attention import AttentionThresholds, attention_maps, default_forbidden_overlaps
+from worker.models.inference import dequantise_unit
+from worker.pipelines import common
+
+
+def run(job_id: int) -> None:
+    """Compute and store the attention maps of one scan."""
+    claimed = common.claim(job_id)
+    if claimed is None:
+        return
+    try:
+        _run(claimed)
+    except common.TransientError:
+        common.release(claimed)
+        raise
+    except Exception as exc:
+        common.finish_with_error(claimed, exc)
+
+
+def _load_map(blobs: BlobStore, digest: str) -> np.ndarray:
+    image = nib.Nifti1Image.from_bytes(gzip.decompress(blobs.get_bytes(digest)))
+    return dequantise_unit(np.asarray(image.dataobj, dtype=np.uint8))
+
+
+def _run(claimed: common.Claimed) -> None:
+    blobs = get_blob_store()
+    reporter = common.Reporter(claimed)
+    with session_scope() as db:
+        job = common.owned_job(db, claimed)
+        if job.scan_id is None:
+            raise InvalidInput("the scan of this job was deleted")
+        scan = scans.get_scan(db, job.scan_id)
+        wanted = job.params.get("model_version_ids") or None
+        predictions = registry.latest_predictions(db, scan.id, wanted)
+        if len(predictions) < 2:
+            raise InvalidInput(
+                "attention needs predictions of at least two model versions; "
+                f"scan {scan.case_id} has {len(predictions)}"
+            )
+        schema = projects.structures_of(db, scan.project_id)
+        parents = {s.name: s.inside for s in schema if s.inside}
+        by_name = {s.name: s for s in schema}
+        digests: dict[str, list[str]] = {}
+        for prediction in predictions:
+            for name, maps in prediction.maps.items():
+                digests.setdefault(name, []).append(maps["probability"])
+        model_version_ids = [p.model_version_id for p in predictions]
+        thresholds = AttentionThresholds(**job.params.get("thresholds", {}))
+    names = [name for name, found in digests.items() if len(found) >= 2]
+    if not names:
+        raise InvalidInput("the predictions share no structure")
+    reporter.update(10, "loading probability maps", force=True)
+    probabilities = {name: [_load_map(blobs, d) for d in digests[name]] for name in names}
+    reporter.update(40, "computing attention", force=True)
+    results = attention_maps(probabilities, names, default_forbidden_overlaps(names, parents), thresholds)
+    reporter.update(80, "storing maps", force=True)
+    with session_scope() as db:
+        job = common.owned_job(db, claimed)
+        scan = scans.get_scan(db, job.scan_id or 0)
+        stored = registry.store_attention(
+            db,
+            blobs,
+            scan,
+            [
+                registry.AttentionInput(
+                    structure=by_name[name],
+                    mask=result.mask,
+                    inconsistency_voxels=result.inconsistency_voxels,
+                    uncertainty_voxels=result.uncertainty_voxels,
+                    overlap_voxels=result.overlap_voxels,
+                )
+                for name, result in results.items()
+            ],
+            job_id=job.id,
+            model_version_ids=model_version_ids,
+        )
+        jobs.succeed(
+            db,
+            job,
+            {
+                "model_version_ids": model_version_ids,
+                "structures": {
+                    name: {"attention_voxels": row.attention_voxels, "priority": row.priority}
+                    for name, row in zip(results, stored, strict=True)
+                },
+            },
+            message=f"attention for {len(stored)} structures",
+        )

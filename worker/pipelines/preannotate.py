@@ -1,0 +1,128 @@
+"""Pre-annotation: one model version on one scan -> a `model` label version plus probability/entropy maps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from backend.core.blobstore import get_blob_store
+from backend.core.db import session_scope
+from backend.core.errors import Conflict, InvalidInput
+from backend.imaging import nifti
+from backend.jobs import service as jobs
+from backend.labels import service as labels
+from backend.models import LabelVersion, Scan
+from backend.projects import service as projects
+from backend.registry import service as registry
+from backend.scans import service as scans
+from worker.models.inference import InferenceCancelled, binary_entropy, quantise_unit
+from worker.pipelines import common
+from worker.pipelines.predictors import ModelSpec, predict
+
+
+def run(job_id: int) -> None:
+    """Run (or finish, if a previous attempt already wrote it) the pre-annotation job."""
+    claimed = common.claim(job_id)
+    if claimed is None:
+        return
+    try:
+        _run(claimed)
+    except common.TransientError:
+        common.release(claimed)
+        raise
+    except (InferenceCancelled, common.JobAbandoned) as exc:
+        common.finish_with_error(claimed, common.JobAbandoned(str(exc)))
+    except Exception as exc:
+        common.finish_with_error(claimed, exc)
+
+
+def _run(claimed: common.Claimed) -> None:
+    blobs = get_blob_store()
+    with session_scope() as db:
+        job = common.owned_job(db, claimed)
+        existing = registry.prediction_for_job(db, job.id)
+        if existing is not None:  # a previous attempt committed its version but died before finishing the job
+            jobs.succeed(db, job, {"label_version_id": existing.label_version_id, "prediction_id": existing.id})
+            return
+        if job.scan_id is None:
+            raise InvalidInput("the scan of this job was deleted")
+        if job.model_version_id is None:
+            raise InvalidInput("the model version of this job was deleted")
+        scan = scans.get_scan(db, job.scan_id)
+        version = registry.get_model_version(db, job.model_version_id)
+        model = registry.get_model(db, version.model_id)
+        schema = projects.structures_of(db, scan.project_id)
+        for name in model.structures:
+            projects.find_structure(schema, name)
+        spec = ModelSpec.of(model, version)
+        image_digest, base_version_id, case_id = scan.image_digest, scan.head_version_id, scan.case_id
+    reporter = common.Reporter(claimed)
+    reporter.update(1, f"loading {case_id}", force=True)
+    loaded = nifti.load_nifti_bytes(blobs.get_bytes(image_digest), f"{case_id}.nii.gz")
+    if min(loaded.geometry.shape) < 2:
+        raise InvalidInput(f"scan {case_id} of shape {list(loaded.geometry.shape)} is too thin for 3D inference")
+    probs = predict(
+        spec,
+        blobs,
+        loaded.data,
+        loaded.geometry.affine,
+        progress=reporter.fraction_callback(5, 90, f"{spec.name} v{spec.number}: sliding window"),
+        should_stop=reporter.should_stop,
+    )
+    reporter.update(92, "writing the version", force=True)
+    masks = probs > 0.5
+    entropy = binary_entropy(probs)
+    affine = loaded.geometry.affine
+    maps = {
+        name: {
+            "probability": blobs.put_bytes(nifti.to_nifti_gz(quantise_unit(probs[i]), affine)),
+            "entropy": blobs.put_bytes(nifti.to_nifti_gz(quantise_unit(entropy[i]), affine)),
+        }
+        for i, name in enumerate(spec.structures)
+    }
+    with session_scope() as db:
+        job = common.owned_job(db, claimed)
+        scan = scans.get_scan(db, job.scan_id or 0)
+        version = registry.get_model_version(db, job.model_version_id or 0)
+        label_version = _write_version(db, scan, version.id, spec, masks, base_version_id, job.id)
+        prediction = registry.record_prediction(
+            db, job_id=job.id, scan=scan, model_version=version, label_version=label_version, maps=maps
+        )
+        jobs.succeed(
+            db,
+            job,
+            {
+                "label_version_id": label_version.id,
+                "prediction_id": prediction.id,
+                "branch": label_version.is_branch,
+                "voxels": {name: int(np.count_nonzero(masks[i])) for i, name in enumerate(spec.structures)},
+            },
+            message=f"wrote version {label_version.id}",
+        )
+
+
+def _write_version(
+    db: Session,
+    scan: Scan,
+    model_version_id: int,
+    spec: ModelSpec,
+    masks: np.ndarray,
+    base_version_id: int | None,
+    job_id: int,
+) -> LabelVersion:
+    """Save on the head the job started from; if a human saved meanwhile, keep the prediction as a branch."""
+    common_args: dict[str, Any] = {
+        "author": labels.Author(user_id=None, model_version_id=model_version_id),
+        "kind": "model",
+        "message": f"{spec.name} v{spec.number} pre-annotation (job {job_id})",
+        "base_version_id": base_version_id,
+        "masks": {name: masks[i] for i, name in enumerate(spec.structures)},
+        "idempotency_key": f"job-{job_id}",
+    }
+    try:
+        with db.begin_nested():
+            return labels.create_version(db, get_blob_store(), scan, branch=False, **common_args)
+    except Conflict:
+        return labels.create_version(db, get_blob_store(), scan, branch=True, **common_args)

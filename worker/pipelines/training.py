@@ -1,0 +1,220 @@
+"""Training: fine-tune a model on label versions with a held-out split; promote only if it beats the old one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.core.blobstore import BlobStore, get_blob_store
+from backend.core.db import session_scope
+from backend.core.errors import InvalidInput
+from backend.imaging import chunks, nifti
+from backend.jobs import service as jobs
+from backend.labels import service as labels
+from backend.models import LabelVersion, TrainingRound
+from backend.registry import service as registry
+from backend.scans import service as scans
+from worker.models.networks import build_network
+from worker.models.preprocessing import Preprocessing
+from worker.models.training import (
+    TrainingConfig,
+    TrainingSample,
+    dice_per_channel,
+    load_weights,
+    save_weights,
+    train,
+)
+from worker.pipelines import common
+from worker.pipelines.predictors import ModelSpec, predict
+
+
+def run(job_id: int) -> None:
+    """Train, evaluate on the held-out split against the promoted version, record the round."""
+    claimed = common.claim(job_id)
+    if claimed is None:
+        return
+    try:
+        _run(claimed)
+    except common.TransientError:
+        common.release(claimed)
+        raise
+    except Exception as exc:
+        common.finish_with_error(claimed, exc)
+
+
+@dataclass(frozen=True)
+class _Item:
+    version_id: int
+    scan_id: int
+    image_digest: str
+    case_id: str
+    manifests: tuple[str | None, ...]
+
+
+def split_heldout(version_ids: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic train/held-out split of version ids (at least one in each part)."""
+    order = sorted(version_ids)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(order)
+    n_val = min(len(order) - 1, max(1, round(fraction * len(order))))
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def _items(db: Session, version_ids: list[int], structures: tuple[str, ...]) -> list[_Item]:
+    out = []
+    for version_id in version_ids:
+        version = labels.get_version(db, version_id)
+        scan = scans.get_scan(db, version.scan_id)
+        manifests = []
+        for name in structures:
+            _structure, entry = labels.structure_entry(db, version, name)
+            if entry.status != "present":
+                raise InvalidInput(f"label version {version_id} ({scan.case_id}) has no {name!r} mask to train on")
+            manifests.append(entry.manifest_digest)
+        out.append(_Item(version_id, scan.id, scan.image_digest, scan.case_id, tuple(manifests)))
+    return out
+
+
+def _sample(blobs: BlobStore, item: _Item) -> TrainingSample:
+    loaded = nifti.load_nifti_bytes(blobs.get_bytes(item.image_digest), f"{item.case_id}.nii.gz")
+    masks = []
+    for digest in item.manifests:
+        assert digest is not None
+        masks.append(chunks.assemble_mask(labels.load_manifest(blobs, digest), blobs.get_bytes))
+    return TrainingSample(volume=loaded.data, affine=loaded.geometry.affine, masks=np.stack(masks))
+
+
+def _heldout_metrics(
+    spec: ModelSpec, blobs: BlobStore, samples: list[TrainingSample], structures: tuple[str, ...]
+) -> dict[str, object]:
+    """Mean and per-structure Dice of a model version on held-out samples (PanTS empty-mask policy)."""
+    per_case = []
+    for sample in samples:
+        probs = predict(spec, blobs, sample.volume, sample.affine)
+        per_case.append(dice_per_channel(probs > 0.5, sample.masks))
+    per_structure = {name: float(np.mean([case[i] for case in per_case])) for i, name in enumerate(structures)}
+    return {"mean_dice": float(np.mean(list(per_structure.values()))), "per_structure": per_structure}
+
+
+def _human_revised(db: Session, version: LabelVersion) -> bool:
+    """Whether a human edited this lineage after a model drafted it."""
+    chain = labels.lineage(db, version)
+    kinds = [v.kind for v in reversed(chain)]
+    return "model" in kinds and "human" in kinds[kinds.index("model") :]
+
+
+def _ai_vs_final(db: Session, blobs: BlobStore, previous_id: int | None, version_ids: list[int]) -> dict[str, float]:
+    """Mean Dice per structure between the previous model's prediction and the final label version."""
+    if previous_id is None:
+        return {}
+    scores: dict[str, list[float]] = {}
+    for version_id in version_ids:
+        final = labels.get_version(db, version_id)
+        drafts = registry.latest_predictions(db, final.scan_id, [previous_id])
+        if not drafts:
+            continue
+        draft = labels.get_version(db, drafts[0].label_version_id)
+        for row in labels.diff_versions(db, blobs, draft, final):
+            if row.dice is not None and row.structure in drafts[0].maps:
+                scores.setdefault(row.structure, []).append(row.dice)
+    return {name: float(np.mean(values)) for name, values in scores.items()}
+
+
+def _run(claimed: common.Claimed) -> None:
+    blobs = get_blob_store()
+    reporter = common.Reporter(claimed)
+    with session_scope() as db:
+        job = common.owned_job(db, claimed)
+        done = db.scalar(select(TrainingRound).where(TrainingRound.job_id == job.id))
+        if done is not None:  # a previous attempt committed its round but died before finishing the job
+            jobs.succeed(db, job, {"training_round_id": done.id, "model_version_id": done.new_model_version_id})
+            return
+        params = job.params
+        model = registry.get_model(db, int(params["model_id"]))
+        previous = registry.get_model_version(db, job.model_version_id) if job.model_version_id else None
+        structures = tuple(model.structures)
+        train_ids, val_ids = split_heldout(
+            list(params["label_version_ids"]), float(params["heldout_fraction"]), int(params.get("seed", 0))
+        )
+        train_items, val_items = _items(db, train_ids, structures), _items(db, val_ids, structures)
+        new_spec_base = ModelSpec.of(model, previous) if previous else None
+        architecture, config, prep = model.architecture, dict(model.config), dict(model.preprocessing)
+        model_id = model.id
+    reporter.update(2, f"loading {len(train_items) + len(val_items)} scans", force=True)
+    train_samples = [_sample(blobs, item) for item in train_items]
+    val_samples = [_sample(blobs, item) for item in val_items]
+    network = build_network(architecture, config, len(structures))
+    if previous is not None and previous.weights_digest:
+        load_weights(network, blobs.get_bytes(previous.weights_digest))
+    epochs = int(params["epochs"])
+    result = train(
+        network,
+        train_samples,
+        val_samples,
+        Preprocessing.from_json(prep),
+        TrainingConfig(epochs=epochs, seed=int(params.get("seed", 0))),
+        progress=lambda epoch, loss: reporter.update(
+            5 + 80 * epoch / epochs, f"epoch {epoch}/{epochs} loss {loss:.4f}"
+        ),
+        should_stop=reporter.should_stop,
+    )
+    heldout_new = {
+        "mean_dice": float(result.mean_val_dice),
+        "per_structure": {name: float(result.val_dice[i]) for i, name in enumerate(structures)},
+    }
+    reporter.update(88, "evaluating the promoted version on the same held-out scans", force=True)
+    heldout_previous = _heldout_metrics(new_spec_base, blobs, val_samples, structures) if new_spec_base else {}
+    weights = save_weights(network)
+    with session_scope() as db:
+        job = common.owned_job(db, claimed)
+        model = registry.get_model(db, model_id)
+        revised = sum(_human_revised(db, labels.get_version(db, vid)) for vid in train_ids + val_ids)
+        new_version = registry.add_version(
+            db,
+            blobs,
+            model,
+            weights=weights,
+            provenance={
+                "job_id": job.id,
+                "train_label_version_ids": train_ids,
+                "heldout_label_version_ids": val_ids,
+                "epochs": result.epochs_run,
+                "base_model_version_id": previous.id if previous else None,
+            },
+            validation=heldout_new,
+            actor_user_id=job.created_by,
+        )
+        round_ = registry.record_training_round(
+            db,
+            model_id=model.id,
+            job_id=job.id,
+            new_model_version_id=new_version.id,
+            previous_model_version_id=previous.id if previous else None,
+            train_versions=len(train_ids),
+            heldout_versions=len(val_ids),
+            scans_revised=revised,
+            ai_vs_final_dice=_ai_vs_final(db, blobs, previous.id if previous else None, train_ids + val_ids),
+            heldout_new=heldout_new,
+            heldout_previous=heldout_previous,
+        )
+        allowed, reason = registry.promotion_check(db, new_version)
+        if model.promotion_policy == "auto" and allowed:
+            registry.promote(db, new_version, job.created_by)
+            round_.promoted = True
+        round_.decision = ("promoted: " if round_.promoted else "not promoted: ") + reason
+        jobs.succeed(
+            db,
+            job,
+            {
+                "model_version_id": new_version.id,
+                "training_round_id": round_.id,
+                "heldout_new": heldout_new,
+                "heldout_previous": heldout_previous,
+                "promoted": round_.promoted,
+                "decision": round_.decision,
+            },
+            message=round_.decision,
+        )
