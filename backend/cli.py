@@ -288,7 +288,17 @@ def _structures(db: Session, project_id: int) -> list[Structure]:
 
 
 # What the weightless pre-annotator can find (worker/models/classical.py); kept here so the API needs no torch.
-CLASSICAL_STRUCTURES = ("liver", "spleen", "kidney_left", "kidney_right", "aorta", "lung_left", "lung_right")
+CLASSICAL_STRUCTURES = (
+    "aorta",
+    "kidney_left",
+    "kidney_right",
+    "liver",
+    "lung_left",
+    "lung_right",
+    "postcava",
+    "spleen",
+    "stomach",
+)
 
 
 def _scan_filter(site: str | None, phase: str | None, tumor: bool | None) -> ScanFilter | None:

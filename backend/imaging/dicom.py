@@ -274,9 +274,7 @@ def _assemble(slices: list[_Slice], rows: int, cols: int) -> tuple[np.ndarray, s
             raise InvalidInput(f"{s.path.name}: RescaleSlope is 0", file=s.path.name)
         scales.append((slope, inter))
     # Exact integer arithmetic only while pixel * slope + intercept cannot overflow int64 (else float).
-    integral = all(
-        sl.is_integer() and it.is_integer() and abs(sl) <= 2**16 and abs(it) <= 2**31 for sl, it in scales
-    )
+    integral = all(sl.is_integer() and it.is_integer() and abs(sl) <= 2**16 and abs(it) <= 2**31 for sl, it in scales)
 
     source_dtype = ""
     volume: np.ndarray = np.empty((cols, rows, n), dtype=np.int32 if integral else np.float32, order="F")

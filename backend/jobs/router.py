@@ -124,6 +124,7 @@ def train(
         epochs=body.epochs,
         heldout_fraction=body.heldout_fraction,
         seed=body.seed,
+        init=body.init,
     )
     db.commit()
     service.dispatch(db, [job])

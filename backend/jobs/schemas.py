@@ -48,6 +48,7 @@ class TrainRequest(BaseModel):
     epochs: int = Field(default=20, ge=1, le=1000)
     heldout_fraction: float = Field(default=0.25, gt=0, lt=1)
     seed: int = 0
+    init: str = Field(default="promoted", description="'promoted': fine-tune the promoted weights; 'scratch'")
 
 
 class JobOut(BaseModel):

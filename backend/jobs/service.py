@@ -329,6 +329,7 @@ def launch_training(
     epochs: int,
     heldout_fraction: float,
     seed: int = 0,
+    init: str = "promoted",
 ) -> Job:
     """A training job on explicit label versions (the review workflow will pass approved ones)."""
     if model.architecture == "classical":
@@ -345,6 +346,8 @@ def launch_training(
         if scan.id in scans_seen:
             raise InvalidInput(f"two versions of scan {scan.id} given; train on one version per scan")
         scans_seen.add(scan.id)
+    if init not in ("promoted", "scratch"):
+        raise InvalidInput("init must be 'promoted' (fine-tune) or 'scratch'")
     if not 0.0 < heldout_fraction < 1.0:
         raise InvalidInput("heldout_fraction must be between 0 and 1")
     promoted = registry.promoted_version(db, model)
@@ -360,6 +363,7 @@ def launch_training(
             "epochs": epochs,
             "heldout_fraction": heldout_fraction,
             "seed": seed,
+            "init": init,
         },
     )
 

@@ -330,11 +330,15 @@ def save_patch(
     current = {
         sid: (row.status, row.manifest_digest, row.voxel_count) for sid, row in _entries_by_structure(base).items()
     }
-    manifests: dict[int, MaskManifest] = {}
+    # Validate every box before writing any blob, so a refused save leaves nothing behind.
+    resolved = []
     for patch in patches:
         structure = projects.find_structure(structures, patch.structure)
         size = (int(patch.box.shape[0]), int(patch.box.shape[1]), int(patch.box.shape[2]))
         chunks.check_box(shape, patch.origin, size)
+        resolved.append((structure, patch))
+    manifests: dict[int, MaskManifest] = {}
+    for structure, patch in resolved:
         manifest = manifests.get(structure.id)
         if manifest is None:
             status, digest, _ = current.get(structure.id, ("missing", None, 0))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm.properties import MappedColumn
+
+from backend.core.db import UTCDateTime
 
 
 def utcnow() -> datetime:
@@ -16,4 +17,4 @@ def utcnow() -> datetime:
 
 def created_at_column() -> MappedColumn[datetime]:
     """A non-null creation timestamp filled in by Python (same on SQLite and PostgreSQL)."""
-    return mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    return mapped_column(UTCDateTime(), default=utcnow, nullable=False)
