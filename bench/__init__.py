@@ -54,7 +54,7 @@ def merge_results(rows: Sequence[Row], path: Path = RESULTS_PATH) -> dict[str, A
     results: dict[str, Any] = {}
     if path.exists():
         try:
-            loaded = json.loads(path.read_text())
+            loaded = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             loaded = {}
         if isinstance(loaded, dict):
@@ -62,6 +62,6 @@ def merge_results(rows: Sequence[Row], path: Path = RESULTS_PATH) -> dict[str, A
     for row in rows:
         results[row.key] = row.to_json()
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(path)
     return results

@@ -56,7 +56,7 @@ def render(rows: list[tuple[str, Row]]) -> Table:
 
 def main(argv: list[str]) -> int:
     """Run the selected (default: all) benchmarks; exit status 1 if any failed."""
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=150)
     known = {_name(b): b for b in BENCHMARKS}
     unknown = [a for a in argv if a not in known]
     if unknown:

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from backend.core.errors import PayloadTooLarge
 
 _BLOCK = 1 << 20
 
 
-class _Readable(Protocol):
+class Upload(Protocol):
+    """What an uploaded file offers (starlette's UploadFile has both)."""
+
     filename: str | None
+    file: BinaryIO
 
-    async def read(self, size: int = -1) -> bytes: ...
 
-
-async def read_limited(upload: _Readable, limit: int) -> bytes:
-    """Read an upload completely, refusing it as soon as it passes limit bytes."""
+def read_limited(upload: Upload, limit: int) -> bytes:
+    """Read an upload completely (blocking: call from a worker thread), refusing it once it passes limit bytes."""
     parts: list[bytes] = []
     total = 0
-    while block := await upload.read(_BLOCK):
+    upload.file.seek(0)
+    while block := upload.file.read(_BLOCK):
         total += len(block)
         if total > limit:
             raise PayloadTooLarge(

@@ -342,7 +342,8 @@ def load_mask_bytes(data: bytes, expected: Geometry, name: str) -> np.ndarray:
     _check_grid(parsed, expected, name)
     raw = parsed.raw
     if (parsed.slope, parsed.inter) == (1.0, 0.0):
-        mask = raw > 0.5
+        # For integers "> 0.5" is "> 0"; comparing with an int avoids a float copy of the whole volume.
+        mask = raw > 0 if raw.dtype.kind in "biu" else raw > 0.5
     else:
         scaled = raw.astype(np.float32) * np.float32(parsed.slope) + np.float32(parsed.inter)
         mask = scaled > 0.5

@@ -8,6 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from backend.auth.dependencies import Blobs, DbSession, SettingsDep
@@ -90,7 +92,7 @@ def list_versions(db: DbSession, access: ScanAccess = require_scan("read")) -> l
 
 
 @router.post("/api/scans/{scan_id}/versions", response_model=VersionOut, status_code=status.HTTP_201_CREATED)
-async def create_from_masks(
+def create_from_masks(
     db: DbSession,
     blobs: Blobs,
     settings: SettingsDep,
@@ -110,7 +112,7 @@ async def create_from_masks(
         name = scans.case_id_from_filename(upload.filename or "")
         if not name:
             raise InvalidInput("every mask file needs a name: <structure>.nii.gz")
-        data = await read_limited(upload, settings.max_upload_bytes)
+        data = read_limited(upload, settings.max_upload_bytes)
         masks[name] = nifti.load_mask_bytes(data, geometry, upload.filename or name)
     version = service.create_version(
         db,
@@ -129,7 +131,7 @@ async def create_from_masks(
 
 
 @router.post("/api/scans/{scan_id}/versions/combined", response_model=VersionOut, status_code=status.HTTP_201_CREATED)
-async def create_from_label_map(
+def create_from_label_map(
     db: DbSession,
     blobs: Blobs,
     settings: SettingsDep,
@@ -142,7 +144,7 @@ async def create_from_label_map(
 ) -> VersionOut:
     """Create a version from a combined label map (every schema structure gets its mask, maybe empty)."""
     kind = _kind_for(access.user, kind)
-    data = await read_limited(file, settings.max_upload_bytes)
+    data = read_limited(file, settings.max_upload_bytes)
     label_map = nifti.load_label_map_bytes(data, scans.geometry_of(access.scan), file.filename or "labels.nii.gz")
     version = service.create_version_from_label_map(
         db,
@@ -195,6 +197,18 @@ async def save_patch(
         meta = PatchRequest.model_validate(json.loads(meta_field))
     except (json.JSONDecodeError, ValidationError) as exc:
         raise InvalidInput(f"patch meta is invalid: {exc}") from exc
+    # Decoding, chunk writes and the database work block: keep them off the event loop.
+    return await run_in_threadpool(_apply_patch, db, blobs, settings, access, meta, form)
+
+
+def _apply_patch(
+    db: DbSession,
+    blobs: Blobs,
+    settings: SettingsDep,
+    access: ScanAccess,
+    meta: PatchRequest,
+    form: FormData,
+) -> VersionOut:
     patches = []
     for box in meta.patches:
         size = (box.size[0], box.size[1], box.size[2])
@@ -205,7 +219,7 @@ async def save_patch(
         part = form.get(box.part)
         if not isinstance(part, StarletteUploadFile):
             raise InvalidInput(f"patch part {box.part!r} is missing from the upload")
-        data = await read_limited(part, settings.max_upload_bytes)
+        data = read_limited(part, settings.max_upload_bytes)
         patches.append(service.BoxPatch(box.structure, origin, chunks.decode_box(data, size, box.encoding)))
     version = service.save_patch(
         db,

@@ -68,7 +68,7 @@ def list_versions(db: DbSession, access: ModelAccess = require_model("read")) ->
 
 
 @router.post("/api/models/{model_id}/versions", response_model=ModelVersionOut, status_code=201)
-async def upload_version(
+def upload_version(
     db: DbSession,
     blobs: Blobs,
     settings: SettingsDep,
@@ -78,7 +78,7 @@ async def upload_version(
     access: ModelAccess = require_model("run_jobs"),
 ) -> ModelVersionOut:
     """Register externally trained weights as the model's next version (not promoted)."""
-    data = await read_limited(weights, settings.max_upload_bytes)
+    data = read_limited(weights, settings.max_upload_bytes)
     try:
         provenance_json, validation_json = json.loads(provenance), json.loads(validation)
     except json.JSONDecodeError as exc:

@@ -35,7 +35,7 @@ def _parse_metadata(metadata: str | None) -> dict[str, str] | None:
 
 
 @router.post("/api/projects/{project_id}/scans", response_model=ScanOut, status_code=status.HTTP_201_CREATED)
-async def import_nifti(
+def import_nifti(
     db: DbSession,
     blobs: Blobs,
     settings: SettingsDep,
@@ -46,7 +46,7 @@ async def import_nifti(
     access: ProjectAccess = require_project("import"),
 ) -> Scan:
     """Import one NIfTI volume (any orientation and data type; the header is kept as is)."""
-    data = await read_limited(file, settings.max_upload_bytes)
+    data = read_limited(file, settings.max_upload_bytes)
     scan = service.import_nifti(
         db,
         blobs,
@@ -63,7 +63,7 @@ async def import_nifti(
 
 
 @router.post("/api/projects/{project_id}/scans/dicom", response_model=ScanOut, status_code=status.HTTP_201_CREATED)
-async def import_dicom(
+def import_dicom(
     db: DbSession,
     blobs: Blobs,
     settings: SettingsDep,
@@ -79,7 +79,7 @@ async def import_dicom(
     with tempfile.TemporaryDirectory(prefix="maskloop-dicom-") as tmp:
         paths = []
         for index, upload in enumerate(files):
-            data = await read_limited(upload, settings.max_upload_bytes - total)
+            data = read_limited(upload, settings.max_upload_bytes - total)
             total += len(data)
             # Our own file names: the client's names never touch the filesystem (no traversal).
             path = Path(tmp) / f"{index:06d}.dcm"
