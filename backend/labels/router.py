@@ -21,12 +21,13 @@ from backend.labels.dependencies import VersionAccess, require_version
 from backend.labels.schemas import (
     AuthorOut,
     DiffOut,
+    DraftOut,
     PatchRequest,
     StructureDiffOut,
     VersionOut,
     VersionStructureOut,
 )
-from backend.models import LabelVersion, Scan, Structure, User
+from backend.models import LabelDraft, LabelVersion, Scan, Structure, User
 from backend.projects import service as projects
 from backend.scans import service as scans
 from backend.scans.dependencies import ScanAccess, require_scan
@@ -307,3 +308,49 @@ def diff(
         version_b=access.version.id,
         structures=[StructureDiffOut(**row.__dict__) for row in rows],
     )
+
+
+def _draft_out(draft: LabelDraft, scan: Scan, payload: bytes) -> DraftOut:
+    return DraftOut(
+        scan_id=scan.id,
+        base_version_id=draft.base_version_id,
+        updated_at=draft.updated_at,
+        payload_bytes=draft.payload_bytes,
+        payload=json.loads(payload),
+        base_is_head=draft.base_version_id == scan.head_version_id,
+    )
+
+
+@router.put("/api/scans/{scan_id}/draft", response_model=DraftOut)
+async def put_draft(
+    request: Request, db: DbSession, blobs: Blobs, access: ScanAccess = require_scan("write_labels")
+) -> DraftOut:
+    """Autosave the caller's unsaved edit ({"base_version_id", "payload"} JSON); replaces the previous draft."""
+    body = await request.body()
+    if len(body) > service.MAX_DRAFT_BYTES:
+        raise PayloadTooLarge(f"a draft may hold at most {service.MAX_DRAFT_BYTES // (1 << 20)} MiB")
+    try:
+        parsed = json.loads(body)
+        base_version_id = parsed.get("base_version_id")
+        payload = json.dumps(parsed["payload"], separators=(",", ":")).encode()
+    except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as exc:
+        raise InvalidInput('a draft is a JSON object {"base_version_id": int|null, "payload": {...}}') from exc
+    if base_version_id is not None and not isinstance(base_version_id, int):
+        raise InvalidInput("base_version_id must be an integer or null")
+    draft = await run_in_threadpool(service.save_draft, db, blobs, access.scan, access.user, base_version_id, payload)
+    db.commit()
+    return _draft_out(draft, access.scan, payload)
+
+
+@router.get("/api/scans/{scan_id}/draft", response_model=DraftOut)
+def get_draft(db: DbSession, blobs: Blobs, access: ScanAccess = require_scan("write_labels")) -> DraftOut:
+    """The caller's draft of this scan (404 when there is none)."""
+    draft = service.get_draft(db, access.scan, access.user)
+    return _draft_out(draft, access.scan, blobs.get_bytes(draft.payload_digest))
+
+
+@router.delete("/api/scans/{scan_id}/draft", status_code=status.HTTP_204_NO_CONTENT)
+def delete_draft(db: DbSession, access: ScanAccess = require_scan("write_labels")) -> None:
+    """Discard the caller's draft of this scan."""
+    service.delete_draft(db, access.scan, access.user)
+    db.commit()

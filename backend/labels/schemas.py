@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -82,3 +83,14 @@ class DiffOut(BaseModel):
     version_a: int
     version_b: int
     structures: list[StructureDiffOut]
+
+
+class DraftOut(BaseModel):
+    """The caller's autosaved draft of a scan (the payload is the client's own JSON)."""
+
+    scan_id: int
+    base_version_id: int | None
+    updated_at: datetime
+    payload_bytes: int
+    payload: dict[str, Any]
+    base_is_head: bool

@@ -4,7 +4,7 @@ from backend.core.db import Base
 from backend.models.attention import AttentionMap, Prediction, TrainingRound
 from backend.models.audit import AuditEvent
 from backend.models.jobs import Job
-from backend.models.labels import LabelVersion, LabelVersionStructure
+from backend.models.labels import LabelDraft, LabelVersion, LabelVersionStructure
 from backend.models.projects import LabelSchema, Membership, Project, Structure
 from backend.models.registry import Model, ModelVersion
 from backend.models.scans import Scan
@@ -16,6 +16,7 @@ __all__ = [
     "AuditEvent",
     "Base",
     "Job",
+    "LabelDraft",
     "LabelSchema",
     "LabelVersion",
     "LabelVersionStructure",

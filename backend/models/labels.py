@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, Float, ForeignKey, Index, String
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, Float, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from backend.core.db import Base
@@ -65,3 +65,21 @@ class LabelVersionStructure(Base):
     changed: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
 
     version: Mapped[LabelVersion] = relationship(back_populates="structures")
+
+
+class LabelDraft(Base):
+    """A user's unsaved edit of a scan, autosaved so a crash, closed tab or expired login loses nothing."""
+
+    __tablename__ = "label_drafts"
+    __table_args__ = (UniqueConstraint("scan_id", "user_id", name="uq_label_drafts_scan_user"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), nullable=False)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
+    base_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("label_versions.id", ondelete="SET NULL"), nullable=True
+    )
+    # The client's edit state (JSON: structure, boxes, undo history), content-addressed in the blob store.
+    payload_digest: Mapped[str] = mapped_column(String(64), nullable=False)
+    payload_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    updated_at: Mapped[datetime] = created_at_column()

@@ -207,3 +207,21 @@ def test_lineage_walks_back_to_the_import(client: TestClient, world: World, labe
     chain = client.get(f"/api/versions/{v3['id']}/lineage", headers=headers).json()
     assert [v["id"] for v in chain] == [v3["id"], v2["id"], base]
     assert chain[-1]["kind"] == "import"
+
+
+def test_draft_autosave_survives_and_is_private(client: TestClient, world: World, labelled: dict) -> None:
+    scan_id, base = labelled["scan"]["id"], labelled["version"]["id"]
+    url = f"/api/scans/{scan_id}/draft"
+    assert client.get(url, headers=world.headers["annotator"]).status_code == 404
+    payload = {"structure": "liver", "strokes": [[1, 2, 3]], "undo": []}
+    saved = client.put(url, headers=world.headers["annotator"], json={"base_version_id": base, "payload": payload})
+    assert saved.status_code == 200, saved.text
+    again = client.get(url, headers=world.headers["annotator"]).json()
+    assert again["payload"] == payload and again["base_is_head"] is True
+    # Another user does not see it; a viewer may not keep drafts.
+    assert client.get(url, headers=world.headers["reviewer"]).status_code == 404
+    assert client.put(url, headers=world.headers["viewer"], json={"payload": {}}).status_code == 403
+    bad = client.put(url, headers=world.headers["annotator"], content=b"not json")
+    assert bad.status_code == 422
+    assert client.delete(url, headers=world.headers["annotator"]).status_code == 204
+    assert client.get(url, headers=world.headers["annotator"]).status_code == 404
