@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 from sqlalchemy import Connection
 
 from backend.core.config import get_settings
-from backend.core.db import make_engine
+from backend.core.db import UTCDateTime, make_engine
 from backend.models import Base
 
 config = context.config
 target_metadata = Base.metadata
 
 
+def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+    """Render our UTCDateTime as a plain timezone-aware DateTime so revisions never import app code."""
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        render_item=_render_item,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )

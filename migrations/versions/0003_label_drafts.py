@@ -28,7 +28,7 @@ def upgrade() -> None:
         sa.Column("base_version_id", sa.Integer(), nullable=True),
         sa.Column("payload_digest", sa.String(length=64), nullable=False),
         sa.Column("payload_bytes", sa.BigInteger(), nullable=False),
-        sa.Column("updated_at", backend.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["base_version_id"],
             ["label_versions.id"],
