@@ -9,7 +9,7 @@ from fastapi import Depends
 
 from backend.auth.dependencies import CurrentUser, DbSession
 from backend.core.errors import NotFound
-from backend.models import Model, User
+from backend.models import Model, ModelVersion, User
 from backend.projects import service as projects
 from backend.registry import service
 
@@ -40,3 +40,33 @@ def model_access(permission: str) -> Callable[..., ModelAccess]:
 def require_model(permission: str) -> ModelAccess:
     """Shorthand for Depends(model_access(permission))."""
     return Depends(model_access(permission))
+
+
+@dataclass(frozen=True)
+class ModelVersionAccess:
+    """A model version the caller may act on, with its model."""
+
+    version: ModelVersion
+    model: Model
+    user: User
+    role: str
+
+
+def model_version_access(permission: str) -> Callable[..., ModelVersionAccess]:
+    """A dependency that loads model version {version_id} and checks the caller's permission on its project."""
+
+    def dependency(version_id: int, db: DbSession, user: CurrentUser) -> ModelVersionAccess:
+        version = service.get_model_version(db, version_id)
+        model = service.get_model(db, version.model_id)
+        try:
+            role = projects.authorize(db, user, model.project_id, permission)
+        except NotFound as exc:
+            raise NotFound(f"model version {version_id} not found") from exc
+        return ModelVersionAccess(version=version, model=model, user=user, role=role)
+
+    return dependency
+
+
+def require_model_version(permission: str) -> ModelVersionAccess:
+    """Shorthand for Depends(model_version_access(permission))."""
+    return Depends(model_version_access(permission))

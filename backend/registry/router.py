@@ -16,7 +16,7 @@ from backend.models import Model
 from backend.projects import service as projects
 from backend.projects.dependencies import ProjectAccess, require_project
 from backend.registry import service
-from backend.registry.dependencies import ModelAccess, require_model
+from backend.registry.dependencies import ModelAccess, ModelVersionAccess, require_model, require_model_version
 from backend.registry.schemas import (
     ModelCreate,
     ModelOut,
@@ -97,14 +97,11 @@ def upload_version(
 
 
 @router.post("/api/model-versions/{version_id}/promote", response_model=ModelVersionOut)
-def promote(version_id: int, db: DbSession, access: ProjectAccess = require_project("run_jobs")) -> ModelVersionOut:
+def promote(db: DbSession, access: ModelVersionAccess = require_model_version("run_jobs")) -> ModelVersionOut:
     """Promote a version; refused (409) unless it beat the promoted one on their shared held-out set."""
-    version = service.get_model_version(db, version_id)
-    if service.get_model(db, version.model_id).project_id != access.project.id:
-        raise NotFound(f"model version {version_id} not found")
-    service.promote(db, version, access.user.id)
+    service.promote(db, access.version, access.user.id)
     db.commit()
-    return ModelVersionOut.model_validate(version)
+    return ModelVersionOut.model_validate(access.version)
 
 
 @router.get("/api/models/{model_id}/rounds", response_model=list[TrainingRoundOut])
