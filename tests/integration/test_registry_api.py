@@ -1,0 +1,153 @@
+"""Model registry and job launching through the API (no worker needed: jobs stay queued)."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from backend.models import Job, TrainingRound
+from backend.registry import service as registry
+from tests.conftest import World
+from tests.factories import small_phantom, upload_masks, upload_scan
+
+
+@pytest.fixture(autouse=True)
+def no_broker(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, str]]:
+    """Record what would be sent to the broker instead of needing one (the worker tests use a real one)."""
+    sent: list[tuple[str, int, str]] = []
+    from backend.core import queue
+
+    monkeypatch.setattr(queue, "send", lambda name, job_id, q, attempt=0: sent.append((name, job_id, q)) or "t")
+    return sent
+
+
+def _create(client: TestClient, world: World, **body: object) -> dict:
+    response = client.post(f"/api/projects/{world.project.id}/models", headers=world.headers["lead"], json=body)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def test_model_registration_validates_against_the_schema(client: TestClient, world: World) -> None:
+    url = f"/api/projects/{world.project.id}/models"
+    lead = world.headers["lead"]
+    bad = client.post(url, headers=lead, json={"name": "m", "architecture": "unet", "structures": ["kidneys"]})
+    assert bad.status_code == 422 and "kidneys" in bad.json()["detail"]
+    bad = client.post(url, headers=lead, json={"name": "m", "architecture": "resnet", "structures": ["liver"]})
+    assert bad.status_code == 422 and "architecture" in bad.json()["detail"]
+    bad = client.post(
+        url,
+        headers=lead,
+        json={"name": "m", "architecture": "unet", "structures": ["liver"], "inference": {"overlap": 0.1}},
+    )
+    assert bad.status_code == 422 and "0.25" in bad.json()["detail"]
+    model = _create(client, world, name="m", architecture="unet", structures=["liver", "ivc"])
+    assert model["structures"] == ["liver", "postcava"]  # aliases resolve to schema names
+    assert model["preprocessing"]["target_spacing"] == [1.5, 1.5, 1.5]
+    assert model["inference"]["mode"] == "gaussian" and model["inference"]["overlap"] >= 0.25
+    duplicate = client.post(url, headers=lead, json={"name": "m", "architecture": "unet", "structures": ["liver"]})
+    assert duplicate.status_code == 409
+    assert (
+        client.post(
+            url, headers=world.headers["annotator"], json={"name": "x", "architecture": "unet", "structures": ["liver"]}
+        ).status_code
+        == 403
+    )
+
+
+def test_weight_versions_are_hashed_and_promotion_needs_a_heldout_win(
+    client: TestClient, world: World, db: Session, blobs: object
+) -> None:
+    model = _create(client, world, name="seg", architecture="unet", structures=["liver"])
+    lead = world.headers["lead"]
+    upload = client.post(
+        f"/api/models/{model['id']}/versions",
+        headers=lead,
+        files={"weights": ("w.pt", b"weights-one", "application/octet-stream")},
+    )
+    assert upload.status_code == 201
+    first = upload.json()
+    assert first["number"] == 1 and len(first["weights_digest"]) == 64 and first["weights_bytes"] == 11
+    assert client.post(f"/api/model-versions/{first['id']}/promote", headers=lead).status_code == 200
+    second = client.post(
+        f"/api/models/{model['id']}/versions",
+        headers=lead,
+        files={"weights": ("w.pt", b"weights-two", "application/octet-stream")},
+    ).json()
+    refused = client.post(f"/api/model-versions/{second['id']}/promote", headers=lead)
+    assert refused.status_code == 409 and "held-out" in refused.json()["detail"]
+    # A training round that compared both on one held-out set decides.
+    for new, old, expected in ((0.60, 0.70, 409), (0.80, 0.70, 200)):
+        db.query(TrainingRound).delete()
+        db.add(
+            TrainingRound(
+                model_id=model["id"],
+                new_model_version_id=second["id"],
+                previous_model_version_id=first["id"],
+                train_versions=3,
+                heldout_versions=1,
+                heldout_new={"mean_dice": new},
+                heldout_previous={"mean_dice": old},
+            )
+        )
+        db.flush()
+        assert client.post(f"/api/model-versions/{second['id']}/promote", headers=lead).status_code == expected
+    versions = client.get(f"/api/models/{model['id']}/versions", headers=world.headers["viewer"]).json()
+    assert [v["is_promoted"] for v in versions] == [False, True]
+    assert registry.promoted_version(db, registry.get_model(db, model["id"])).id == second["id"]  # type: ignore[union-attr]
+
+
+def test_preannotate_targets_one_filtered_or_all_scans(
+    client: TestClient, world: World, db: Session, no_broker: list[tuple[str, int, str]]
+) -> None:
+    lead = world.headers["lead"]
+    ids = [
+        upload_scan(client, lead, world.project.id, small_phantom(seed=i), f"c{i}", metadata={"site": s})["id"]
+        for i, s in enumerate(["A", "B", "B"])
+    ]
+    model = _create(client, world, name="seg", architecture="unet", structures=["liver"])
+    url = f"/api/projects/{world.project.id}/preannotate"
+    no_version = client.post(url, headers=lead, json={"model": "seg", "all": True})
+    assert no_version.status_code == 422 and "promoted" in no_version.json()["detail"]
+    version = client.post(
+        f"/api/models/{model['id']}/versions",
+        headers=lead,
+        files={"weights": ("w.pt", b"w", "application/octet-stream")},
+    ).json()
+    client.post(f"/api/model-versions/{version['id']}/promote", headers=lead)
+    one = client.post(url, headers=lead, json={"model": "seg", "scan_ids": [ids[0]]}).json()
+    site_b = client.post(url, headers=lead, json={"model": "seg", "filter": {"site": "B"}}).json()
+    everything = client.post(url, headers=lead, json={"model": "seg", "all": True}).json()
+    assert [j["scan_id"] for j in one] == [ids[0]]
+    assert sorted(j["scan_id"] for j in site_b) == sorted(ids[1:])
+    assert sorted(j["scan_id"] for j in everything) == sorted(ids)
+    assert all(j["status"] == "queued" and j["queue"] == "gpu" for j in everything)
+    # Queue positions count the queued jobs ahead in the same queue.
+    assert [j["queue_position"] for j in everything] == [4, 5, 6]
+    assert len(no_broker) == 6 and all(name == "maskloop.preannotate" for name, _, _ in no_broker)
+    ambiguous = client.post(url, headers=lead, json={"model": "seg", "all": True, "scan_ids": [ids[0]]})
+    assert ambiguous.status_code == 422
+    assert client.post(url, headers=world.headers["annotator"], json={"model": "seg", "all": True}).status_code == 403
+    outsider = client.post(url, headers=world.headers["outsider"], json={"model": "seg", "all": True})
+    assert outsider.status_code == 404
+    cancel = client.post(f"/api/jobs/{one[0]['id']}/cancel", headers=lead).json()
+    assert cancel["status"] == "cancelled"
+    assert db.get(Job, everything[0]["id"]).status == "queued"  # type: ignore[union-attr]
+    page = client.get(f"/api/projects/{world.project.id}/jobs?status=cancelled", headers=world.headers["viewer"]).json()
+    assert page["total"] == 1
+
+
+def test_training_request_checks_its_versions(client: TestClient, world: World) -> None:
+    lead = world.headers["lead"]
+    phantom = small_phantom(seed=2)
+    scan = upload_scan(client, lead, world.project.id, phantom, "t1")
+    version = upload_masks(client, lead, scan["id"], {"liver": phantom.masks["liver"]}, phantom.affine)
+    model = _create(client, world, name="seg", architecture="unet", structures=["liver"])
+    url = f"/api/projects/{world.project.id}/models/{model['id']}/train"
+    one = client.post(url, headers=lead, json={"label_version_ids": [version["id"]]})
+    assert one.status_code == 422
+    same_scan = client.post(url, headers=lead, json={"label_version_ids": [version["id"], version["id"] + 0]})
+    assert same_scan.status_code == 422
+    classical = _create(client, world, name="hu", architecture="classical", structures=["liver"])
+    url_classical = f"/api/projects/{world.project.id}/models/{classical['id']}/train"
+    assert client.post(url_classical, headers=lead, json={"label_version_ids": [1, 2]}).status_code == 422
