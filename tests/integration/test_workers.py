@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 from sqlalchemy import func, select
-from worker.models.training import save_weights
 
 from backend.core import queue
 from backend.imaging.nifti import to_nifti_gz
@@ -19,6 +18,7 @@ from backend.imaging.phantom import generate_phantom
 from backend.models import Job, LabelVersion, Model, ModelVersion, Prediction
 from tests.integration.worker_stack import Stack, build_stack
 from worker.models.networks import build_network
+from worker.models.training import save_weights
 
 pytestmark = pytest.mark.slow
 
@@ -282,3 +282,64 @@ def test_attention_from_two_models_ranks_scans(stack: Stack) -> None:
 
 def _unused(_: np.ndarray, __: Path) -> None:  # keep imports used by type checkers honest
     return None
+
+
+def test_training_on_phantoms_beats_a_floor_and_a_worse_model_is_not_promoted(stack: Stack) -> None:
+    from tests.factories import upload_masks
+
+    spacing = (5.0, 5.0, 6.0)
+    version_ids = []
+    for seed in range(4):
+        phantom = generate_phantom((64, 64, 40), spacing, seed=50 + seed)
+        scan_id = _scan_from(stack, f"train-{seed}", phantom)
+        masks = {name: phantom.masks[name] for name in ("liver", "spleen")}
+        version_ids.append(upload_masks(stack.client, stack.headers["lead"], scan_id, masks, phantom.affine)["id"])
+    model = _model(
+        stack,
+        "trainable",
+        architecture="unet",
+        structures=["liver", "spleen"],
+        config={
+            "channels": [8, 16, 32, 64],
+            "training": {"patch_size": [32, 32, 32], "samples_per_volume": 8, "learning_rate": 0.005},
+        },
+        preprocessing={"target_spacing": list(spacing)},
+        inference={"roi_size": [32, 32, 32], "overlap": 0.25},
+    )
+    url = f"/api/projects/{stack.project.id}/models/{model['id']}/train"
+    first = stack.client.post(url, headers=stack.headers["lead"], json={"label_version_ids": version_ids, "epochs": 80})
+    assert first.status_code == 201, first.text
+    done = stack.wait_job(first.json()["id"], timeout=600)
+    assert done["status"] == "succeeded", done
+    heldout = done["result"]["heldout_new"]
+    assert heldout["per_structure"]["liver"] > 0.6, heldout  # the stated floor
+    new_id = done["result"]["model_version_id"]
+    assert stack.client.post(f"/api/model-versions/{new_id}/promote", headers=stack.headers["lead"]).status_code == 200
+    # One epoch from scratch cannot beat it on the same held-out scan: promotion is refused.
+    worse = stack.client.post(
+        url,
+        headers=stack.headers["lead"],
+        json={"label_version_ids": version_ids, "epochs": 1, "init": "scratch"},
+    )
+    done = stack.wait_job(worse.json()["id"], timeout=300)
+    assert done["status"] == "succeeded", done
+    assert done["result"]["heldout_new"]["mean_dice"] < done["result"]["heldout_previous"]["mean_dice"]
+    assert done["result"]["promoted"] is False and "does not beat" in done["result"]["decision"]
+    refused = stack.client.post(
+        f"/api/model-versions/{done['result']['model_version_id']}/promote", headers=stack.headers["lead"]
+    )
+    assert refused.status_code == 409
+    rounds = stack.client.get(f"/api/models/{model['id']}/rounds", headers=stack.headers["viewer"]).json()
+    assert len(rounds) == 2 and rounds[1]["previous_model_version_id"] == new_id
+    assert rounds[0]["train_versions"] == 3 and rounds[0]["heldout_versions"] == 1
+
+
+def _scan_from(stack: Stack, case_id: str, phantom: Any) -> int:
+    response = stack.client.post(
+        f"/api/projects/{stack.project.id}/scans",
+        headers=stack.headers["lead"],
+        files={"file": (f"{case_id}.nii.gz", to_nifti_gz(phantom.volume, phantom.affine), "application/gzip")},
+        data={"case_id": case_id},
+    )
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])

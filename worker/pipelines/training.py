@@ -54,6 +54,18 @@ class _Item:
     manifests: tuple[str | None, ...]
 
 
+def training_config(model_config: dict[str, object], epochs: int, seed: int) -> TrainingConfig:
+    """Training hyper-parameters: the model config's "training" section over the defaults."""
+    raw = dict(model_config.get("training", {}) or {})  # type: ignore[call-overload]
+    fields: dict[str, object] = {"epochs": epochs, "seed": seed}
+    if "patch_size" in raw:
+        fields["patch_size"] = tuple(int(v) for v in raw["patch_size"])
+    for key, cast in (("batch_size", int), ("samples_per_volume", int), ("learning_rate", float)):
+        if key in raw:
+            fields[key] = cast(raw[key])
+    return TrainingConfig(**fields)  # type: ignore[arg-type]
+
+
 def split_heldout(version_ids: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Deterministic train/held-out split of version ids (at least one in each part)."""
     order = sorted(version_ids)
@@ -147,7 +159,7 @@ def _run(claimed: common.Claimed) -> None:
     train_samples = [_sample(blobs, item) for item in train_items]
     val_samples = [_sample(blobs, item) for item in val_items]
     network = build_network(architecture, config, len(structures))
-    if previous is not None and previous.weights_digest:
+    if params.get("init", "promoted") == "promoted" and previous is not None and previous.weights_digest:
         load_weights(network, blobs.get_bytes(previous.weights_digest))
     epochs = int(params["epochs"])
     result = train(
@@ -155,7 +167,7 @@ def _run(claimed: common.Claimed) -> None:
         train_samples,
         val_samples,
         Preprocessing.from_json(prep),
-        TrainingConfig(epochs=epochs, seed=int(params.get("seed", 0))),
+        training_config(config, epochs, int(params.get("seed", 0))),
         progress=lambda epoch, loss: reporter.update(
             5 + 80 * epoch / epochs, f"epoch {epoch}/{epochs} loss {loss:.4f}"
         ),
