@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
 
-from backend.core.blobstore import get_blob_store
+from backend.core.blobstore import BlobStore, get_blob_store
 from backend.core.db import session_scope
 from backend.core.errors import Conflict, InvalidInput
 from backend.imaging import nifti
@@ -17,7 +18,8 @@ from backend.models import LabelVersion, Scan
 from backend.projects import service as projects
 from backend.registry import service as registry
 from backend.scans import service as scans
-from worker.models.inference import InferenceCancelled, binary_entropy, quantise_unit
+from worker.models.inference import InferenceCancelled
+from worker.models.maps import entropy_u8, quantise_probabilities
 from worker.pipelines import common
 from worker.pipelines.predictors import ModelSpec, predict
 
@@ -73,34 +75,39 @@ def _run(claimed: common.Claimed) -> None:
     )
     reporter.update(92, "writing the version", force=True)
     masks = probs > 0.5
-    entropy = binary_entropy(probs)
     affine = loaded.geometry.affine
-    maps = {
-        name: {
-            "probability": blobs.put_bytes(nifti.to_nifti_gz(quantise_unit(probs[i]), affine)),
-            "entropy": blobs.put_bytes(nifti.to_nifti_gz(quantise_unit(entropy[i]), affine)),
-        }
-        for i, name in enumerate(spec.structures)
+    # The soft maps are written on two threads (gzip and numpy release the GIL) while the version is built.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(_write_maps, blobs, probs[i], affine) for i, name in enumerate(spec.structures)}
+        with session_scope() as db:
+            job = common.owned_job(db, claimed)
+            scan = scans.get_scan(db, job.scan_id or 0)
+            version = registry.get_model_version(db, job.model_version_id or 0)
+            label_version = _write_version(db, scan, version.id, spec, masks, base_version_id, job.id)
+            maps = {name: future.result() for name, future in futures.items()}
+            prediction = registry.record_prediction(
+                db, job_id=job.id, scan=scan, model_version=version, label_version=label_version, maps=maps
+            )
+            jobs.succeed(
+                db,
+                job,
+                {
+                    "label_version_id": label_version.id,
+                    "prediction_id": prediction.id,
+                    "branch": label_version.is_branch,
+                    "voxels": {name: int(np.count_nonzero(masks[i])) for i, name in enumerate(spec.structures)},
+                },
+                message=f"wrote version {label_version.id}",
+            )
+
+
+def _write_maps(blobs: BlobStore, probability: np.ndarray, affine: np.ndarray) -> dict[str, str]:
+    """Store one structure's uint8 probability and entropy maps as .nii.gz blobs; returns their digests."""
+    quantised = quantise_probabilities(probability)
+    return {
+        "probability": blobs.put_bytes(nifti.to_nifti_gz(quantised, affine)),
+        "entropy": blobs.put_bytes(nifti.to_nifti_gz(entropy_u8(quantised), affine)),
     }
-    with session_scope() as db:
-        job = common.owned_job(db, claimed)
-        scan = scans.get_scan(db, job.scan_id or 0)
-        version = registry.get_model_version(db, job.model_version_id or 0)
-        label_version = _write_version(db, scan, version.id, spec, masks, base_version_id, job.id)
-        prediction = registry.record_prediction(
-            db, job_id=job.id, scan=scan, model_version=version, label_version=label_version, maps=maps
-        )
-        jobs.succeed(
-            db,
-            job,
-            {
-                "label_version_id": label_version.id,
-                "prediction_id": prediction.id,
-                "branch": label_version.is_branch,
-                "voxels": {name: int(np.count_nonzero(masks[i])) for i, name in enumerate(spec.structures)},
-            },
-            message=f"wrote version {label_version.id}",
-        )
 
 
 def _write_version(
