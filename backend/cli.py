@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -63,18 +65,83 @@ def migrate() -> None:
     console.print(f"database at head: {settings.resolved_database_url.split('@')[-1]}")
 
 
+def _worker_command(queues: str, concurrency: int, pool: str | None) -> list[str]:
+    """The celery command line of a maskloop worker."""
+    embedded = get_settings().resolved_broker_url.startswith("sqla+sqlite")
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "-Q",
+        queues,
+        "--concurrency",
+        str(concurrency),
+        "-P",
+        pool or ("solo" if embedded else "prefork"),
+        "--loglevel",
+        "INFO",
+        "--hostname",
+        f"maskloop-{queues.replace(',', '-')}@%h",
+    ]
+
+
+def _resend_unsent_jobs() -> None:
+    """Send queued jobs that never reached the broker (it was down when they were created)."""
+    from backend.jobs import service as jobs
+
+    with session_scope() as db:
+        unsent = [
+            j for j in jobs.requeue_candidates(db, stale_after_s=10**9) if j.message.startswith(jobs.UNSENT_PREFIX)
+        ]
+        jobs.dispatch(db, unsent)
+    if unsent:
+        console.print(f"resent {len(unsent)} queued jobs to the broker")
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="port")] = None,
     reload: Annotated[bool, typer.Option(help="reload on code changes")] = False,
+    worker: Annotated[
+        bool | None,
+        typer.Option(
+            "--worker/--no-worker", help="also run a solo worker (default: on with the embedded SQLite broker)"
+        ),
+    ] = None,
 ) -> None:
-    """Run the API (and the static frontend) with uvicorn."""
+    """Run the API (and the built frontend) with uvicorn; in the embedded default also a solo Celery worker."""
     import uvicorn
 
     settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrations.upgrade(settings.resolved_database_url)
-    uvicorn.run("backend.main:app", host=host or settings.api_host, port=port or settings.api_port, reload=reload)
+    start_worker = worker if worker is not None else settings.resolved_broker_url.startswith("sqla+sqlite")
+    _resend_unsent_jobs()
+    child = subprocess.Popen(_worker_command("gpu,cpu", 1, "solo")) if start_worker else None
+    try:
+        uvicorn.run("backend.main:app", host=host or settings.api_host, port=port or settings.api_port, reload=reload)
+    finally:
+        if child is not None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+@app.command("worker")
+def run_worker(
+    queues: Annotated[str, typer.Option(help="comma-separated queues: gpu, cpu")] = "gpu,cpu",
+    concurrency: Annotated[int, typer.Option(help="tasks at once (1 per GPU)")] = 1,
+    pool: Annotated[str | None, typer.Option(help="celery pool: prefork, solo, threads")] = None,
+) -> None:
+    """Run a Celery worker for the given queues (prefork with Redis, solo with the embedded SQLite broker)."""
+    command = _worker_command(queues, concurrency, pool)
+    os.execv(command[0], command)
 
 
 @app.command("create-user")
@@ -274,7 +341,7 @@ def register_builtin_models(db: Session, project_id: int) -> list[str]:
                 model,
                 weights=weights.read_bytes(),
                 provenance={"trained_on": "synthetic phantoms", "command": "maskloop train --phantom"},
-                validation=meta.get("validation", {}),
+                validation={"mean_dice": meta.get("mean_val_dice"), "per_structure": meta.get("val_dice", {})},
             )
             registry.promote(db, version, None, checked=False)
         registered.append(PHANTOM_MODEL_NAME)

@@ -27,12 +27,14 @@ def configure(app: Celery, settings: Settings) -> None:
         task_default_queue="cpu",
         task_time_limit=settings.task_time_limit_s,
         task_soft_time_limit=max(60, settings.task_time_limit_s - 60),
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
     )
+    if settings.resolved_broker_url.startswith(("redis://", "rediss://")):
+        # A task whose worker died unacknowledged is delivered again after this many seconds.
+        app.conf.broker_transport_options = {"visibility_timeout": settings.broker_visibility_timeout_s}
 
 
 @lru_cache

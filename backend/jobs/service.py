@@ -214,10 +214,19 @@ def request_cancel(db: Session, job: Job, actor_user_id: int) -> Job:
     return job
 
 
+UNSENT_PREFIX = "not yet sent"
+
+
 def requeue_candidates(db: Session, stale_after_s: int) -> list[Job]:
-    """Queued jobs older than stale_after_s (a lost broker message), to be sent again."""
+    """Queued jobs that never reached the broker, or older than stale_after_s (a lost message), to send again."""
     cutoff = _now() - timedelta(seconds=stale_after_s)
-    return list(db.scalars(select(Job).where(Job.status == "queued", Job.created_at < cutoff).order_by(Job.id)))
+    return list(
+        db.scalars(
+            select(Job)
+            .where(Job.status == "queued", or_(Job.created_at < cutoff, Job.message.startswith(UNSENT_PREFIX)))
+            .order_by(Job.id)
+        )
+    )
 
 
 MAX_SCANS_PER_REQUEST = 50_000
@@ -380,5 +389,8 @@ def dispatch(db: Session, jobs: Sequence[Job]) -> None:
         try:
             queue.send(TASK_OF_KIND[job.kind], job.id, job.queue)
         except Exception as exc:
-            job.message = f"not yet sent to the {job.queue} queue: {type(exc).__name__}: {exc}"[:500]
+            job.message = f"{UNSENT_PREFIX} to the {job.queue} queue: {type(exc).__name__}: {exc}"[:500]
+        else:
+            if job.message.startswith(UNSENT_PREFIX):
+                job.message = "waiting in the queue"
     db.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -41,11 +42,13 @@ def demo_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     assert "lead@maskloop.local" in setup.stdout
     assert "2 scans imported" in setup.stdout
     port = _free_port()
+    log = (tmp_path / "serve.log").open("wb")
     server = subprocess.Popen(
         [str(BIN / "maskloop"), "serve", "--port", str(port)],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -59,8 +62,9 @@ def demo_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             pytest.fail("maskloop serve did not come up")
         yield base, tmp_path / "data"
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
 
 
 @pytest.mark.slow
@@ -89,3 +93,28 @@ def test_demo_data_and_serve_on_the_embedded_default(demo_server: tuple[str, Pat
     assert {r["name"]: r["status"] for r in second["structures"]}["gall_bladder"] == "missing"
     docs = httpx.get(f"{base}/docs")
     assert docs.status_code == 200
+    # demo-data queued pre-annotation with both bundled models; the solo worker on the SQLite broker runs them.
+    lead = httpx.post(f"{base}/api/auth/login", json={"email": "lead@maskloop.local", "password": DEMO_PASSWORD})
+    lead_headers = {"Authorization": f"Bearer {lead.json()['access_token']}"}
+    jobs_url = f"{base}/api/projects/{projects[0]['id']}/jobs"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        jobs = httpx.get(jobs_url, headers=lead_headers).json()["items"]
+        if jobs and all(j["status"] in ("succeeded", "failed", "cancelled") for j in jobs):
+            break
+        time.sleep(1)
+    assert len(jobs) == 4, jobs  # 2 scans x (classical-hu, phantom-unet)
+    assert all(j["status"] == "succeeded" for j in jobs), [(j["status"], j["error"]) for j in jobs]
+    versions = httpx.get(f"{base}/api/scans/{scan['id']}/versions", headers=headers).json()
+    model_versions = [v for v in versions if v["kind"] == "model"]
+    assert len(model_versions) == 2
+    assert all(v["author"]["model_version_id"] is not None for v in model_versions)
+    # The trained phantom model finds the liver where the ground truth has it.
+    unet = next(j for j in jobs if j["params"]["model"] == "phantom-unet" and j["scan_id"] == scan["id"])
+    diff = httpx.get(
+        f"{base}/api/versions/{unet['result']['label_version_id']}/diff",
+        params={"against": scan["head_version_id"]},
+        headers=headers,
+    ).json()
+    liver = next(row for row in diff["structures"] if row["structure"] == "liver")
+    assert liver["dice"] > 0.8, liver
