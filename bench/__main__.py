@@ -13,12 +13,13 @@ import traceback
 from rich.console import Console
 from rich.table import Table
 
-from bench import RESULTS_PATH, Benchmark, Row, core_spine, merge_results, model_workers
+from bench import RESULTS_PATH, Benchmark, Row, core_spine, merge_results, model_workers, viewer
 
 # The registry: add a module's entry point here to have `make bench` run it.
 BENCHMARKS: list[Benchmark] = [
     core_spine.run,
     model_workers.run,
+    viewer.run,
 ]
 
 
