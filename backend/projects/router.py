@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, status
 
 from backend.auth import service as auth
@@ -104,3 +106,13 @@ def remove_member(user_id: int, db: DbSession, access: ProjectAccess = require_p
         raise PermissionDenied("only a project admin may remove a project admin")
     service.remove_membership(db, access.project.id, user_id, access.user)
     db.commit()
+
+
+@router.patch("/{project_id}/settings", response_model=ProjectOut)
+def update_settings(
+    body: dict[str, Any], db: DbSession, access: ProjectAccess = require_project("manage_members")
+) -> ProjectOut:
+    """Change project settings, e.g. {"attention": {"std": 0.1, "entropy": 0.05}} (leads and admins)."""
+    project = service.update_settings(db, access.project, body, access.user)
+    db.commit()
+    return _out(project, access.role)

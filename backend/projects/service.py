@@ -263,3 +263,41 @@ def list_members(db: Session, project_id: int) -> list[tuple[User, str]]:
         .order_by(User.email)
     ).all()
     return [(user, role) for user, role in rows]
+
+
+ATTENTION_KEYS = {"std": float, "entropy": float, "erosion_iterations": int, "dilation_iterations": int}
+
+
+def update_settings(db: Session, project: Project, changes: dict[str, Any], actor: User) -> Project:
+    """Merge validated changes into a project's settings (attention thresholds for now)."""
+    unknown = set(changes) - {"attention"}
+    if unknown:
+        raise InvalidInput(f"unknown project settings {sorted(unknown)}; known: ['attention']")
+    settings = dict(project.settings)
+    if "attention" in changes:
+        attention = changes["attention"]
+        if not isinstance(attention, dict) or set(attention) - set(ATTENTION_KEYS):
+            raise InvalidInput(f"attention settings take {sorted(ATTENTION_KEYS)}")
+        merged = dict(settings.get("attention", {}))
+        for key, value in attention.items():
+            cast = ATTENTION_KEYS[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise InvalidInput(f"attention.{key} must be a non-negative number")
+            if cast is int and int(value) != value:
+                raise InvalidInput(f"attention.{key} must be a whole number")
+            if key in ("std", "entropy") and value > 1:
+                raise InvalidInput(f"attention.{key} is a threshold in [0, 1]")
+            merged[key] = cast(value)
+        settings["attention"] = merged
+    project.settings = settings
+    db.flush()
+    audit.record(
+        db,
+        actor_user_id=actor.id,
+        action="project.settings",
+        entity_type="project",
+        entity_id=project.id,
+        project_id=project.id,
+        details={"changes": changes},
+    )
+    return project

@@ -151,3 +151,22 @@ def test_training_request_checks_its_versions(client: TestClient, world: World) 
     classical = _create(client, world, name="hu", architecture="classical", structures=["liver"])
     url_classical = f"/api/projects/{world.project.id}/models/{classical['id']}/train"
     assert client.post(url_classical, headers=lead, json={"label_version_ids": [1, 2]}).status_code == 422
+
+
+def test_attention_thresholds_are_project_settings(client: TestClient, world: World, db: Session) -> None:
+    url = f"/api/projects/{world.project.id}/settings"
+    changed = client.patch(url, headers=world.headers["lead"], json={"attention": {"std": 0.2, "entropy": 0.1}})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["settings"]["attention"] == {"std": 0.2, "entropy": 0.1}
+    from backend.jobs import service as jobs
+
+    db.refresh(world.project)
+    assert jobs.attention_thresholds(world.project) == {
+        "std": 0.2,
+        "entropy": 0.1,
+        "erosion_iterations": 2,
+        "dilation_iterations": 2,
+    }
+    assert client.patch(url, headers=world.headers["lead"], json={"attention": {"std": 2}}).status_code == 422
+    assert client.patch(url, headers=world.headers["lead"], json={"colour": "red"}).status_code == 422
+    assert client.patch(url, headers=world.headers["annotator"], json={"attention": {"std": 0.3}}).status_code == 403

@@ -1,0 +1,238 @@
+"""Browser tests: a real `maskloop serve` on SQLite with demo data, driven through Debian Chromium by Playwright.
+
+The built workspace (frontend/dist) is required: CI builds it (`make frontend`) before the tests run. Volumes
+stay small (96×96×48) because WebGL runs on SwiftShader here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, sync_playwright
+
+from backend.cli import DEMO_PASSWORD
+from backend.imaging.phantom import Phantom, generate_phantom
+from tests.factories import read_mask, upload_masks, upload_scan
+
+ROOT = Path(__file__).resolve().parents[2]
+DIST = ROOT / "frontend" / "dist"
+ARTIFACTS = ROOT / "test-artifacts"
+BIN = Path(sys.executable).parent
+CHROMIUM = os.environ.get("MASKLOOP_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHAPE = (96, 96, 48)
+SPACING = (3.3, 3.3, 6.6)
+ANNOTATOR = "annotator@maskloop.local"
+LEAD = "lead@maskloop.local"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """The running app: its base URL, data folder, project and a token per demo account."""
+
+    base: str
+    data_dir: Path
+    project_id: int
+    tokens: dict[str, str]
+
+    def headers(self, email: str = ANNOTATOR) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[email]}"}
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base, timeout=60)
+
+    def get(self, path: str, email: str = ANNOTATOR) -> Any:
+        response = httpx.get(self.base + path, headers=self.headers(email), timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def mask(self, version_id: int, structure: str) -> np.ndarray:
+        with self.client() as client:
+            return read_mask(client, self.headers(), version_id, structure)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`maskloop demo-data` (2 small phantoms) then `maskloop serve` on a free port, serving frontend/dist."""
+    if not (DIST / "index.html").exists():
+        pytest.fail(
+            f"{DIST}/index.html is missing: build the workspace first (`make frontend`, i.e. "
+            "`cd frontend && npm ci && npm run build`)",
+            pytrace=False,
+        )
+    data = tmp_path_factory.mktemp("browser") / "data"
+    env = {**os.environ, "MASKLOOP_DATA_DIR": str(data), "MASKLOOP_FRONTEND_DIST": str(DIST)}
+    env.pop("MASKLOOP_DATABASE_URL", None)
+    setup = subprocess.run(
+        [str(BIN / "maskloop"), "demo-data", "--cases", "2", "--size", "96", "--no-preannotate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    port = _free_port()
+    log = (data / "server.log").open("w")
+    proc = subprocess.Popen([str(BIN / "maskloop"), "serve", "--port", str(port)], env=env, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(150):
+            try:
+                if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("maskloop serve did not come up: " + (data / "server.log").read_text())
+        tokens = {}
+        for email in (ANNOTATOR, LEAD, "admin@maskloop.local"):
+            login = httpx.post(f"{base}/api/auth/login", json={"email": email, "password": DEMO_PASSWORD})
+            assert login.status_code == 200, login.text
+            tokens[email] = login.json()["access_token"]
+        projects = httpx.get(f"{base}/api/projects", headers={"Authorization": f"Bearer {tokens[LEAD]}"}).json()
+        yield Server(base=base, data_dir=data, project_id=projects[0]["id"], tokens=tokens)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+_case_numbers = itertools.count(1)
+
+
+@dataclass
+class LabelledScan:
+    """A phantom imported through the API with all its ground-truth masks as the first version."""
+
+    scan: dict[str, Any]
+    version: dict[str, Any]
+    phantom: Phantom
+
+    @property
+    def id(self) -> int:
+        return int(self.scan["id"])
+
+    @property
+    def head(self) -> int:
+        return int(self.version["id"])
+
+
+@pytest.fixture
+def make_scan(server: Server):  # type: ignore[no-untyped-def]
+    """Import a fresh phantom scan (any orientation) with its masks, so every test edits its own scan."""
+
+    def make(orientation: str = "RAS", seed: int = 11, case_id: str | None = None) -> LabelledScan:
+        phantom = generate_phantom(SHAPE, SPACING, seed=seed, orientation=orientation)
+        case = case_id or f"BROWSER_{orientation}_{next(_case_numbers):03d}_{os.getpid()}"
+        with server.client() as client:
+            lead = server.headers(LEAD)
+            scan = upload_scan(client, lead, server.project_id, phantom, case)  # type: ignore[arg-type]
+            masks = {k: v for k, v in phantom.masks.items() if v.any()}
+            version = upload_masks(client, lead, scan["id"], masks, phantom.affine)  # type: ignore[arg-type]
+        return LabelledScan(scan=scan, version=version, phantom=phantom)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def playwright_instance() -> Iterator[Playwright]:
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_instance: Playwright) -> Iterator[Browser]:
+    """Debian's Chromium (Playwright cannot download its own here), WebGL2 on SwiftShader."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium", pytrace=False)
+    browser = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A fresh browser context (empty storage) per test; a screenshot lands in test-artifacts/ on failure."""
+    context = browser.new_context(viewport={"width": 1360, "height": 820}, device_scale_factor=1)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error" and "Failed to load resource" not in message.text:
+            errors.append(message.text)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    page.on("dialog", lambda dialog: dialog.accept())
+    yield page
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"failed-{request.node.name}.png"))
+        (ARTIFACTS / f"failed-{request.node.name}.log").write_text("\n".join(errors))
+    context.close()
+    assert not [e for e in errors if "pageerror" in e], errors
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def sign_in_with_token(page: Page, server: Server, email: str = ANNOTATOR) -> None:
+    """Put a session in localStorage before the app starts (the login form has its own test)."""
+    login = httpx.post(f"{server.base}/api/auth/login", json={"email": email, "password": DEMO_PASSWORD}).json()
+    session = {"token": login["access_token"], "expiresAt": login["expires_at"], "user": login["user"]}
+    page.add_init_script(
+        "if (location.protocol.startsWith('http')) "
+        f"localStorage.setItem('maskloop.session', {json.dumps(json.dumps(session))})"
+    )
+
+
+def open_scan(page: Page, server: Server, scan_id: int) -> None:
+    page.goto(f"{server.base}/#/scan/{scan_id}")
+    wait_ready(page)
+
+
+def wait_ready(page: Page) -> None:
+    page.wait_for_function("window.maskloop && window.maskloop.ready", timeout=60_000)
+
+
+def state(page: Page) -> dict[str, Any]:
+    return dict(page.evaluate("window.maskloop.state()"))
+
+
+def screenshot(page: Page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path

@@ -1,0 +1,505 @@
+"""The browser workspace in real Chromium: sign in, worklist, paint with the mouse, save, undo/redo, eraser,
+conflicts (rebase and branch), drafts across reloads, version comparison, orientation, expired sessions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from playwright.sync_api import Page, expect
+
+from backend.cli import DEMO_PASSWORD
+from tests.browser.conftest import (
+    ANNOTATOR,
+    LEAD,
+    LabelledScan,
+    Server,
+    open_scan,
+    screenshot,
+    sign_in_with_token,
+    state,
+    wait_ready,
+)
+from tests.factories import post_patch
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def client_point(page: Page, ras: list[int], plane: int = 0) -> tuple[float, float]:
+    point = page.evaluate("([v, p]) => window.maskloop.clientPointOf(v, p)", [ras, plane])
+    assert point is not None, f"voxel {ras} is not on screen"
+    return float(point["x"]), float(point["y"])
+
+
+def mouse_stroke(page: Page, points: list[tuple[float, float]]) -> None:
+    """A real mouse stroke: press, a few moves, release."""
+    page.mouse.move(*points[0])
+    page.mouse.down()
+    for x, y in points[1:]:
+        page.mouse.move(x, y, steps=3)
+    page.mouse.up()
+
+
+def voxel_under(page: Page, x: float, y: float) -> list[int]:
+    hit = page.evaluate("([x, y]) => window.maskloop.voxelAt(x, y)", [x, y])
+    assert hit is not None
+    return [int(v) for v in hit["vox"]]
+
+
+def changed_voxels(page: Page, structure: str | None = None) -> dict[str, set[tuple[int, int, int]]]:
+    out = page.evaluate("(s) => window.maskloop.changedVoxels(s || undefined)", structure)
+    return {key: {tuple(int(c) for c in v) for v in out[key]} for key in ("added", "removed")}  # type: ignore[misc]
+
+
+def save_with_dialog(page: Page, message: str) -> int:
+    before = state(page)["baseVersionId"]
+    page.get_by_test_id("save").click()
+    page.get_by_test_id("save-message").fill(message)
+    page.get_by_test_id("save-confirm").click()
+    page.wait_for_function(
+        "(b) => { const s = window.maskloop.state(); return s.saveState === 'saved' && s.baseVersionId !== b }",
+        arg=before,
+    )
+    return int(state(page)["baseVersionId"])
+
+
+def mask_diff(before: np.ndarray, after: np.ndarray) -> dict[str, set[tuple[int, int, int]]]:
+    added = {tuple(int(c) for c in v) for v in np.argwhere(after & ~before)}
+    removed = {tuple(int(c) for c in v) for v in np.argwhere(before & ~after)}
+    return {"added": added, "removed": removed}  # type: ignore[dict-item]
+
+
+def unchanged_except(server: Server, a: int, b: int, edited: set[str]) -> None:
+    """Every structure but the edited ones is identical between versions a and b (server-side diff)."""
+    diff = server.get(f"/api/versions/{b}/diff?against={a}")
+    for row in diff["structures"]:
+        if row["structure"] in edited:
+            continue
+        assert row["added"] == 0 and row["removed"] == 0, row
+
+
+def test_sign_in_worklist_filters_and_open(page: Page, server: Server) -> None:
+    page.goto(server.base + "/")
+    page.get_by_test_id("login-email").fill(ANNOTATOR)
+    page.get_by_test_id("login-password").fill("wrong")
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("login-error")).to_contain_text("Wrong")
+    page.get_by_test_id("login-password").fill(DEMO_PASSWORD)
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("worklist")).to_be_visible()
+    expect(page.get_by_test_id("scan-row-PanTS_00000001")).to_be_visible()
+    expect(page.get_by_test_id("scan-row-PanTS_00000002")).to_be_visible()
+    scans = server.get(f"/api/projects/{server.project_id}/scans?page_size=500")["items"]
+    demo = {s["case_id"]: s for s in scans if s["case_id"].startswith("PanTS_")}
+    tumour = next(case for case, s in demo.items() if s["tumor"])
+    healthy = next(case for case, s in demo.items() if s["tumor"] is False)
+    page.get_by_test_id("filter-tumor").select_option("true")
+    expect(page.get_by_test_id(f"scan-row-{healthy}")).to_have_count(0)
+    expect(page.get_by_test_id(f"scan-row-{tumour}")).to_be_visible()
+    phase = demo[tumour]["phase"]
+    page.get_by_test_id("filter-phase").select_option(phase)
+    expect(page.get_by_test_id(f"scan-row-{tumour}")).to_be_visible()
+    page.get_by_test_id("filter-status").select_option("imported")
+    expect(page.get_by_test_id(f"scan-row-{tumour}")).to_be_visible()
+    page.get_by_test_id("filter-status").select_option("AI draft")
+    expect(page.get_by_test_id(f"scan-row-{tumour}")).to_be_hidden()
+    page.get_by_test_id("filter-status").select_option("")
+    screenshot(page, "worklist")
+    page.get_by_test_id(f"open-{tumour}").click()
+    wait_ready(page)
+    expect(page.get_by_test_id("case-id")).to_have_text(tumour)
+    expect(page.get_by_test_id("loading")).to_be_hidden()
+    expect(page.get_by_test_id("save-status")).to_have_text("All changes saved")
+    # The readout follows the crosshair: voxel, HU, mm.
+    readout = page.get_by_test_id("readout")
+    expect(readout).to_contain_text("HU")
+    assert page.get_by_test_id("readout-voxel").inner_text() == "48, 48, 24"
+    # Layouts and window presets.
+    page.keyboard.press("4")
+    assert state(page)["layout"] == "multiplanar"
+    page.keyboard.press("1")
+    page.get_by_test_id("window-preset").select_option("liver")
+    assert state(page)["window"] == {"width": 150, "level": 30}
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("w")
+    assert state(page)["window"] == {"width": 1800, "level": 400}
+    page.get_by_test_id("window-width").fill("500")
+    page.get_by_test_id("window-width").press("Tab")
+    assert state(page)["window"]["width"] == 500
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("?")
+    expect(page.get_by_test_id("help-panel")).to_contain_text("Grow-cut")
+    page.keyboard.press("Escape")
+
+
+def test_mouse_stroke_saves_a_patch_of_the_active_structure_only(page: Page, server: Server, make_scan: Any) -> None:
+    labelled: LabelledScan = make_scan("RAS", seed=21)
+    sign_in_with_token(page, server)
+    open_scan(page, server, labelled.id)
+    page.get_by_test_id("structure-row-spleen").click()
+    page.wait_for_function("window.maskloop.state().active === 'spleen'")
+    before_count = state(page)["count"]
+    page.keyboard.press("b")
+    page.evaluate("window.maskloop.setBrush(7)")
+    z = page.evaluate("window.maskloop.crosshair()")[2]
+    points = [client_point(page, [x, 44, z]) for x in (30, 40, 50, 60)]
+    expected = [voxel_under(page, x, y) for x, y in points]
+    mouse_stroke(page, points)
+    page.wait_for_function("window.maskloop.state().dirty.includes('spleen')")
+    st = state(page)
+    assert st["dirty"] == ["spleen"]
+    assert st["count"] > before_count
+    expect(page.get_by_test_id("save-status")).to_contain_text("Unsaved changes")
+    screenshot(page, "workspace")
+    edit = changed_voxels(page, "spleen")
+    assert edit["added"] and not edit["removed"]
+    new_id = save_with_dialog(page, "spleen brush stroke")
+    # The server's version: a child of the old head, only the spleen changed, exactly the painted voxels.
+    version = server.get(f"/api/versions/{new_id}")
+    assert version["parent_id"] == labelled.head and version["message"] == "spleen brush stroke"
+    assert version["kind"] == "human" and version["is_head"]
+    assert {r["name"] for r in version["structures"] if r["changed"]} == {"spleen"}
+    diff = mask_diff(server.mask(labelled.head, "spleen"), server.mask(new_id, "spleen"))
+    assert diff["added"] == edit["added"] and not diff["removed"]
+    assert {v[2] for v in diff["added"]} == {z}, "an axial stroke stays on its slice"
+    after = server.mask(new_id, "spleen")
+    for ras in expected:
+        assert after[tuple(ras)], f"the voxel under the mouse {ras} was not painted"
+    unchanged_except(server, labelled.head, new_id, {"spleen"})
+    assert state(page)["lastSave"]["bodyBytes"] < 2000
+    # Reload: the workspace opens the new head and shows the same spleen.
+    page.reload()
+    wait_ready(page)
+    assert state(page)["baseVersionId"] == new_id
+    page.evaluate("window.maskloop.setActive('spleen')")
+    page.wait_for_function("window.maskloop.state().active === 'spleen'")
+    rows = {r["name"]: r for r in version["structures"]}
+    assert state(page)["count"] == rows["spleen"]["voxel_count"]
+    expect(page.get_by_test_id("structure-count-spleen")).to_have_attribute(
+        "data-voxels", str(rows["spleen"]["voxel_count"])
+    )
+
+
+def test_undo_redo_and_eraser(page: Page, server: Server, make_scan: Any) -> None:
+    labelled: LabelledScan = make_scan("RAS", seed=22)
+    sign_in_with_token(page, server)
+    open_scan(page, server, labelled.id)
+    page.evaluate("window.maskloop.setActive('liver')")
+    page.wait_for_function("window.maskloop.state().active === 'liver'")
+    base = state(page)["count"]
+    z = page.evaluate("window.maskloop.crosshair()")[2]
+    liver = server.mask(labelled.head, "liver")
+    ys, xs = np.nonzero(liver[:, :, z].T)
+    cx, cy = int(np.median(xs)), int(np.median(ys))
+    page.keyboard.press("b")
+    page.evaluate("window.maskloop.setBrush(6)")
+    outside = [client_point(page, [x, 70, z]) for x in (40, 48, 56)]
+    mouse_stroke(page, outside)
+    page.wait_for_function("(b) => window.maskloop.state().count > b", arg=base)
+    painted = state(page)["count"]
+    page.keyboard.press("Control+z")
+    page.wait_for_function("(b) => window.maskloop.state().count === b", arg=base)
+    assert state(page)["dirty"] == [] and state(page)["redo"] == 1
+    page.get_by_test_id("redo").click()
+    page.wait_for_function("(p) => window.maskloop.state().count === p", arg=painted)
+    page.get_by_test_id("undo").click()
+    page.wait_for_function("(b) => window.maskloop.state().count === b", arg=base)
+    page.keyboard.press("Control+y")
+    page.wait_for_function("(p) => window.maskloop.state().count === p", arg=painted)
+    # Eraser across the liver: only liver voxels go.
+    page.keyboard.press("e")
+    assert state(page)["undo"] == 1
+    mouse_stroke(page, [client_point(page, [cx, cy + d, z]) for d in (-4, 0, 4)])
+    page.wait_for_function("(p) => window.maskloop.state().count < p", arg=painted)
+    edit = changed_voxels(page, "liver")
+    assert edit["added"] and edit["removed"]
+    assert all(liver[v] for v in edit["removed"])
+    assert not any(liver[v] for v in edit["added"])
+    page.keyboard.press("Control+s")
+    page.get_by_test_id("save-message").fill("eraser and brush")
+    page.get_by_test_id("save-confirm").click()
+    page.wait_for_function("(h) => window.maskloop.state().baseVersionId !== h", arg=labelled.head)
+    new_id = state(page)["baseVersionId"]
+    diff = mask_diff(liver, server.mask(new_id, "liver"))
+    assert diff == edit
+    unchanged_except(server, labelled.head, new_id, {"liver"})
+
+
+def test_conflict_rebase_and_branch_keep_both_edits(page: Page, server: Server, make_scan: Any) -> None:
+    labelled: LabelledScan = make_scan("RAS", seed=23)
+    sign_in_with_token(page, server)
+    open_scan(page, server, labelled.id)
+    page.evaluate("window.maskloop.setActive('liver')")
+    page.wait_for_function("window.maskloop.state().active === 'liver'")
+    mine = [[i, j, 30] for i in range(10, 14) for j in range(10, 13)]
+    page.evaluate("(v) => window.maskloop.paintNative('liver', v, 1)", mine)
+    # Meanwhile the lead saves a spleen correction and a liver change elsewhere on the same head.
+    theirs_box = np.ones((3, 3, 2), dtype=bool)
+    with server.client() as client:
+        response = post_patch(
+            client,  # type: ignore[arg-type]
+            server.headers(LEAD),
+            labelled.id,
+            labelled.head,
+            [("liver", (80, 80, 5), theirs_box), ("spleen", (2, 2, 2), theirs_box)],
+            message="lead fixes the spleen",
+        )
+    assert response.status_code == 201, response.text
+    theirs = response.json()["id"]
+    page.get_by_test_id("save").click()
+    page.get_by_test_id("save-message").fill("my liver edit")
+    page.get_by_test_id("save-confirm").click()
+    dialog = page.get_by_test_id("conflict-dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("Demo Lead")
+    expect(dialog).to_contain_text("lead fixes the spleen")
+    expect(page.get_by_test_id("save-status")).to_have_attribute("data-state", "conflict")
+    screenshot(page, "conflict")
+    page.get_by_test_id("conflict-rebase").click()
+    page.wait_for_function(
+        "(t) => { const s = window.maskloop.state(); return s.saveState === 'saved' && s.baseVersionId > t }",
+        arg=theirs,
+    )
+    rebased = state(page)["baseVersionId"]
+    version = server.get(f"/api/versions/{rebased}")
+    assert version["parent_id"] == theirs and version["is_head"] and version["message"] == "my liver edit"
+    liver = server.mask(rebased, "liver")
+    assert all(liver[tuple(v)] for v in mine), "my edit survived the rebase"
+    assert liver[80:83, 80:83, 5:7].all(), "their liver edit survived the rebase"
+    assert server.mask(rebased, "spleen")[2:5, 2:5, 2:4].all(), "their spleen edit survived the rebase"
+    # Second conflict, resolved as a branch: the head keeps their version, the branch holds mine.
+    mine2 = [[i, 20, 31] for i in range(40, 46)]
+    page.evaluate("(v) => window.maskloop.paintNative('liver', v, 1)", mine2)
+    with server.client() as client:
+        response = post_patch(
+            client,  # type: ignore[arg-type]
+            server.headers(LEAD),
+            labelled.id,
+            rebased,
+            [("aorta", (30, 30, 30), theirs_box)],
+            message="lead widens the aorta",
+        )
+    assert response.status_code == 201, response.text
+    theirs2 = response.json()["id"]
+    page.get_by_test_id("save").click()
+    page.get_by_test_id("save-message").fill("my branch")
+    page.get_by_test_id("save-confirm").click()
+    expect(page.get_by_test_id("conflict-dialog")).to_contain_text("lead widens the aorta")
+    page.get_by_test_id("conflict-branch").click()
+    page.wait_for_function("(t) => window.maskloop.state().baseVersionId > t", arg=theirs2)
+    branch_id = state(page)["baseVersionId"]
+    branch = server.get(f"/api/versions/{branch_id}")
+    assert branch["is_branch"] and branch["parent_id"] == rebased and not branch["is_head"]
+    assert state(page)["branch"] is True
+    assert server.get(f"/api/scans/{labelled.id}")["head_version_id"] == theirs2
+    assert all(server.mask(branch_id, "liver")[tuple(v)] for v in mine2)
+    assert server.mask(theirs2, "aorta")[30:33, 30:33, 30:32].all()
+    expect(page.get_by_test_id("mode-banner")).to_contain_text("branch")
+
+
+def test_draft_survives_reload_from_server_and_from_the_browser(page: Page, server: Server, make_scan: Any) -> None:
+    labelled: LabelledScan = make_scan("RAS", seed=24)
+    sign_in_with_token(page, server)
+    open_scan(page, server, labelled.id)
+    page.evaluate("window.maskloop.setActive('pancreas')")
+    page.wait_for_function("window.maskloop.state().active === 'pancreas'")
+    voxels = [[i, j, 20] for i in range(20, 26) for j in range(20, 24)]
+    page.evaluate("(v) => window.maskloop.paintNative('pancreas', v, 1)", voxels)
+    edited = state(page)["count"]
+    expect(page.get_by_test_id("draft-status")).to_have_attribute("data-saved", "server")
+    draft = server.get(f"/api/scans/{labelled.id}/draft")
+    assert draft["base_version_id"] == labelled.head and draft["base_is_head"]
+    assert set(draft["payload"]["structures"]) == {"pancreas"}
+    # A reload (or a crash): the draft is offered and restored.
+    page.reload()
+    expect(page.get_by_test_id("draft-dialog")).to_contain_text("pancreas")
+    page.get_by_test_id("draft-restore").click()
+    wait_ready(page)
+    st = state(page)
+    assert st["dirty"] == ["pancreas"] and st["active"] == "pancreas" and st["count"] == edited
+    expect(page.get_by_test_id("save-status")).to_contain_text("Unsaved changes")
+    # The browser's own copy (IndexedDB) holds it too: gone from the server, still offered.
+    page.wait_for_function("window.maskloop.state().draftInfo.startsWith('Draft saved')")
+    httpx.delete(f"{server.base}/api/scans/{labelled.id}/draft", headers=server.headers()).raise_for_status()
+    page.reload()
+    expect(page.get_by_test_id("draft-dialog")).to_contain_text("this browser")
+    page.get_by_test_id("draft-restore").click()
+    wait_ready(page)
+    assert state(page)["count"] == edited
+    new_id = save_with_dialog(page, "pancreas from a draft")
+    added = mask_diff(server.mask(labelled.head, "pancreas"), server.mask(new_id, "pancreas"))["added"]
+    assert {tuple(v) for v in voxels} >= added and added
+    # Saved: no draft left on either side.
+    assert httpx.get(f"{server.base}/api/scans/{labelled.id}/draft", headers=server.headers()).status_code == 404
+    page.reload()
+    wait_ready(page)
+    expect(page.get_by_test_id("draft-dialog")).to_have_count(0)
+
+
+def test_compare_view_reports_the_api_dice(page: Page, server: Server, make_scan: Any) -> None:
+    labelled: LabelledScan = make_scan("RAS", seed=25)
+    box = np.zeros((12, 10, 4), dtype=bool)
+    box[2:10, 2:8, :] = True
+    with server.client() as client:
+        response = post_patch(
+            client,  # type: ignore[arg-type]
+            server.headers(LEAD),
+            labelled.id,
+            labelled.head,
+            [("liver", (20, 30, 20), box), ("stomach", (50, 50, 22), box)],
+            message="reader two",
+        )
+    assert response.status_code == 201, response.text
+    b = response.json()["id"]
+    api_diff = server.get(f"/api/versions/{b}/diff?against={labelled.head}")
+    sign_in_with_token(page, server)
+    open_scan(page, server, labelled.id)
+    page.get_by_test_id("tab-versions").click()
+    expect(page.get_by_test_id(f"version-{b}")).to_contain_text("reader two")
+    page.get_by_test_id("compare-a").select_option(str(labelled.head))
+    page.get_by_test_id("compare-b").select_option(str(b))
+    page.get_by_test_id("compare-run").click()
+    expect(page.get_by_test_id("diff-table")).to_be_visible()
+    expect(page.get_by_test_id("mode-banner")).to_contain_text(f"#{labelled.head} → #{b}")
+    checked = 0
+    for row in api_diff["structures"]:
+        cell = page.get_by_test_id(f"dice-{row['structure']}")
+        if cell.count() == 0:
+            assert row["voxels_a"] == 0 and row["voxels_b"] == 0
+            continue
+        shown = cell.get_attribute("data-dice")
+        if row["dice"] is None:
+            assert shown == ""
+        else:
+            assert float(shown or "nan") == pytest.approx(row["dice"], abs=1e-12)
+            assert cell.inner_text() == f"{row['dice']:.4f}"
+            checked += 1
+    assert checked >= 10
+    liver = next(r for r in api_diff["structures"] if r["structure"] == "liver")
+    assert liver["dice"] < 1.0
+    page.get_by_test_id("diff-row-liver").click()
+    expect(page.get_by_test_id("mode-banner")).to_contain_text("liver: green added, red removed")
+    screenshot(page, "compare")
+    # Read-only while comparing; Esc goes back to editing.
+    assert state(page)["mode"] == "compare"
+    page.keyboard.press("Escape")
+    page.wait_for_function("window.maskloop.state().mode === 'edit'")
+    page.get_by_test_id(f"view-version-{b}").click()
+    expect(page.get_by_test_id("save-status")).to_have_text(f"Read-only: version #{b}")
+
+
+def test_lps_scan_edits_the_same_world_voxels_as_ras(page: Page, server: Server, make_scan: Any) -> None:
+    """Same anatomy stored RAS and LPS: the same stroke at the same place paints the same voxels in mm."""
+    results: dict[str, list[np.ndarray]] = {}
+    affines: dict[str, np.ndarray] = {}
+    centre_mm: np.ndarray | None = None
+    stroke_mm = np.zeros(3)
+    for orientation in ("RAS", "LPS"):
+        labelled: LabelledScan = make_scan(orientation, seed=26)
+        affine = np.asarray(labelled.scan["affine"])
+        sign_in_with_token(page, server)
+        open_scan(page, server, labelled.id)
+        assert state(page)["permRAS"] == ([1, 2, 3] if orientation == "RAS" else [-1, -2, 3])
+        page.evaluate("window.maskloop.setActive('liver')")
+        page.wait_for_function("window.maskloop.state().active === 'liver'")
+        # The liver's centre (world mm) in this scan's stored voxels, then in NiiVue's RAS grid.
+        liver = labelled.phantom.masks["liver"]
+        if centre_mm is None:
+            inside = np.argwhere(liver)
+            nearest = inside[np.argmin(((inside - inside.mean(axis=0)) ** 2).sum(axis=1))]
+            centre_mm = (affine @ [*nearest, 1.0])[:3]
+            # Where the stroke goes: mid-body, in front of the spine, on the same axial slice.
+            stroke_mm = (affine @ [48.0, 30.0, float(nearest[2]), 1.0])[:3]
+        ijk = np.rint(np.linalg.solve(affine, [*centre_mm, 1.0])[:3]).astype(int)
+        assert liver[tuple(ijk)], "the probe point lies in the liver"
+        ras = page.evaluate("(v) => window.maskloop.toRAS(v)", ijk.tolist())
+        page.evaluate("(v) => window.maskloop.moveTo(v)", ras)
+        expect(page.get_by_test_id("readout-voxel")).to_have_text(", ".join(str(int(c)) for c in ijk))
+        readout = page.get_by_test_id("readout")
+        expect(readout).to_contain_text("liver")  # the loaded mask lines up with the image
+        hu = int(readout.get_attribute("data-hu") or "0")
+        assert 20 < hu < 110, hu
+        page.keyboard.press("b")
+        page.evaluate("window.maskloop.setBrush(5)")
+        target = np.rint(np.linalg.solve(affine, [*stroke_mm, 1.0])[:3]).astype(int)
+        x, y = client_point(page, page.evaluate("(v) => window.maskloop.toRAS(v)", target.tolist()))
+        mouse_stroke(page, [(x - 30, y - 10), (x, y), (x + 30, y + 10)])
+        page.wait_for_function("window.maskloop.state().dirty.includes('liver')")
+        new_id = page.evaluate("window.maskloop.save('world check')")
+        assert new_id
+        diff = mask_diff(server.mask(labelled.head, "liver"), server.mask(new_id, "liver"))
+        assert diff["added"]
+        results[orientation] = [(affine @ [*v, 1.0])[:3] for v in diff["added"]]
+        affines[orientation] = affine
+        page.goto("about:blank")
+    # Map both to the RAS scan's voxel grid (affines agree to float precision, not bit for bit).
+    ras_affine = affines["RAS"]
+    grid = {
+        key: {tuple(np.rint(np.linalg.solve(ras_affine, [*mm, 1.0])[:3]).astype(int)) for mm in worlds}
+        for key, worlds in results.items()
+    }
+    assert grid["RAS"] == grid["LPS"]
+
+
+def test_expired_session_keeps_the_edit_and_asks_to_sign_in(page: Page, server: Server, make_scan: Any) -> None:
+    labelled: LabelledScan = make_scan("RAS", seed=27)
+    sign_in_with_token(page, server)
+    open_scan(page, server, labelled.id)
+    page.evaluate("window.maskloop.setActive('stomach')")
+    page.wait_for_function("window.maskloop.state().active === 'stomach'")
+    page.evaluate("(v) => window.maskloop.paintNative('stomach', v, 1)", [[60, 60, 24], [61, 60, 24]])
+    page.evaluate("window.maskloop.corruptToken()")
+    page.evaluate("() => { window.__saved = window.maskloop.save('after sign-in') }")
+    expect(page.get_by_test_id("reauth-dialog")).to_be_visible()
+    assert state(page)["dirty"] == ["stomach"]
+    page.get_by_test_id("reauth-password").fill(DEMO_PASSWORD)
+    page.get_by_test_id("reauth-submit").click()
+    new_id = page.evaluate("window.__saved")
+    assert new_id and server.get(f"/api/versions/{new_id}")["message"] == "after sign-in"
+    assert server.mask(new_id, "stomach")[60, 60, 24]
+
+
+def test_tools_fill_outline_interpolate_and_grow_cut(page: Page, server: Server, make_scan: Any) -> None:
+    labelled: LabelledScan = make_scan("RAS", seed=28)
+    sign_in_with_token(page, server)
+    open_scan(page, server, labelled.id)
+    page.evaluate("window.maskloop.setActive('celiac_artery')")
+    page.wait_for_function("window.maskloop.state().active === 'celiac_artery'")
+    assert state(page)["count"] == 0
+    z = page.evaluate("window.maskloop.crosshair()")[2]
+    # Filled outline: a closed square traced with the mouse is filled on release.
+    page.keyboard.press("o")
+    corners = [client_point(page, [x, y, z]) for x, y in ((30, 30), (40, 30), (40, 40), (30, 40), (30, 31))]
+    mouse_stroke(page, corners)
+    page.wait_for_function("window.maskloop.state().count > 0")
+    filled = state(page)["count"]
+    assert 100 <= filled <= 130, filled  # 11×11 voxels, outline included
+    # Flood fill inside a drawn ring on another slice fills the hole; outside it refuses (not enclosed).
+    ring = [[x, y, z + 2] for x in range(32, 39) for y in range(32, 39) if x in (32, 38) or y in (32, 38)]
+    page.evaluate("(v) => window.maskloop.paint('celiac_artery', v, 1)", ring)
+    page.evaluate("(v) => window.maskloop.moveTo(v)", [35, 35, z + 2])
+    page.keyboard.press("f")
+    x, y = client_point(page, [35, 35, z + 2])
+    page.mouse.click(x, y)
+    page.wait_for_function("(n) => window.maskloop.state().count === n", arg=filled + 49)
+    # Interpolation between the two painted slices (z and z+2) fills slice z+1.
+    page.keyboard.press("i")
+    page.wait_for_function("(n) => window.maskloop.state().count > n", arg=filled + 49)
+    added = changed_voxels(page)["added"]
+    assert {v[2] for v in added} == {z, z + 1, z + 2}
+    # Grow-cut from a seed in the aorta region grows along similar intensities.
+    page.evaluate("window.maskloop.setActive('superior_mesenteric_artery')")
+    page.wait_for_function("window.maskloop.state().active === 'superior_mesenteric_artery'")
+    aorta = labelled.phantom.masks["aorta"]
+    seed = [int(c) for c in np.argwhere(aorta[:, :, z])[len(np.argwhere(aorta[:, :, z])) // 2]] + [z]
+    page.evaluate("(v) => window.maskloop.moveTo(v)", seed)
+    page.keyboard.press("g")
+    page.evaluate("window.maskloop.setBrush(3)")
+    x, y = client_point(page, seed)
+    page.mouse.click(x, y)
+    page.wait_for_function("window.maskloop.state().count > 0")
+    grown = changed_voxels(page)["added"]
+    inside = sum(1 for v in grown if aorta[v])
+    assert inside >= 0.7 * len(grown) and inside > 5, (inside, len(grown))
