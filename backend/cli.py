@@ -25,7 +25,6 @@ from backend.core.errors import DomainError
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from backend.models import Structure
     from backend.scans.service import ScanFilter
 
 app = typer.Typer(help="maskloop: collaborative CT segmentation platform.", no_args_is_help=True)
@@ -314,9 +313,7 @@ def register_builtin_models(db: Session, project_id: int) -> list[str]:
     from backend.registry import service as registry
 
     blobs = get_blob_store()
-    names = [s.name for s in _structures(db, project_id)]
-    classical = [n for n in CLASSICAL_STRUCTURES if n in names]
-    registry.ensure_classical_model(db, blobs, project_id, classical)
+    registry.ensure_classical_model(db, blobs, project_id)
     registered = [registry.CLASSICAL_MODEL_NAME]
     sidecar = PHANTOM_WEIGHTS / "phantom_unet.json"
     weights = PHANTOM_WEIGHTS / "phantom_unet.pt"
@@ -346,26 +343,6 @@ def register_builtin_models(db: Session, project_id: int) -> list[str]:
             registry.promote(db, version, None, checked=False)
         registered.append(PHANTOM_MODEL_NAME)
     return registered
-
-
-def _structures(db: Session, project_id: int) -> list[Structure]:
-    from backend.projects import service as projects
-
-    return projects.structures_of(db, project_id)
-
-
-# What the weightless pre-annotator can find (worker/models/classical.py); kept here so the API needs no torch.
-CLASSICAL_STRUCTURES = (
-    "aorta",
-    "kidney_left",
-    "kidney_right",
-    "liver",
-    "lung_left",
-    "lung_right",
-    "postcava",
-    "spleen",
-    "stomach",
-)
 
 
 def _scan_filter(site: str | None, phase: str | None, tumor: bool | None) -> ScanFilter | None:

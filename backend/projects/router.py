@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from backend.auth import service as auth
-from backend.auth.dependencies import AdminUser, CurrentUser, DbSession
+from backend.auth.dependencies import AdminUser, Blobs, CurrentUser, DbSession
 from backend.core.errors import InvalidInput, NotFound, PermissionDenied
 from backend.models import Project, User
 from backend.projects import service
@@ -20,6 +20,7 @@ from backend.projects.schemas import (
     SchemaOut,
     StructureOut,
 )
+from backend.registry import service as registry
 
 router = APIRouter(prefix="/api/projects", tags=["projects"])
 
@@ -43,7 +44,7 @@ def list_projects(db: DbSession, user: CurrentUser) -> list[ProjectOut]:
 
 
 @router.post("", response_model=ProjectOut, status_code=status.HTTP_201_CREATED)
-def create_project(body: ProjectCreate, db: DbSession, admin: AdminUser) -> ProjectOut:
+def create_project(body: ProjectCreate, db: DbSession, blobs: Blobs, admin: AdminUser) -> ProjectOut:
     """Create a project (platform administrators); the PanTS schema unless structures are given."""
     specs = None
     if body.structures is not None:
@@ -51,6 +52,8 @@ def create_project(body: ProjectCreate, db: DbSession, admin: AdminUser) -> Proj
     project = service.create_project(
         db, body.slug, body.name, admin, specs, schema_name=body.schema_name, description=body.description
     )
+    # Every project can pre-annotate at once with the weightless classical model.
+    registry.ensure_classical_model(db, blobs, project.id)
     db.commit()
     return _out(project, "admin")
 

@@ -28,6 +28,18 @@ from backend.models.registry import ARCHITECTURES
 from backend.projects import service as projects
 
 CLASSICAL_MODEL_NAME = "classical-hu"
+# What the weightless pre-annotator finds (worker/models/classical.py; a unit test keeps the two equal).
+CLASSICAL_STRUCTURES = (
+    "aorta",
+    "kidney_left",
+    "kidney_right",
+    "liver",
+    "lung_left",
+    "lung_right",
+    "postcava",
+    "spleen",
+    "stomach",
+)
 DEFAULT_PREPROCESSING = {"orientation": "RAS", "target_spacing": [1.5, 1.5, 1.5], "hu_window": [-175.0, 250.0]}
 DEFAULT_INFERENCE = {"roi_size": [96, 96, 96], "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 1}
 
@@ -215,8 +227,15 @@ def promote(db: Session, version: ModelVersion, actor_user_id: int | None, *, ch
     return version
 
 
-def ensure_classical_model(db: Session, blobs: BlobStore, project_id: int, structures: Sequence[str]) -> Model:
-    """The weightless HU-threshold pre-annotator, registered and promoted (idempotent)."""
+def ensure_classical_model(
+    db: Session, blobs: BlobStore, project_id: int, structures: Sequence[str] | None = None
+) -> Model | None:
+    """The weightless HU-threshold pre-annotator, registered and promoted (idempotent; None if no structure fits)."""
+    if structures is None:
+        names = {s.name for s in projects.structures_of(db, project_id)}
+        structures = [name for name in CLASSICAL_STRUCTURES if name in names]
+    if not structures:
+        return None
     existing = db.scalar(select(Model).where(Model.project_id == project_id, Model.name == CLASSICAL_MODEL_NAME))
     if existing is not None:
         return existing

@@ -178,8 +178,10 @@ def test_project_creation_is_audited(client: TestClient, world: World) -> None:
     assert created.status_code == 201, created.text
     project_id = created.json()["id"]
     page = client.get(f"/api/projects/{project_id}/audit", headers=admin).json()
-    assert page["total"] == 1
-    (event,) = page["items"]
+    # The project, then the weightless classical model registered and promoted with it.
+    actions = [e["action"] for e in reversed(page["items"])]
+    assert actions == ["project.create", "model.create", "model_version.create", "model_version.promote"]
+    event = page["items"][-1]
     assert event["action"] == "project.create"
     assert event["actor_user_id"] == world.users["platform_admin"].id
     assert event["project_id"] == project_id

@@ -23,3 +23,10 @@ def test_entropy_lookup_equals_the_entropy_of_the_quantised_probability() -> Non
     assert np.abs(entropy_u8(q).astype(int) - expected.astype(int)).max() <= 1
     assert entropy_u8(np.array([0, 255, 128], dtype=np.uint8)).tolist()[:2] == [0, 0]
     assert entropy_u8(np.array([128], dtype=np.uint8))[0] == 255
+
+
+def test_the_api_knows_what_the_classical_model_finds() -> None:
+    from backend.registry.service import CLASSICAL_STRUCTURES as API_SIDE
+    from worker.models.classical import CLASSICAL_STRUCTURES as WORKER_SIDE
+
+    assert tuple(API_SIDE) == tuple(WORKER_SIDE)
