@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from fastapi import Depends
 
 from backend.auth.dependencies import CurrentUser, DbSession
-from backend.core.errors import NotFound
 from backend.jobs import service
 from backend.models import Job, User
-from backend.projects import service as projects
+from backend.projects.dependencies import authorize_or_404
 
 
 @dataclass(frozen=True)
@@ -28,10 +27,7 @@ def job_access(permission: str) -> Callable[..., JobAccess]:
 
     def dependency(job_id: int, db: DbSession, user: CurrentUser) -> JobAccess:
         job = service.get_job(db, job_id)
-        try:
-            role = projects.authorize(db, user, job.project_id, permission)
-        except NotFound as exc:
-            raise NotFound(f"job {job_id} not found") from exc
+        role = authorize_or_404(db, user, job.project_id, permission, f"job {job_id}")
         return JobAccess(job=job, user=user, role=role)
 
     return dependency

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from fastapi import Depends
 
 from backend.auth.dependencies import CurrentUser, DbSession
-from backend.core.errors import NotFound
 from backend.labels import service
 from backend.models import LabelVersion, Scan, User
-from backend.projects import service as projects
+from backend.projects.dependencies import authorize_or_404
 from backend.scans import service as scans
 
 
@@ -31,10 +30,7 @@ def version_access(permission: str) -> Callable[..., VersionAccess]:
     def dependency(version_id: int, db: DbSession, user: CurrentUser) -> VersionAccess:
         version = service.get_version(db, version_id)
         scan = scans.get_scan(db, version.scan_id)
-        try:
-            role = projects.authorize(db, user, scan.project_id, permission)
-        except NotFound as exc:
-            raise NotFound(f"label version {version_id} not found") from exc
+        role = authorize_or_404(db, user, scan.project_id, permission, f"label version {version_id}")
         return VersionAccess(version=version, scan=scan, user=user, role=role)
 
     return dependency

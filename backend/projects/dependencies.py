@@ -6,8 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Depends
+from sqlalchemy.orm import Session
 
 from backend.auth.dependencies import CurrentUser, DbSession
+from backend.core.errors import NotFound
 from backend.models import Project, User
 from backend.projects import service
 
@@ -19,6 +21,14 @@ class ProjectAccess:
     project: Project
     user: User
     role: str
+
+
+def authorize_or_404(db: Session, user: User, project_id: int, permission: str, what: str) -> str:
+    """The caller's role for a permission, or NotFound naming `what`: outsiders never learn that it exists."""
+    try:
+        return service.authorize(db, user, project_id, permission)
+    except NotFound as exc:
+        raise NotFound(f"{what} not found") from exc
 
 
 def project_access(permission: str) -> Callable[..., ProjectAccess]:

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from fastapi import Depends
 
 from backend.auth.dependencies import CurrentUser, DbSession
-from backend.core.errors import NotFound
 from backend.models import Model, ModelVersion, User
-from backend.projects import service as projects
+from backend.projects.dependencies import authorize_or_404
 from backend.registry import service
 
 
@@ -28,10 +27,7 @@ def model_access(permission: str) -> Callable[..., ModelAccess]:
 
     def dependency(model_id: int, db: DbSession, user: CurrentUser) -> ModelAccess:
         model = service.get_model(db, model_id)
-        try:
-            role = projects.authorize(db, user, model.project_id, permission)
-        except NotFound as exc:
-            raise NotFound(f"model {model_id} not found") from exc
+        role = authorize_or_404(db, user, model.project_id, permission, f"model {model_id}")
         return ModelAccess(model=model, user=user, role=role)
 
     return dependency
@@ -58,10 +54,7 @@ def model_version_access(permission: str) -> Callable[..., ModelVersionAccess]:
     def dependency(version_id: int, db: DbSession, user: CurrentUser) -> ModelVersionAccess:
         version = service.get_model_version(db, version_id)
         model = service.get_model(db, version.model_id)
-        try:
-            role = projects.authorize(db, user, model.project_id, permission)
-        except NotFound as exc:
-            raise NotFound(f"model version {version_id} not found") from exc
+        role = authorize_or_404(db, user, model.project_id, permission, f"model version {version_id}")
         return ModelVersionAccess(version=version, model=model, user=user, role=role)
 
     return dependency

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from fastapi import Depends
 
 from backend.auth.dependencies import CurrentUser, DbSession
-from backend.core.errors import NotFound
 from backend.models import Scan, User
-from backend.projects import service as projects
+from backend.projects.dependencies import authorize_or_404
 from backend.scans import service
 
 
@@ -28,10 +27,7 @@ def scan_access(permission: str) -> Callable[..., ScanAccess]:
 
     def dependency(scan_id: int, db: DbSession, user: CurrentUser) -> ScanAccess:
         scan = service.get_scan(db, scan_id)
-        try:
-            role = projects.authorize(db, user, scan.project_id, permission)
-        except NotFound as exc:
-            raise NotFound(f"scan {scan_id} not found") from exc
+        role = authorize_or_404(db, user, scan.project_id, permission, f"scan {scan_id}")
         return ScanAccess(scan=scan, user=user, role=role)
 
     return dependency

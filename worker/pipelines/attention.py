@@ -21,16 +21,7 @@ from worker.pipelines import common
 
 def run(job_id: int) -> None:
     """Compute and store the attention maps of one scan."""
-    claimed = common.claim(job_id)
-    if claimed is None:
-        return
-    try:
-        _run(claimed)
-    except common.TransientError:
-        common.release(claimed)
-        raise
-    except Exception as exc:
-        common.finish_with_error(claimed, exc)
+    common.run_claimed(job_id, _run)
 
 
 def _load_map(blobs: BlobStore, digest: str) -> np.ndarray:

@@ -17,6 +17,8 @@ from backend.core.db import session_scope
 from backend.core.errors import DomainError
 from backend.jobs import service as jobs
 from backend.models import Job
+from worker.models.inference import InferenceCancelled
+from worker.models.training import TrainingCancelled
 
 
 class TransientError(Exception):
@@ -126,3 +128,22 @@ def release(claimed: Claimed) -> None:
             job.status = "queued"
             job.worker = None
             job.message = "retrying after a transient error"
+
+
+def run_claimed(job_id: int, body: Callable[[Claimed], None]) -> None:
+    """Claim a job and run a pipeline body on it: transient failures release it for a retry, cancellation ends it
+    as cancelled, and any other error is recorded on the job (its outputs were never committed)."""
+    claimed = claim(job_id)
+    if claimed is None:
+        return
+    try:
+        body(claimed)
+    except TransientError:
+        release(claimed)
+        raise
+    except JobAbandoned as exc:
+        finish_with_error(claimed, exc)
+    except Exception as exc:
+        # A requested stop inside the ML code surfaces as its own exception types.
+        cancelled = isinstance(exc, InferenceCancelled | TrainingCancelled)
+        finish_with_error(claimed, JobAbandoned(str(exc)) if cancelled else exc)

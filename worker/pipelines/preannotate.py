@@ -18,7 +18,6 @@ from backend.models import LabelVersion, Scan
 from backend.projects import service as projects
 from backend.registry import service as registry
 from backend.scans import service as scans
-from worker.models.inference import InferenceCancelled
 from worker.models.maps import entropy_u8, quantise_probabilities
 from worker.pipelines import common
 from worker.pipelines.predictors import ModelSpec, predict
@@ -26,18 +25,7 @@ from worker.pipelines.predictors import ModelSpec, predict
 
 def run(job_id: int) -> None:
     """Run (or finish, if a previous attempt already wrote it) the pre-annotation job."""
-    claimed = common.claim(job_id)
-    if claimed is None:
-        return
-    try:
-        _run(claimed)
-    except common.TransientError:
-        common.release(claimed)
-        raise
-    except (InferenceCancelled, common.JobAbandoned) as exc:
-        common.finish_with_error(claimed, common.JobAbandoned(str(exc)))
-    except Exception as exc:
-        common.finish_with_error(claimed, exc)
+    common.run_claimed(job_id, _run)
 
 
 def _run(claimed: common.Claimed) -> None:

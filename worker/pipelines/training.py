@@ -33,16 +33,7 @@ from worker.pipelines.predictors import ModelSpec, predict
 
 def run(job_id: int) -> None:
     """Train, evaluate on the held-out split against the promoted version, record the round."""
-    claimed = common.claim(job_id)
-    if claimed is None:
-        return
-    try:
-        _run(claimed)
-    except common.TransientError:
-        common.release(claimed)
-        raise
-    except Exception as exc:
-        common.finish_with_error(claimed, exc)
+    common.run_claimed(job_id, _run)
 
 
 @dataclass(frozen=True)
