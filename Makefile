@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help install demo serve test lint typecheck importlint unit bench services clean
+.PHONY: help install frontend demo serve test lint typecheck importlint unit bench services clean
 
 help:
 	@echo "make demo   - install, migrate an SQLite database under data/, load demo phantoms, serve on :8000"
 	@echo "make test   - lint, type-check, import contracts, and the whole pytest suite (PostgreSQL + Redis)"
 	@echo "make bench  - run the benchmarks and write bench/results.json"
+	@echo "make frontend - build the browser workspace into frontend/dist (npm ci + vite)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +22,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install
+# The browser workspace: rebuilt from package-lock.json only when a source, the lock or the config is newer.
+FRONTEND_DIST := frontend/dist/index.html
+FRONTEND_SRC := $(shell find frontend/src -type f 2>/dev/null) frontend/index.html frontend/package.json \
+	frontend/package-lock.json frontend/vite.config.ts frontend/tsconfig.json
+
+$(FRONTEND_DIST): $(FRONTEND_SRC)
+	cd frontend && npm ci --no-audit --no-fund && npm run typecheck && npm run build
+	touch $(FRONTEND_DIST)
+
+frontend: $(FRONTEND_DIST)
+
+demo: install frontend
 	$(BIN)/maskloop migrate
 	$(BIN)/maskloop demo-data
 	$(BIN)/maskloop serve
@@ -42,13 +54,13 @@ typecheck: install
 importlint: install
 	$(BIN)/lint-imports
 
-test: install services lint typecheck importlint
+test: install frontend services lint typecheck importlint
 	$(BIN)/pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
-bench: install services
+bench: install frontend services
 	$(BIN)/python -m bench
 
 clean:

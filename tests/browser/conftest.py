@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from nibabel.orientations import axcodes2ornt
 from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, sync_playwright
 
 from backend.cli import DEMO_PASSWORD
@@ -75,6 +76,29 @@ class Server:
     def mask(self, version_id: int, structure: str) -> np.ndarray:
         with self.client() as client:
             return read_mask(client, self.headers(), version_id, structure)  # type: ignore[arg-type]
+
+    def store_attention(self, scan_id: int, structure: str, mask: np.ndarray) -> None:
+        """Write an attention map straight into the server's database and blob folder, as the worker would."""
+        from sqlalchemy.orm import Session
+
+        from backend.core.blobstore import LocalBlobStore
+        from backend.core.db import make_engine
+        from backend.projects import service as projects
+        from backend.registry import service as registry
+        from backend.scans import service as scans
+
+        engine = make_engine(f"sqlite:///{(self.data_dir / 'maskloop.db').resolve()}")
+        try:
+            with Session(engine) as db:
+                scan = scans.get_scan(db, scan_id)
+                found = projects.find_structure(projects.structures_of(db, scan.project_id), structure)
+                item = registry.AttentionInput(found, mask.astype(bool), int(mask.sum()), 0, 0)
+                registry.store_attention(
+                    db, LocalBlobStore(self.data_dir / "blobs"), scan, [item], job_id=None, model_version_ids=[]
+                )
+                db.commit()
+        finally:
+            engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -148,7 +172,11 @@ def make_scan(server: Server):  # type: ignore[no-untyped-def]
     """Import a fresh phantom scan (any orientation) with its masks, so every test edits its own scan."""
 
     def make(orientation: str = "RAS", seed: int = 11, case_id: str | None = None) -> LabelledScan:
-        phantom = generate_phantom(SHAPE, SPACING, seed=seed, orientation=orientation)
+        # SHAPE/SPACING are RAS-canonical; a stored orientation permutes them (same anatomy in world space).
+        ornt = axcodes2ornt(tuple(orientation))
+        shape = tuple(SHAPE[int(axis)] for axis, _ in ornt)
+        spacing = tuple(SPACING[int(axis)] for axis, _ in ornt)
+        phantom = generate_phantom(shape, spacing, seed=seed, orientation=orientation)
         case = case_id or f"BROWSER_{orientation}_{next(_case_numbers):03d}_{os.getpid()}"
         with server.client() as client:
             lead = server.headers(LEAD)

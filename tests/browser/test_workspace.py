@@ -3,6 +3,7 @@ conflicts (rebase and branch), drafts across reloads, version comparison, orient
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -119,6 +120,10 @@ def test_sign_in_worklist_filters_and_open(page: Page, server: Server) -> None:
     # Layouts and window presets.
     page.keyboard.press("4")
     assert state(page)["layout"] == "multiplanar"
+    page.keyboard.press("5")
+    assert state(page)["layout"] == "3d"
+    page.keyboard.press("2")
+    assert state(page)["layout"] == "coronal"
     page.keyboard.press("1")
     page.get_by_test_id("window-preset").select_option("liver")
     assert state(page)["window"] == {"width": 150, "level": 30}
@@ -390,18 +395,27 @@ def test_compare_view_reports_the_api_dice(page: Page, server: Server, make_scan
     expect(page.get_by_test_id("save-status")).to_have_text(f"Read-only: version #{b}")
 
 
-def test_lps_scan_edits_the_same_world_voxels_as_ras(page: Page, server: Server, make_scan: Any) -> None:
-    """Same anatomy stored RAS and LPS: the same stroke at the same place paints the same voxels in mm."""
+def expected_perm_ras(codes: str) -> list[int]:
+    """NiiVue's permRAS for stored axis codes: per RAS axis, the stored axis (1-based), negative when reversed."""
+    out = []
+    for positive, negative in (("R", "L"), ("A", "P"), ("S", "I")):
+        axis = next(i for i, c in enumerate(codes) if c in (positive, negative))
+        out.append((axis + 1) * (1 if codes[axis] == positive else -1))
+    return out
+
+
+def test_lps_and_permuted_scans_edit_the_same_world_voxels_as_ras(page: Page, server: Server, make_scan: Any) -> None:
+    """Same anatomy stored RAS, LPS and IPL: the same stroke at the same place paints the same voxels in mm."""
     results: dict[str, list[np.ndarray]] = {}
     affines: dict[str, np.ndarray] = {}
     centre_mm: np.ndarray | None = None
     stroke_mm = np.zeros(3)
-    for orientation in ("RAS", "LPS"):
+    for orientation in ("RAS", "LPS", "IPL"):
         labelled: LabelledScan = make_scan(orientation, seed=26)
         affine = np.asarray(labelled.scan["affine"])
         sign_in_with_token(page, server)
         open_scan(page, server, labelled.id)
-        assert state(page)["permRAS"] == ([1, 2, 3] if orientation == "RAS" else [-1, -2, 3])
+        assert state(page)["permRAS"] == expected_perm_ras(orientation)
         page.evaluate("window.maskloop.setActive('liver')")
         page.wait_for_function("window.maskloop.state().active === 'liver'")
         # The liver's centre (world mm) in this scan's stored voxels, then in NiiVue's RAS grid.
@@ -412,6 +426,7 @@ def test_lps_scan_edits_the_same_world_voxels_as_ras(page: Page, server: Server,
             centre_mm = (affine @ [*nearest, 1.0])[:3]
             # Where the stroke goes: mid-body, in front of the spine, on the same axial slice.
             stroke_mm = (affine @ [48.0, 30.0, float(nearest[2]), 1.0])[:3]
+        assert centre_mm is not None
         ijk = np.rint(np.linalg.solve(affine, [*centre_mm, 1.0])[:3]).astype(int)
         assert liver[tuple(ijk)], "the probe point lies in the liver"
         ras = page.evaluate("(v) => window.maskloop.toRAS(v)", ijk.tolist())
@@ -440,7 +455,7 @@ def test_lps_scan_edits_the_same_world_voxels_as_ras(page: Page, server: Server,
         key: {tuple(np.rint(np.linalg.solve(ras_affine, [*mm, 1.0])[:3]).astype(int)) for mm in worlds}
         for key, worlds in results.items()
     }
-    assert grid["RAS"] == grid["LPS"]
+    assert grid["RAS"] == grid["LPS"] == grid["IPL"]
 
 
 def test_expired_session_keeps_the_edit_and_asks_to_sign_in(page: Page, server: Server, make_scan: Any) -> None:
@@ -503,3 +518,69 @@ def test_tools_fill_outline_interpolate_and_grow_cut(page: Page, server: Server,
     grown = changed_voxels(page)["added"]
     inside = sum(1 for v in grown if aorta[v])
     assert inside >= 0.7 * len(grown) and inside > 5, (inside, len(grown))
+
+
+def test_attention_heat_overlay_and_next_region(page: Page, server: Server, make_scan: Any) -> None:
+    labelled: LabelledScan = make_scan("LPS", seed=29)
+    attention = np.zeros(labelled.phantom.volume.shape, dtype=bool)
+    attention[10:16, 10:16, 10:13] = True  # the larger region: visited first
+    attention[70:73, 60:63, 30:32] = True
+    server.store_attention(labelled.id, "liver", attention)
+    sign_in_with_token(page, server)
+    # "My work": the scan with attention ranks first.
+    page.goto(server.base + "/#/")
+    expect(page.get_by_test_id("worklist")).to_be_visible()
+    first = page.locator("table.worklist tbody tr").first
+    expect(first).to_have_attribute("data-testid", f"scan-row-{labelled.scan['case_id']}")
+    open_scan(page, server, labelled.id)
+    page.get_by_test_id("tab-attention").click()
+    page.get_by_test_id("attention-structure").select_option("liver")
+    expect(page.get_by_test_id("attention-info")).to_contain_text("2 regions")
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("n")
+    expect(page.get_by_test_id("attention-info")).to_contain_text("at 1")
+    i, j, k = (int(c) for c in page.get_by_test_id("readout").get_attribute("data-ijk").split(","))  # type: ignore[union-attr]
+    assert attention[i, j, k] and 10 <= i < 16 and 10 <= j < 16
+    page.get_by_test_id("attention-next").click()
+    expect(page.get_by_test_id("attention-info")).to_contain_text("at 2")
+    i, j, k = (int(c) for c in page.get_by_test_id("readout").get_attribute("data-ijk").split(","))  # type: ignore[union-attr]
+    assert attention[i, j, k] and i >= 70
+    screenshot(page, "attention")
+    # A structure without an attention map says so.
+    page.get_by_test_id("attention-structure").select_option("spleen")
+    expect(page.get_by_test_id("toast").last).to_contain_text("No attention map")
+
+
+def test_offline_save_keeps_the_edit_then_saves_when_back(page: Page, server: Server, make_scan: Any) -> None:
+    labelled: LabelledScan = make_scan("RAS", seed=30)
+    sign_in_with_token(page, server)
+    open_scan(page, server, labelled.id)
+    page.evaluate("window.maskloop.setActive('duodenum')")
+    page.wait_for_function("window.maskloop.state().active === 'duodenum'")
+    page.context.set_offline(True)
+    page.evaluate("(v) => window.maskloop.paintNative('duodenum', v, 1)", [[5, 5, 5], [6, 5, 5]])
+    expect(page.get_by_test_id("save-status")).to_have_attribute("data-state", "offline")
+    assert page.evaluate("window.maskloop.save('while offline')") is None
+    expect(page.get_by_test_id("save-status")).to_contain_text("Offline")
+    expect(page.get_by_test_id("draft-status")).to_contain_text("this browser")
+    assert state(page)["dirty"] == ["duodenum"]
+    page.context.set_offline(False)
+    expect(page.get_by_test_id("save-status")).to_contain_text("Unsaved changes")
+    new_id = page.evaluate("window.maskloop.save('back online')")
+    assert new_id and server.mask(new_id, "duodenum")[5:7, 5, 5].all()
+
+
+def test_token_is_refreshed_before_it_expires(page: Page, server: Server) -> None:
+    login = httpx.post(f"{server.base}/api/auth/login", json={"email": ANNOTATOR, "password": DEMO_PASSWORD}).json()
+    soon = page.evaluate("new Date(Date.now() + 12000).toISOString()")
+    session = {"token": login["access_token"], "expiresAt": soon, "user": login["user"]}
+    page.add_init_script(f"localStorage.setItem('maskloop.session', {json.dumps(json.dumps(session))})")
+    page.goto(server.base + "/#/")
+    expect(page.get_by_test_id("worklist")).to_be_visible()
+    page.wait_for_function(
+        "(soon) => JSON.parse(localStorage.getItem('maskloop.session')).expiresAt !== soon", arg=soon, timeout=15_000
+    )
+    refreshed = json.loads(page.evaluate("localStorage.getItem('maskloop.session')"))
+    assert refreshed["expiresAt"] > soon
+    me = httpx.get(f"{server.base}/api/auth/me", headers={"Authorization": f"Bearer {refreshed['token']}"})
+    assert me.status_code == 200 and me.json()["email"] == ANNOTATOR

@@ -1,0 +1,381 @@
+/**
+ * The edit session of one scan: per-structure base masks (as loaded from the base version) and working
+ * copies, all in NiiVue's RAS order; an undo/redo stack of our own; patch and draft encoding (the changed
+ * box per structure, in the scan's stored order); rebase onto a new head.
+ */
+
+import { gunzipSync, gzipSync } from 'fflate'
+import { ApiError, api } from './api'
+import { type Box, Geometry, countNonzero, packBitsLittle, unpackBitsLittle } from './geometry'
+import { parseNifti } from './nifti'
+import type { DraftBox, DraftPayload } from './types'
+
+export interface Op {
+  structure: string
+  label: string
+  idx: Int32Array
+  before: Uint8Array
+  after: Uint8Array
+}
+
+export interface PatchPlan {
+  boxes: { structure: string; box: Box; bytes: Uint8Array; encoding: 'bits' | 'bits+gzip' }[]
+  /** The multipart/form-data request body, built here so its exact size is known. */
+  body: Uint8Array<ArrayBuffer>
+  contentType: string
+  bodyBytes: number
+}
+
+/** Encode multipart/form-data: text fields and binary parts (no FormData, so the bytes are ours to count). */
+export function multipart(fields: [string, string][], files: [string, Uint8Array][]): { body: Uint8Array<ArrayBuffer>; contentType: string } {
+  const boundary = `ml${Math.random().toString(36).slice(2, 12)}`
+  const enc = new TextEncoder()
+  const chunks: Uint8Array[] = []
+  for (const [name, value] of fields) {
+    chunks.push(enc.encode(`--${boundary}\r\nContent-Disposition: form-data; name="${name}"\r\n\r\n${value}\r\n`))
+  }
+  for (const [name, bytes] of files) {
+    chunks.push(
+      enc.encode(
+        `--${boundary}\r\nContent-Disposition: form-data; name="${name}"; filename="${name}"\r\n\r\n`,
+      ),
+      bytes,
+      enc.encode('\r\n'),
+    )
+  }
+  chunks.push(enc.encode(`--${boundary}--\r\n`))
+  const body = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0))
+  let offset = 0
+  for (const c of chunks) {
+    body.set(c, offset)
+    offset += c.length
+  }
+  return { body, contentType: `multipart/form-data; boundary=${boundary}` }
+}
+
+const MAX_UNDO = 200
+
+export function toBase64(bytes: Uint8Array): string {
+  let s = ''
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000))
+  return btoa(s)
+}
+
+export function fromBase64(text: string): Uint8Array {
+  const s = atob(text)
+  const out = new Uint8Array(s.length)
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i)
+  return out
+}
+
+export function encodeBox(voxels: Uint8Array): Uint8Array {
+  return gzipSync(packBitsLittle(voxels), { level: 6, mtime: 0 })
+}
+
+export function decodeBox(data: Uint8Array, box: Box): Uint8Array {
+  const n = box.size[0] * box.size[1] * box.size[2]
+  return unpackBitsLittle(gunzipSync(data), n)
+}
+
+/** One structure's mask of a version in RAS order (all zeros when recorded as missing). */
+export async function fetchMaskRAS(geometry: Geometry, versionId: number, structure: string): Promise<Uint8Array> {
+  const out = new Uint8Array(geometry.voxels)
+  let bytes: ArrayBuffer
+  try {
+    bytes = await api.bytes(`/api/versions/${versionId}/masks/${encodeURIComponent(structure)}`)
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 404) return out
+    throw err
+  }
+  const vol = parseNifti(bytes)
+  if (vol.dims[0] * vol.dims[1] * vol.dims[2] !== geometry.voxels) throw new Error(`mask ${structure} has the wrong size`)
+  const native = new Uint8Array(geometry.voxels)
+  for (let i = 0; i < native.length; i++) native[i] = vol.data[i] > 0 ? 1 : 0
+  geometry.toRAS(native, out)
+  return out
+}
+
+export class EditSession {
+  readonly scanId: number
+  readonly geometry: Geometry
+  baseVersionId: number | null
+  /** Saves go to a branch (the head belongs to someone else's line). */
+  branch = false
+  readonly base = new Map<string, Uint8Array>()
+  readonly edited = new Map<string, Uint8Array>()
+  private readonly dirtySet = new Set<string>()
+  undoStack: Op[] = []
+  redoStack: Op[] = []
+  private snapshot: { structure: string; data: Uint8Array } | null = null
+  private loading = new Map<string, Promise<Uint8Array>>()
+  /** Called after every change of the working copies (edit, undo, redo, restore, save). */
+  onChange: (() => void) | null = null
+
+  constructor(scanId: number, geometry: Geometry, baseVersionId: number | null) {
+    this.scanId = scanId
+    this.geometry = geometry
+    this.baseVersionId = baseVersionId
+  }
+
+  /** The working copy of a structure, loading its base mask first if needed. */
+  async ensure(structure: string): Promise<Uint8Array> {
+    const have = this.edited.get(structure)
+    if (have) return have
+    let pending = this.loading.get(structure)
+    if (!pending) {
+      const version = this.baseVersionId
+      pending = (async () => {
+        const mask = version === null ? new Uint8Array(this.geometry.voxels) : await fetchMaskRAS(this.geometry, version, structure)
+        if (!this.edited.has(structure)) {
+          this.base.set(structure, mask)
+          this.edited.set(structure, mask.slice())
+        }
+        return this.edited.get(structure)!
+      })().finally(() => this.loading.delete(structure))
+      this.loading.set(structure, pending)
+    }
+    return pending
+  }
+
+  /** Free the masks of structures that hold nothing unsaved and no undo history (large volumes: 2 × N MB each). */
+  release(keep: string): void {
+    const referenced = new Set([...this.undoStack, ...this.redoStack].map((op) => op.structure))
+    for (const structure of [...this.edited.keys()]) {
+      if (structure === keep || this.dirtySet.has(structure) || referenced.has(structure)) continue
+      if (this.snapshot?.structure === structure) continue
+      this.edited.delete(structure)
+      this.base.delete(structure)
+    }
+  }
+
+  count(structure: string): number | null {
+    const bm = this.edited.get(structure)
+    return bm ? countNonzero(bm) : null
+  }
+
+  isDirty(structure: string): boolean {
+    return this.dirtySet.has(structure)
+  }
+
+  get dirty(): string[] {
+    return [...this.dirtySet].sort()
+  }
+
+  get hasChanges(): boolean {
+    return this.dirtySet.size > 0
+  }
+
+  private recheck(structure: string): void {
+    const a = this.edited.get(structure)
+    const b = this.base.get(structure)
+    let differs = false
+    if (a && b) {
+      for (let i = 0; i < a.length; i++) {
+        if ((a[i] > 0) !== (b[i] > 0)) {
+          differs = true
+          break
+        }
+      }
+    }
+    if (differs) this.dirtySet.add(structure)
+    else this.dirtySet.delete(structure)
+  }
+
+  /** Start an operation on a structure's working copy (snapshot for the undo record). */
+  begin(structure: string): Uint8Array {
+    const bm = this.edited.get(structure)
+    if (!bm) throw new Error(`structure ${structure} is not loaded`)
+    this.snapshot = { structure, data: bm.slice() }
+    return bm
+  }
+
+  /** Finish the operation: record what changed (nothing recorded when nothing changed). */
+  commit(label: string): Op | null {
+    const snap = this.snapshot
+    this.snapshot = null
+    if (!snap) return null
+    const bm = this.edited.get(snap.structure)!
+    const idx: number[] = []
+    for (let i = 0; i < bm.length; i++) if (bm[i] !== snap.data[i]) idx.push(i)
+    if (!idx.length) return null
+    const op: Op = {
+      structure: snap.structure,
+      label,
+      idx: Int32Array.from(idx),
+      before: Uint8Array.from(idx, (i) => snap.data[i]),
+      after: Uint8Array.from(idx, (i) => bm[i]),
+    }
+    this.undoStack.push(op)
+    if (this.undoStack.length > MAX_UNDO) this.undoStack.shift()
+    this.redoStack = []
+    this.recheck(snap.structure)
+    this.onChange?.()
+    return op
+  }
+
+  /** Abandon the operation in progress and restore the snapshot. */
+  cancel(): void {
+    if (!this.snapshot) return
+    this.edited.get(this.snapshot.structure)?.set(this.snapshot.data)
+    this.snapshot = null
+  }
+
+  /** Put the snapshot back but keep the operation open (the outline tool redraws from scratch). */
+  revert(): void {
+    if (this.snapshot) this.edited.get(this.snapshot.structure)?.set(this.snapshot.data)
+  }
+
+  get busy(): boolean {
+    return this.snapshot !== null
+  }
+
+  undo(): Op | null {
+    const op = this.undoStack.pop()
+    if (!op) return null
+    const bm = this.edited.get(op.structure)!
+    for (let k = 0; k < op.idx.length; k++) bm[op.idx[k]] = op.before[k]
+    this.redoStack.push(op)
+    this.recheck(op.structure)
+    this.onChange?.()
+    return op
+  }
+
+  redo(): Op | null {
+    const op = this.redoStack.pop()
+    if (!op) return null
+    const bm = this.edited.get(op.structure)!
+    for (let k = 0; k < op.idx.length; k++) bm[op.idx[k]] = op.after[k]
+    this.undoStack.push(op)
+    this.recheck(op.structure)
+    this.onChange?.()
+    return op
+  }
+
+  /** The changed box of a structure in stored order, or null. */
+  changedBox(structure: string): Box | null {
+    const a = this.edited.get(structure)
+    const b = this.base.get(structure)
+    if (!a || !b) return null
+    return this.geometry.changedBox(a, b)
+  }
+
+  /**
+   * The multipart patch save: one box per edited structure, bit-packed, gzipped unless the raw bits are
+   * smaller (a short stroke); only non-default meta fields are sent.
+   */
+  buildPatch(message: string, branch: boolean, idempotencyKey: string): PatchPlan | null {
+    if (this.baseVersionId === null) throw new Error('no base version to patch')
+    const boxes: PatchPlan['boxes'] = []
+    for (const structure of this.dirty) {
+      const box = this.changedBox(structure)
+      if (!box) continue
+      const bits = packBitsLittle(this.geometry.extractBox(this.edited.get(structure)!, box))
+      const gz = gzipSync(bits, { level: 9, mtime: 0 })
+      boxes.push(
+        gz.length < bits.length
+          ? { structure, box, bytes: gz, encoding: 'bits+gzip' }
+          : { structure, box, bytes: bits, encoding: 'bits' },
+      )
+    }
+    if (!boxes.length) return null
+    const meta: Record<string, unknown> = { base_version_id: this.baseVersionId }
+    if (message) meta.message = message
+    if (branch) meta.branch = true
+    meta.idempotency_key = idempotencyKey
+    meta.patches = boxes.map((b, i) => ({
+      structure: b.structure,
+      origin: b.box.origin,
+      size: b.box.size,
+      encoding: b.encoding,
+      part: `b${i}`,
+    }))
+    const { body, contentType } = multipart(
+      [['meta', JSON.stringify(meta)]],
+      boxes.map((b, i) => [`b${i}`, b.bytes] as [string, Uint8Array]),
+    )
+    return { boxes, body, contentType, bodyBytes: body.length }
+  }
+
+  /** After a successful save: the saved version is the new base; the working copies are its masks. */
+  markSaved(versionId: number, branch: boolean): void {
+    this.baseVersionId = versionId
+    this.branch = branch
+    for (const [structure, bm] of this.edited) this.base.set(structure, bm.slice())
+    this.dirtySet.clear()
+    this.onChange?.()
+  }
+
+  /**
+   * Move the edit onto another version (the new head): every loaded structure gets that version's mask as
+   * base; each edited structure's changed box is re-applied on top. The undo history refers to the old base
+   * and is dropped.
+   */
+  async rebase(versionId: number): Promise<string[]> {
+    const carried: { structure: string; box: Box; voxels: Uint8Array }[] = []
+    for (const structure of this.dirty) {
+      const box = this.changedBox(structure)
+      if (box) carried.push({ structure, box, voxels: this.geometry.extractBox(this.edited.get(structure)!, box) })
+    }
+    const loaded = [...this.edited.keys()]
+    const fresh = new Map<string, Uint8Array>()
+    for (const structure of loaded) fresh.set(structure, await fetchMaskRAS(this.geometry, versionId, structure))
+    this.baseVersionId = versionId
+    this.branch = false
+    for (const structure of loaded) {
+      const mask = fresh.get(structure)!
+      this.base.set(structure, mask)
+      const working = this.edited.get(structure)!
+      working.set(mask)
+    }
+    for (const c of carried) this.geometry.applyBox(this.edited.get(c.structure)!, c.box, c.voxels)
+    this.dirtySet.clear()
+    for (const structure of loaded) this.recheck(structure)
+    this.undoStack = []
+    this.redoStack = []
+    this.onChange?.()
+    return carried.map((c) => c.structure)
+  }
+
+  /** Throw away every change: working copies back to the base. */
+  discard(): void {
+    for (const [structure, bm] of this.edited) bm.set(this.base.get(structure)!)
+    this.dirtySet.clear()
+    this.undoStack = []
+    this.redoStack = []
+    this.onChange?.()
+  }
+
+  draftPayload(active: string | null): DraftPayload | null {
+    if (!this.hasChanges) return null
+    const structures: Record<string, DraftBox> = {}
+    for (const structure of this.dirty) {
+      const box = this.changedBox(structure)
+      if (!box) continue
+      const data = toBase64(encodeBox(this.geometry.extractBox(this.edited.get(structure)!, box)))
+      structures[structure] = { origin: box.origin, size: box.size, encoding: 'bits+gzip', data }
+    }
+    return {
+      format: 'maskloop-draft/1',
+      base_version_id: this.baseVersionId,
+      branch: this.branch,
+      active,
+      updated_at: new Date().toISOString(),
+      structures,
+    }
+  }
+
+  /** Re-apply a draft's boxes on this session's base (which must be the draft's base version). */
+  async restoreDraft(payload: DraftPayload): Promise<string[]> {
+    const restored: string[] = []
+    for (const [structure, entry] of Object.entries(payload.structures)) {
+      const bm = await this.ensure(structure)
+      const box: Box = { origin: entry.origin, size: entry.size }
+      this.geometry.applyBox(bm, box, decodeBox(fromBase64(entry.data), box))
+      this.recheck(structure)
+      restored.push(structure)
+    }
+    this.branch = payload.branch
+    this.onChange?.()
+    return restored
+  }
+}

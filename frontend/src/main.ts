@@ -1,0 +1,148 @@
+/** Entry point: hash routes (#/login, #/ worklist, #/scan/{id}) and the `window.maskloop` test hook. */
+
+import './style.css'
+import { api } from './api'
+import { clear, h } from './dom'
+import type { Vec3 } from './geometry'
+import type { ToolId } from './shortcuts'
+import type { Layout } from './viewer'
+import { Workspace } from './workspace'
+import { Worklist, reauthDialog, renderLogin } from './worklist'
+
+const root = document.getElementById('app')!
+let workspace: Workspace | null = null
+/** Bumped on every navigation: a slow page that finishes after the user moved on must not mark itself ready. */
+let routeSeq = 0
+
+api.reauthenticate = reauthDialog
+
+async function route(): Promise<void> {
+  const hash = location.hash || '#/'
+  const seq = ++routeSeq
+  if (workspace) {
+    workspace.dispose()
+    workspace = null
+  }
+  root.dataset.ready = ''
+  if (!api.session) {
+    if (hash !== '#/login') sessionStorage.setItem('maskloop.next', hash)
+    renderLogin(root, () => {
+      const next = sessionStorage.getItem('maskloop.next') || '#/'
+      sessionStorage.removeItem('maskloop.next')
+      if (location.hash === next) route().catch(showError)
+      else location.hash = next
+    })
+    return
+  }
+  const scan = /^#\/scan\/(\d+)/.exec(hash)
+  if (scan) {
+    root.className = 'app workspace-app'
+    workspace = new Workspace(root, Number(scan[1]))
+    await workspace.open()
+    return
+  }
+  if (hash === '#/login') {
+    location.hash = '#/'
+    return
+  }
+  root.className = 'app'
+  const list = new Worklist(root)
+  await list.open()
+  if (seq === routeSeq) root.dataset.ready = 'true'
+}
+
+function showError(err: unknown): void {
+  console.error(err)
+  clear(root)
+  root.append(
+    h(
+      'div',
+      { class: 'fatal', 'data-testid': 'fatal' },
+      h('h1', null, 'Something went wrong'),
+      h('p', null, (err as Error).message ?? String(err)),
+      h('p', null, h('a', { href: '#/' }, 'Back to the worklist')),
+    ),
+  )
+}
+
+window.addEventListener('hashchange', () => route().catch(showError))
+route().catch(showError)
+
+function ws(): Workspace {
+  if (!workspace) throw new Error('no scan is open')
+  return workspace
+}
+
+/** Hooks for the browser tests and the benchmark (no effect on normal use). */
+const hook = {
+  get ready(): boolean {
+    return root.dataset.ready === 'true'
+  },
+  state() {
+    const w = ws()
+    return {
+      scanId: w.scanId,
+      baseVersionId: w.session?.baseVersionId ?? null,
+      branch: w.session?.branch ?? false,
+      active: w.activeLoaded,
+      dirty: w.session?.dirty ?? [],
+      undo: w.session?.undoStack.length ?? 0,
+      redo: w.session?.redoStack.length ?? 0,
+      count: w.active ? w.session?.count(w.active) : null,
+      layout: w.viewer?.layout,
+      window: w.viewer?.window,
+      saveState: w.saveState,
+      mode: w.mode.kind,
+      rasDims: w.viewer?.geometry?.rasDims,
+      permRAS: w.viewer?.geometry?.permRAS,
+      lastSave: w.lastSave,
+      timings: w.timings,
+      draftInfo: w.draftInfo,
+    }
+  },
+  voxelAt: (x: number, y: number) => ws().viewer.voxelAt(x, y),
+  clientPointOf: (ras: Vec3, plane = 0) => ws().viewer.clientPointOf(ras, plane),
+  crosshair: () => ws().viewer.crosshairVox(),
+  moveTo: (ras: Vec3) => ws().viewer.moveTo(ras),
+  toNative: (ras: Vec3) => ws().viewer.geometry!.rasToNativeIJK(ras[0], ras[1], ras[2]),
+  toRAS: (ijk: Vec3) => ws().viewer.geometry!.nativeToRasXYZ(ijk[0], ijk[1], ijk[2]),
+  /** Stored-order (i, j, k) of every voxel set in the active structure's working copy but not in its base. */
+  changedVoxels(name?: string): { added: Vec3[]; removed: Vec3[] } {
+    const w = ws()
+    const structure = name ?? w.active!
+    const a = w.session.edited.get(structure)
+    const b = w.session.base.get(structure)
+    const out = { added: [] as Vec3[], removed: [] as Vec3[] }
+    if (!a || !b) return out
+    const g = w.viewer.geometry!
+    for (let i = 0; i < a.length; i++) {
+      if (a[i] === b[i]) continue
+      const [x, y, z] = g.rasCoords(i)
+      ;(a[i] ? out.added : out.removed).push(g.rasToNativeIJK(x, y, z))
+    }
+    return out
+  },
+  setActive: (name: string) => ws().setActive(name),
+  setTool: (tool: ToolId) => ws().setTool(tool),
+  setBrush: (mm: number) => ws().setBrush(mm),
+  setLayout: (layout: Layout) => ws().setLayout(layout),
+  paint: (name: string, ras: Vec3[], value = 1) => ws().paintVoxels(name, ras, value),
+  paintNative(name: string, ijk: Vec3[], value = 1) {
+    const g = ws().viewer.geometry!
+    return ws().paintVoxels(
+      name,
+      ijk.map((v) => g.nativeToRasXYZ(v[0], v[1], v[2])),
+      value,
+    )
+  },
+  save: async (message = '') => (await ws().save(message))?.id ?? null,
+  compare: (a: number, b: number) => ws().compare(a, b),
+  corruptToken: () => api.corruptToken(),
+}
+
+declare global {
+  interface Window {
+    maskloop: typeof hook
+  }
+}
+window.maskloop = hook
