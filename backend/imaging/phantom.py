@@ -8,8 +8,9 @@ view (``shape * spacing``), so any shape/spacing draws the same anatomy and the 
 most of the axial FOV. Because of this the drawn anatomy depends on the array shape only; the spacing only
 sets the affine.
 
-RAS+: +x is patient LEFT, +y anterior, +z superior. The liver lies at -x, the spleen at +x, the lungs at the
-top (+z) of the field of view.
+The template's x axis points to the patient's LEFT (template +y anterior, +z superior), so the anatomy is
+rasterised into an LAS-ordered array: in RAS+ world coordinates (nibabel's convention, +x = patient right)
+the liver lies at +x, the spleen and the left kidney and lung at -x, the lungs at the top (+z).
 
 Orientation
 -----------
@@ -396,7 +397,8 @@ def generate_phantom(
         raise ValueError("noise_hu must be >= 0")
     codes = _parse_orientation(orientation)
     out_ornt = axcodes2ornt(codes)
-    ras_ornt = axcodes2ornt(("R", "A", "S"))
+    # The drawn array's first axis runs towards the patient's left (template +x), i.e. it is LAS-ordered.
+    drawn_ornt = axcodes2ornt(("L", "A", "S"))
     ras_shape = [0, 0, 0]
     ras_spacing = [0.0, 0.0, 0.0]
     for out_axis, (ras_axis, _flip) in enumerate(out_ornt):
@@ -417,16 +419,20 @@ def generate_phantom(
     if noise_hu > 0:
         _add_noise(volume, rng, float(noise_hu))
 
-    ras_affine = np.eye(4, dtype=np.float64)
+    drawn_affine = np.eye(4, dtype=np.float64)
     for ax in range(3):
-        ras_affine[ax, ax] = ras_spacing[ax]
-        ras_affine[ax, 3] = -(rshape[ax] - 1) / 2.0 * ras_spacing[ax]
-    if codes == ("R", "A", "S"):
+        drawn_affine[ax, ax] = ras_spacing[ax]
+        drawn_affine[ax, 3] = -(rshape[ax] - 1) / 2.0 * ras_spacing[ax]
+    # LAS: world x decreases along the first array axis; the volume stays centred on the origin.
+    drawn_affine[0, 0] = -drawn_affine[0, 0]
+    drawn_affine[0, 3] = -drawn_affine[0, 3]
+    transform: np.ndarray | None
+    if codes == ("L", "A", "S"):
         transform = None
-        affine = ras_affine
+        affine = drawn_affine
     else:
-        transform = ornt_transform(ras_ornt, out_ornt)
-        affine = ras_affine @ inv_ornt_aff(transform, rshape)
+        transform = ornt_transform(drawn_ornt, out_ornt)
+        affine = drawn_affine @ inv_ornt_aff(transform, rshape)
         volume = np.ascontiguousarray(apply_orientation(volume, transform))
 
     # Each mask is computed inside its RAS box and placed straight into the output orientation, so untouched

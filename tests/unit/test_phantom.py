@@ -97,8 +97,9 @@ def test_pancreas_is_union_of_disjoint_parts_and_lesion(seed: int) -> None:
     assert not (les & ~plain.masks["pancreas"]).any()
     assert np.array_equal(m["pancreas"], plain.masks["pancreas"])
     # head is on the patient's right (-x), tail towards the spleen (+x)
-    assert _world_centroid(ph, "pancreas_head")[0] < _world_centroid(ph, "pancreas_body")[0]
-    assert _world_centroid(ph, "pancreas_body")[0] < _world_centroid(ph, "pancreas_tail")[0]
+    # Head on the patient's right (+x in RAS+), tail towards the spleen on the left.
+    assert _world_centroid(ph, "pancreas_head")[0] > _world_centroid(ph, "pancreas_body")[0]
+    assert _world_centroid(ph, "pancreas_body")[0] > _world_centroid(ph, "pancreas_tail")[0]
 
 
 def test_lesion_is_hypodense() -> None:
@@ -125,19 +126,20 @@ def test_no_lesion_option() -> None:
 
 @pytest.mark.parametrize("orientation", ["RAS", "LPS"])
 def test_anatomy_sides_in_world_coordinates(orientation: str) -> None:
-    """Liver at patient right (-x), spleen left (+x), lungs superior, kidneys posterior, aorta left of IVC."""
+    """RAS+ (+x = patient right): liver right (+x), spleen left (-x), lungs superior, kidneys posterior, aorta
+    left of the IVC."""
     ph = generate_phantom(SMALL, SPACING, seed=3, orientation=orientation)
     liver = _world_centroid(ph, "liver")
     spleen = _world_centroid(ph, "spleen")
-    assert liver[0] < -5.0
-    assert spleen[0] > 5.0
+    assert liver[0] > 5.0
+    assert spleen[0] < -5.0
     world_x_of_liver = ph.affine[0, 0] * np.argwhere(ph.masks["liver"])[:, 0] + ph.affine[0, 3]
-    assert (world_x_of_liver < 0).mean() > 0.8
+    assert (world_x_of_liver > 0).mean() > 0.8
     assert _world_centroid(ph, "lung_left")[2] > liver[2]
-    assert _world_centroid(ph, "lung_left")[0] > 0 > _world_centroid(ph, "lung_right")[0]
-    assert _world_centroid(ph, "kidney_left")[0] > 0 > _world_centroid(ph, "kidney_right")[0]
+    assert _world_centroid(ph, "lung_left")[0] < 0 < _world_centroid(ph, "lung_right")[0]
+    assert _world_centroid(ph, "kidney_left")[0] < 0 < _world_centroid(ph, "kidney_right")[0]
     assert _world_centroid(ph, "kidney_left")[1] < 0 and _world_centroid(ph, "kidney_right")[1] < 0
-    assert _world_centroid(ph, "aorta")[0] > _world_centroid(ph, "postcava")[0]
+    assert _world_centroid(ph, "aorta")[0] < _world_centroid(ph, "postcava")[0]
 
 
 def test_tissue_values_without_noise() -> None:

@@ -1,7 +1,8 @@
 """Weightless classical pre-annotator: HU bands, connected components and position priors in RAS world space.
 
 Everything is computed on the volume reoriented to RAS array order (nibabel-style axis flips/permutations taken
-from the affine), so array axis 0 runs right->left (+x), 1 posterior->anterior (+y), 2 inferior->superior (+z);
+from the affine); the position priors use x growing towards the patient's left (RAS+ world x negated),
+y posterior->anterior and z inferior->superior;
 the scores are put back into the scan's own axis order at the end. Distances use the voxel spacing of the affine;
 positions are world coordinates relative to the body's bounding box (centre and half-extent per axis).
 
@@ -169,7 +170,8 @@ def _scene(volume: np.ndarray, spacing: np.ndarray, affine: np.ndarray) -> _Scen
     raw = volume.astype(np.float32)
     smooth = ndimage.gaussian_filter(raw, sigma=[max(0.6, _SMOOTH_MM / float(s)) for s in spacing], mode="nearest")
     light = ndimage.gaussian_filter(raw, sigma=[max(0.5, _LIGHT_MM / float(s)) for s in spacing], mode="nearest")
-    x = affine[0, 0] * np.arange(raw.shape[0]) + affine[0, 3]
+    # The priors below reason with x growing towards the patient's LEFT: RAS+ world x (patient right) negated.
+    x = -(affine[0, 0] * np.arange(raw.shape[0]) + affine[0, 3])
     y = affine[1, 1] * np.arange(raw.shape[1]) + affine[1, 3]
     z = affine[2, 2] * np.arange(raw.shape[2]) + affine[2, 3]
     comps = _components(smooth > -500.0, 1)
