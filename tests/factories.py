@@ -72,7 +72,7 @@ def post_patch(
     client: TestClient,
     headers: dict[str, str],
     scan_id: int,
-    base_version_id: int,
+    base_version_id: int | None,
     boxes: list[tuple[str, tuple[int, int, int], np.ndarray]],
     message: str = "brush",
     **extra: Any,

@@ -56,7 +56,8 @@ class PatchBox(BaseModel):
 class PatchRequest(BaseModel):
     """A patch save: the base version and the changed boxes (voxels in NIfTI order, x fastest)."""
 
-    base_version_id: int
+    # None only for the first version of a scan that has none yet (every unpainted structure is then missing).
+    base_version_id: int | None
     message: str = Field(default="", max_length=2000)
     branch: bool = False
     idempotency_key: str | None = Field(default=None, max_length=200)

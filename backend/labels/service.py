@@ -310,7 +310,7 @@ def save_patch(
     scan: Scan,
     *,
     author: Author,
-    base_version_id: int,
+    base_version_id: int | None,
     patches: Sequence[BoxPatch],
     message: str = "",
     branch: bool = False,
@@ -325,12 +325,13 @@ def save_patch(
         raise InvalidInput("a patch save needs at least one box")
     structures = projects.structures_of(db, scan.project_id)
     base = _check_base(db, scan, base_version_id, branch=branch)
-    assert base is not None  # base_version_id is an int, so _check_base found it
     shape = _shape(scan)
     put = _TrackingPut(blobs)
-    current = {
-        sid: (row.status, row.manifest_digest, row.voxel_count) for sid, row in _entries_by_structure(base).items()
-    }
+    # Without a base (a scan's first version) every structure starts as missing; painted ones become present.
+    current: dict[int, tuple[str, str | None, int]] = {s.id: ("missing", None, 0) for s in structures}
+    current.update(
+        {sid: (row.status, row.manifest_digest, row.voxel_count) for sid, row in _entries_by_structure(base).items()}
+    )
     # Validate every box before writing any blob, so a refused save leaves nothing behind.
     resolved = []
     for patch in patches:

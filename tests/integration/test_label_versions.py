@@ -225,3 +225,18 @@ def test_draft_autosave_survives_and_is_private(client: TestClient, world: World
     assert bad.status_code == 422
     assert client.delete(url, headers=world.headers["annotator"]).status_code == 204
     assert client.get(url, headers=world.headers["annotator"]).status_code == 404
+
+
+def test_first_version_of_an_unlabelled_scan_by_patch(client: TestClient, world: World) -> None:
+    phantom = small_phantom(seed=8)
+    scan = upload_scan(client, world.headers["lead"], world.project.id, phantom, "fresh")
+    box = np.ones((3, 3, 2), dtype=bool)
+    first = post_patch(client, world.headers["annotator"], scan["id"], None, [("liver", (10, 10, 10), box)])
+    assert first.status_code == 201, first.text
+    rows = {row["name"]: row for row in first.json()["structures"]}
+    assert rows["liver"]["status"] == "present" and rows["liver"]["voxel_count"] == 18
+    assert rows["spleen"]["status"] == "missing"
+    assert first.json()["parent_id"] is None
+    # A second "first" save on the same scan is stale now.
+    again = post_patch(client, world.headers["reviewer"], scan["id"], None, [("liver", (0, 0, 0), box)])
+    assert again.status_code == 409 and again.json()["head_version_id"] == first.json()["id"]
