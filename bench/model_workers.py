@@ -183,7 +183,8 @@ def run() -> list[Row]:
                     )
                     job = _wait(client, _expect(jobs, 201, "preannotate", server_log).json()[0]["id"], log)
                     elapsed = time.perf_counter() - started
-                    _log(f"job {i}: end to end {elapsed:.2f} s, run {job['run_seconds']:.2f} s")
+                    timings = ", ".join(f"{k} {v:.2f}" for k, v in job["result"]["timings"].items())
+                    _log(f"job {i}: end to end {elapsed:.2f} s, run {job['run_seconds']:.2f} s ({timings})")
                     if i > 0:  # the first job pays for importing torch/monai in the worker process
                         latencies.append(elapsed)
                         run_seconds.append(float(job["run_seconds"]))

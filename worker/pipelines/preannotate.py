@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -50,7 +51,10 @@ def _run(claimed: common.Claimed) -> None:
         image_digest, base_version_id, case_id = scan.image_digest, scan.head_version_id, scan.case_id
     reporter = common.Reporter(claimed)
     reporter.update(1, f"loading {case_id}", force=True)
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
     loaded = nifti.load_nifti_bytes(blobs.get_bytes(image_digest), f"{case_id}.nii.gz")
+    timings["load_s"] = time.perf_counter() - clock
     if min(loaded.geometry.shape) < 2:
         raise InvalidInput(f"scan {case_id} of shape {list(loaded.geometry.shape)} is too thin for 3D inference")
     probs = predict(
@@ -61,6 +65,7 @@ def _run(claimed: common.Claimed) -> None:
         progress=reporter.fraction_callback(5, 90, f"{spec.name} v{spec.number}: sliding window"),
         should_stop=reporter.should_stop,
     )
+    timings["inference_s"] = time.perf_counter() - clock - timings["load_s"]
     reporter.update(92, "writing the version", force=True)
     masks = probs > 0.5
     affine = loaded.geometry.affine
@@ -84,6 +89,10 @@ def _run(claimed: common.Claimed) -> None:
                     "prediction_id": prediction.id,
                     "branch": label_version.is_branch,
                     "voxels": {name: int(np.count_nonzero(masks[i])) for i, name in enumerate(spec.structures)},
+                    "timings": {
+                        **timings,
+                        "write_s": time.perf_counter() - clock - timings["load_s"] - timings["inference_s"],
+                    },
                 },
                 message=f"wrote version {label_version.id}",
             )
