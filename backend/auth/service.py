@@ -128,7 +128,7 @@ def resolve_token(db: Session, token: str, settings: Settings) -> User:
         row = db.scalar(select(ApiToken).where(ApiToken.token_sha256 == _token_digest(token)))
         if row is None or row.revoked:
             raise Unauthenticated("unknown or revoked API token")
-        if row.expires_at is not None and _aware(row.expires_at) <= datetime.now(UTC):
+        if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
             raise Unauthenticated("API token expired")
         user_id = row.user_id
     else:
@@ -145,11 +145,6 @@ def resolve_token(db: Session, token: str, settings: Settings) -> User:
     if user is None or not user.is_active:
         raise Unauthenticated("account disabled")
     return user
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite returns naive datetimes; they were written in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def get_user_by_email(db: Session, email: str) -> User:

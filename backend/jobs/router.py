@@ -20,16 +20,10 @@ from backend.scans import service as scans
 router = APIRouter(tags=["jobs"])
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def job_out(job: Job, position: int | None) -> JobOut:
     """Serialise a job with its queue position and timings."""
-    created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
-    started, finished = _aware(job.started_at), _aware(job.finished_at)
+    # Timestamps come back timezone-aware on every database (UTCDateTime).
+    created, started, finished = job.created_at, job.started_at, job.finished_at
     now = datetime.now(UTC)
     wait = ((started or (finished if job.status == "cancelled" else None) or now) - created).total_seconds()
     run = ((finished or now) - started).total_seconds() if started else None
@@ -51,7 +45,7 @@ def job_out(job: Job, position: int | None) -> JobOut:
         created_at=created,
         started_at=started,
         finished_at=finished,
-        heartbeat_at=_aware(job.heartbeat_at),
+        heartbeat_at=job.heartbeat_at,
         attempts=job.attempts,
         worker=job.worker,
         cancel_requested=job.cancel_requested,

@@ -146,8 +146,12 @@ def test_training_request_checks_its_versions(client: TestClient, world: World) 
     url = f"/api/projects/{world.project.id}/models/{model['id']}/train"
     one = client.post(url, headers=lead, json={"label_version_ids": [version["id"]]})
     assert one.status_code == 422
-    same_scan = client.post(url, headers=lead, json={"label_version_ids": [version["id"], version["id"] + 0]})
+    second = upload_masks(
+        client, lead, scan["id"], {"liver": phantom.masks["liver"]}, phantom.affine, base_version_id=version["id"]
+    )
+    same_scan = client.post(url, headers=lead, json={"label_version_ids": [version["id"], second["id"]]})
     assert same_scan.status_code == 422
+    assert "two versions of scan" in same_scan.json()["detail"]
     classical = _create(client, world, name="hu", architecture="classical", structures=["liver"])
     url_classical = f"/api/projects/{world.project.id}/models/{classical['id']}/train"
     assert client.post(url_classical, headers=lead, json={"label_version_ids": [1, 2]}).status_code == 422

@@ -5,10 +5,8 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from sqlalchemy import func, select
 
@@ -278,10 +276,6 @@ def test_attention_from_two_models_ranks_scans(stack: Stack) -> None:
         json={"scan_ids": [scan_id], "model_version_ids": [classical]},
     )
     assert one_model.status_code == 422
-
-
-def _unused(_: np.ndarray, __: Path) -> None:  # keep imports used by type checkers honest
-    return None
 
 
 def test_training_on_phantoms_beats_a_floor_and_a_worse_model_is_not_promoted(stack: Stack) -> None:

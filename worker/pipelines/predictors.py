@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -58,14 +59,31 @@ def _configure_threads() -> None:
         torch.set_num_threads(threads)
 
 
-@lru_cache(maxsize=4)
-def _network(architecture: str, config_key: str, out_channels: int, digest: str, weights: bytes) -> torch.nn.Module:
-    """Build and load a network once per (architecture, config, weights) in this process."""
-    import json
+# Networks loaded in this worker process, keyed by (architecture, config, outputs, weights digest): weights are
+# immutable by digest, so a warm worker neither re-reads the weights blob nor rebuilds the network.
+_NETWORKS: OrderedDict[tuple[str, str, int, str], torch.nn.Module] = OrderedDict()
+_MAX_NETWORKS = 4
 
-    network = build_network(architecture, json.loads(config_key), out_channels)
+
+def _network(spec: ModelSpec, blobs: BlobStore, digest: str) -> torch.nn.Module:
+    """The model version's network, built and loaded on first use in this process."""
+    key = (spec.architecture, json.dumps(spec.config, sort_keys=True), len(spec.structures), digest)
+    cached = _NETWORKS.get(key)
+    if cached is not None:
+        _NETWORKS.move_to_end(key)
+        return cached
+    try:
+        weights = blobs.get_bytes(digest)
+    except NotFound as exc:
+        raise InvalidInput(
+            f"weights of model {spec.name} v{spec.number} ({digest[:12]}…) are missing from the blob store"
+        ) from exc
+    network = build_network(spec.architecture, spec.config, len(spec.structures))
     load_weights(network, weights)
     network.eval()
+    _NETWORKS[key] = network
+    while len(_NETWORKS) > _MAX_NETWORKS:
+        _NETWORKS.popitem(last=False)
     return network
 
 
@@ -101,17 +119,7 @@ def predict(
         return probs
     if not spec.weights_digest:
         raise InvalidInput(f"model {spec.name} v{spec.number} has no weights")
-    try:
-        weights = blobs.get_bytes(spec.weights_digest)
-    except NotFound as exc:
-        raise InvalidInput(
-            f"weights of model {spec.name} v{spec.number} ({spec.weights_digest[:12]}…) are missing from the blob store"
-        ) from exc
-    import json
-
-    network = _network(
-        spec.architecture, json.dumps(spec.config, sort_keys=True), len(spec.structures), spec.weights_digest, weights
-    )
+    network = _network(spec, blobs, spec.weights_digest)
     return predict_probabilities(
         network,
         volume,
