@@ -9,8 +9,19 @@ from backend.models.projects import LabelSchema, Membership, Project, Structure
 from backend.models.registry import Model, ModelVersion
 from backend.models.scans import Scan
 from backend.models.users import ApiToken, User
+from backend.models.workflow import (
+    ActivityDaily,
+    QAFinding,
+    ReaderSet,
+    ReaderSetMember,
+    Review,
+    ReviewComment,
+    ScanTask,
+    TaskTransition,
+)
 
 __all__ = [
+    "ActivityDaily",
     "ApiToken",
     "AttentionMap",
     "AuditEvent",
@@ -25,8 +36,15 @@ __all__ = [
     "ModelVersion",
     "Prediction",
     "Project",
+    "QAFinding",
+    "ReaderSet",
+    "ReaderSetMember",
+    "Review",
+    "ReviewComment",
     "Scan",
+    "ScanTask",
     "Structure",
+    "TaskTransition",
     "TrainingRound",
     "User",
 ]
