@@ -29,7 +29,8 @@ from backend.imaging.phantom import Phantom, generate_phantom
 from tests.factories import read_mask, upload_masks, upload_scan
 
 ROOT = Path(__file__).resolve().parents[2]
-DIST = ROOT / "frontend" / "dist"
+# A helper building its own copy of the workspace may point the tests at it; CI uses frontend/dist.
+DIST = Path(os.environ.get("MASKLOOP_TEST_FRONTEND_DIST", str(ROOT / "frontend" / "dist")))
 ARTIFACTS = ROOT / "test-artifacts"
 BIN = Path(sys.executable).parent
 CHROMIUM = os.environ.get("MASKLOOP_CHROMIUM", "/usr/bin/chromium")
