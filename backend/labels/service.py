@@ -19,6 +19,7 @@ from backend.imaging.chunks import MaskManifest
 from backend.models import LabelDraft, LabelVersion, LabelVersionStructure, Scan, Structure, User
 from backend.models.labels import VERSION_KINDS
 from backend.projects import service as projects
+from backend.workflow import service as workflow
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ def _persist(
             raise _conflict(db, scan, base_id)
         db.refresh(scan, attribute_names=["head_version_id"])
     db.refresh(version, attribute_names=["structures"])
+    workflow.on_version_created(db, scan, version)
     audit.record(
         db,
         actor_user_id=author.user_id,
@@ -233,6 +235,7 @@ def create_version(
     existing = _existing_for_key(db, scan, idempotency_key)
     if existing is not None:
         return existing
+    workflow.check_can_save(db, scan, author.user_id, kind=kind, branch=branch)
     structures = projects.structures_of(db, scan.project_id)
     base = _check_base(db, scan, base_version_id, branch=branch)
     inherited = _entries_by_structure(base)
@@ -323,6 +326,7 @@ def save_patch(
         return existing
     if not patches:
         raise InvalidInput("a patch save needs at least one box")
+    workflow.check_can_save(db, scan, author.user_id, kind=kind, branch=branch)
     structures = projects.structures_of(db, scan.project_id)
     base = _check_base(db, scan, base_version_id, branch=branch)
     shape = _shape(scan)

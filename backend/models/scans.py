@@ -21,6 +21,8 @@ class Scan(Base):
         Index("ix_scans_project_site", "project_id", "site"),
         Index("ix_scans_project_phase", "project_id", "phase"),
         Index("ix_scans_project_tumor", "project_id", "tumor"),
+        # Covering index for per-site/phase counts (the dashboard): an index-only scan instead of the wide rows.
+        Index("ix_scans_project_cover", "project_id", "id", postgresql_include=["site", "phase"]),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -17,6 +17,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    column,
+    desc,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -50,9 +52,10 @@ class ScanTask(Base):
     __tablename__ = "scan_tasks"
     __table_args__ = (
         CheckConstraint(_in("state", TASK_STATES), name="state_known"),
-        Index("ix_scan_tasks_project_state", "project_id", "state"),
+        # Worklist and next-task order: priority high to low, ties in import order (scan id); with a state filter too.
+        Index("ix_scan_tasks_project_state", "project_id", "state", desc(column("priority")), "scan_id"),
         Index("ix_scan_tasks_project_assignee", "project_id", "assignee_user_id"),
-        Index("ix_scan_tasks_project_priority", "project_id", "priority"),
+        Index("ix_scan_tasks_project_priority", "project_id", desc(column("priority")), "scan_id"),
         Index("ix_scan_tasks_project_updated", "project_id", "updated_at"),
     )
 
@@ -78,6 +81,8 @@ class ScanTask(Base):
         ForeignKey("label_versions.id", ondelete="SET NULL"), nullable=True
     )
     submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Who submitted the version under review (a reviewer may not review their own submission).
+    submitted_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # Active editing time the editor reports (seconds with input, idle time excluded).
     active_seconds: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
@@ -91,8 +96,17 @@ class TaskTransition(Base):
     __tablename__ = "task_transitions"
     __table_args__ = (
         Index("ix_task_transitions_project_at", "project_id", "at"),
-        Index("ix_task_transitions_scan_at", "scan_id", "at"),
+        # Covering (index-only) for the dashboard's per-decision look-backs over a scan's history.
+        Index("ix_task_transitions_scan_at", "scan_id", "at", "id", postgresql_include=["action", "to_state"]),
         Index("ix_task_transitions_actor_at", "actor_user_id", "at"),
+        # The dashboard's decisions/submissions in a time window (turnaround, throughput), index-only.
+        Index(
+            "ix_task_transitions_project_action_at",
+            "project_id",
+            "action",
+            "at",
+            postgresql_include=["scan_id", "id", "to_state", "actor_user_id"],
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -20,7 +20,9 @@ from backend.projects.schemas import (
     SchemaOut,
     StructureOut,
 )
+from backend.quality import service as quality
 from backend.registry import service as registry
+from backend.workflow import service as workflow
 
 router = APIRouter(prefix="/api/projects", tags=["projects"])
 
@@ -116,6 +118,8 @@ def update_settings(
     body: dict[str, Any], db: DbSession, access: ProjectAccess = require_project("manage_members")
 ) -> ProjectOut:
     """Change project settings, e.g. {"attention": {"std": 0.1, "entropy": 0.05}} (leads and admins)."""
+    if "workflow" in body:
+        body = {**body, "workflow": quality.validate_settings(workflow.validate_settings(body["workflow"]))}
     project = service.update_settings(db, access.project, body, access.user)
     db.commit()
     return _out(project, access.role)

@@ -26,10 +26,14 @@ _COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
 PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset({"read"}),
     "annotator": frozenset({"read", "write_labels"}),
-    "reviewer": frozenset({"read", "write_labels", "review"}),
-    "lead": frozenset({"read", "write_labels", "review", "import", "manage_members", "read_audit", "run_jobs"}),
+    "reviewer": frozenset({"read", "write_labels", "review", "read_dashboard"}),
+    "lead": frozenset(
+        {"read", "write_labels", "review", "import", "manage_members", "read_audit", "run_jobs", "read_dashboard"}
+        | {"assign"}
+    ),
     "admin": frozenset(
         {"read", "write_labels", "review", "import", "manage_members", "read_audit", "run_jobs", "admin"}
+        | {"read_dashboard", "assign"}
     ),
 }
 
@@ -270,10 +274,15 @@ ATTENTION_KEYS = {"std": float, "entropy": float, "erosion_iterations": int, "di
 
 def update_settings(db: Session, project: Project, changes: dict[str, Any], actor: User) -> Project:
     """Merge validated changes into a project's settings (attention thresholds for now)."""
-    unknown = set(changes) - {"attention"}
+    unknown = set(changes) - {"attention", "workflow"}
     if unknown:
-        raise InvalidInput(f"unknown project settings {sorted(unknown)}; known: ['attention']")
+        raise InvalidInput(f"unknown project settings {sorted(unknown)}; known: ['attention', 'workflow']")
     settings = dict(project.settings)
+    if "workflow" in changes:
+        # Validated by backend.workflow.service.validate_settings (the router calls it); sections replace.
+        if not isinstance(changes["workflow"], dict):
+            raise InvalidInput("workflow settings must be an object")
+        settings["workflow"] = {**settings.get("workflow", {}), **changes["workflow"]}
     if "attention" in changes:
         attention = changes["attention"]
         if not isinstance(attention, dict) or set(attention) - set(ATTENTION_KEYS):

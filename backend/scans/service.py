@@ -19,6 +19,8 @@ from backend.imaging import dicom, nifti, pants
 from backend.labels import service as labels
 from backend.models import LabelVersion, Project, Scan, User
 from backend.projects import service as projects
+from backend.quality import service as quality
+from backend.workflow import service as workflow
 
 _CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -122,6 +124,7 @@ def _create_scan(
     )
     db.add(scan)
     db.flush()
+    workflow.ensure_task(db, scan)
     audit.record(
         db,
         actor_user_id=actor.id if actor else None,
@@ -242,10 +245,11 @@ def import_pants_case(
     if not case.structure_paths:
         return scan, None
     geometry = geometry_of(scan)
-    masks = {
-        name: nifti.load_mask_bytes(path.read_bytes(), geometry, f"{case.case_id}/{name}.nii.gz")
+    loaded = {
+        name: nifti.load_mask_with_values(path.read_bytes(), geometry, f"{case.case_id}/{name}.nii.gz")
         for name, path in case.structure_paths.items()
     }
+    masks = {name: mask for name, (mask, _) in loaded.items()}
     version = labels.create_version(
         db,
         blobs,
@@ -256,6 +260,9 @@ def import_pants_case(
         masks=masks,
         missing=case.missing_structures,
     )
+    # QA of the import (missing files, float masks off {0, 1}, tumour flag, phase, orientation...).
+    values = {name: report for name, (_, report) in loaded.items()}
+    quality.run_qa(db, blobs, scan, version, mask_values=values, actor=actor)
     return scan, version
 
 

@@ -6,6 +6,7 @@ Create Date: 2026-11-29 01:49:16.719988
 """
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -15,6 +16,41 @@ revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+
+def _backfill_scan_tasks() -> None:
+    """One task per existing scan: pre_annotated when its head is a model version, annotating when human, else new."""
+    scans = sa.table(
+        "scans", sa.column("id", sa.Integer()), sa.column("project_id", sa.Integer()), sa.column("head_version_id")
+    )
+    versions = sa.table("label_versions", sa.column("id", sa.Integer()), sa.column("kind", sa.String()))
+    tasks = sa.table(
+        "scan_tasks",
+        *(sa.column(name) for name in ("scan_id", "project_id", "state", "review_level", "priority")),
+        *(sa.column(name) for name in ("active_seconds", "open_findings", "updated_at")),
+    )
+    state = sa.case(
+        (versions.c.kind == "model", sa.literal("pre_annotated")),
+        (versions.c.kind == "human", sa.literal("annotating")),
+        else_=sa.literal("new"),
+    )
+    maps = sa.table("attention_maps", sa.column("scan_id", sa.Integer()), sa.column("priority", sa.Float()))
+    priority = sa.func.coalesce(
+        sa.select(sa.func.max(maps.c.priority)).where(maps.c.scan_id == scans.c.id).scalar_subquery(), 0.0
+    )
+    now = sa.literal(datetime.now(UTC), sa.DateTime(timezone=True))
+    source = sa.select(
+        scans.c.id,
+        scans.c.project_id,
+        state,
+        sa.literal(0),
+        priority,
+        sa.literal(0.0),
+        sa.literal(0),
+        now,
+    ).select_from(scans.outerjoin(versions, versions.c.id == scans.c.head_version_id))
+    columns = ["scan_id", "project_id", "state", "review_level", "priority", "active_seconds", "open_findings"]
+    op.execute(tasks.insert().from_select([*columns, "updated_at"], source))
 
 
 def upgrade() -> None:
@@ -182,12 +218,14 @@ def upgrade() -> None:
         sa.Column("submitted_version_id", sa.Integer(), nullable=True),
         sa.Column("approved_version_id", sa.Integer(), nullable=True),
         sa.Column("submitted_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("submitted_by_user_id", sa.Integer(), nullable=True),
         sa.Column("approved_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("active_seconds", sa.Float(), nullable=False),
         sa.Column("open_findings", sa.Integer(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.CheckConstraint(
-            "state IN ('new', 'pre_annotated', 'annotating', 'submitted', 'in_review', 'changes_requested', 'approved', 'adjudication')",
+            "state IN ('new', 'pre_annotated', 'annotating', 'submitted', 'in_review', "
+            "'changes_requested', 'approved', 'adjudication')",
             name=op.f("ck_scan_tasks_state_known"),
         ),
         sa.ForeignKeyConstraint(
@@ -217,13 +255,26 @@ def upgrade() -> None:
             name=op.f("fk_scan_tasks_submitted_version_id_label_versions"),
             ondelete="SET NULL",
         ),
+        sa.ForeignKeyConstraint(
+            ["submitted_by_user_id"],
+            ["users.id"],
+            name=op.f("fk_scan_tasks_submitted_by_user_id_users"),
+            ondelete="SET NULL",
+        ),
         sa.PrimaryKeyConstraint("scan_id", name=op.f("pk_scan_tasks")),
     )
     with op.batch_alter_table("scan_tasks", schema=None) as batch_op:
         batch_op.create_index("ix_scan_tasks_project_assignee", ["project_id", "assignee_user_id"], unique=False)
-        batch_op.create_index("ix_scan_tasks_project_priority", ["project_id", "priority"], unique=False)
-        batch_op.create_index("ix_scan_tasks_project_state", ["project_id", "state"], unique=False)
+        batch_op.create_index(
+            "ix_scan_tasks_project_priority", ["project_id", sa.desc(sa.column("priority")), "scan_id"], unique=False
+        )
+        batch_op.create_index(
+            "ix_scan_tasks_project_state",
+            ["project_id", "state", sa.desc(sa.column("priority")), "scan_id"],
+            unique=False,
+        )
         batch_op.create_index("ix_scan_tasks_project_updated", ["project_id", "updated_at"], unique=False)
+    _backfill_scan_tasks()
 
     op.create_table(
         "task_transitions",
@@ -257,7 +308,18 @@ def upgrade() -> None:
     with op.batch_alter_table("task_transitions", schema=None) as batch_op:
         batch_op.create_index("ix_task_transitions_actor_at", ["actor_user_id", "at"], unique=False)
         batch_op.create_index("ix_task_transitions_project_at", ["project_id", "at"], unique=False)
-        batch_op.create_index("ix_task_transitions_scan_at", ["scan_id", "at"], unique=False)
+        batch_op.create_index(
+            "ix_task_transitions_scan_at",
+            ["scan_id", "at", "id"],
+            unique=False,
+            postgresql_include=["action", "to_state"],
+        )
+        batch_op.create_index(
+            "ix_task_transitions_project_action_at",
+            ["project_id", "action", "at"],
+            unique=False,
+            postgresql_include=["scan_id", "id", "to_state", "actor_user_id"],
+        )
 
     op.create_table(
         "reader_set_members",
@@ -297,7 +359,9 @@ def upgrade() -> None:
         sa.Column("structure_id", sa.Integer(), nullable=True),
         sa.Column("slice_axis", sa.Integer(), nullable=True),
         sa.Column("slice_index", sa.Integer(), nullable=True),
-        sa.Column("voxel", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True),
+        sa.Column(
+            "voxel", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True
+        ),
         sa.Column("text", sa.Text(), nullable=False),
         sa.Column("resolved", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -327,12 +391,17 @@ def upgrade() -> None:
     with op.batch_alter_table("review_comments", schema=None) as batch_op:
         batch_op.create_index("ix_review_comments_scan_created", ["scan_id", "created_at"], unique=False)
 
+    # The dashboard's counts per site and phase read this covering index, not the wide scans rows.
+    op.create_index(
+        "ix_scans_project_cover", "scans", ["project_id", "id"], unique=False, postgresql_include=["site", "phase"]
+    )
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     """Revert this revision."""
     # ### commands auto generated by Alembic - please adjust! ###
+    op.drop_index("ix_scans_project_cover", table_name="scans")
     with op.batch_alter_table("review_comments", schema=None) as batch_op:
         batch_op.drop_index("ix_review_comments_scan_created")
 
@@ -342,6 +411,7 @@ def downgrade() -> None:
 
     op.drop_table("reader_set_members")
     with op.batch_alter_table("task_transitions", schema=None) as batch_op:
+        batch_op.drop_index("ix_task_transitions_project_action_at")
         batch_op.drop_index("ix_task_transitions_scan_at")
         batch_op.drop_index("ix_task_transitions_project_at")
         batch_op.drop_index("ix_task_transitions_actor_at")

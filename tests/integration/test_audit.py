@@ -95,7 +95,12 @@ def test_version_create_is_audited_with_parent_and_changed_structures(
     first = upload_masks(client, world.headers["lead"], scan["id"], masks, phantom.affine)
     before = _event_count(db)
     child = _patch(client, world, "annotator", scan["id"], "spleen")
-    assert _event_count(db) == before + 1
+    # The save, and the workflow transition it implies (the first human edit starts annotating).
+    assert _event_count(db) == before + 2
+    assert [e["action"] for e in _audit(client, world, scan_id=scan["id"])["items"][:2]] == [
+        "label_version.create",
+        "task.start",
+    ]
     newest, oldest = _audit(client, world, action="label_version.create")["items"]
     assert newest["actor_user_id"] == world.users["annotator"].id
     assert newest["project_id"] == world.project.id
@@ -259,34 +264,38 @@ def test_log_is_newest_first_and_filters_by_actor_scan_and_action(
     client: TestClient, world: World, history: dict[str, Any]
 ) -> None:
     everything = _audit(client, world)
-    # The world's own setup wrote project.create and four membership.set events before ours.
-    assert everything["total"] == 5 + 5
-    assert len(everything["items"]) == 10
+    # The world's own setup wrote project.create and four membership.set events before ours; the ground-truth
+    # import ran the QA rules, and the first human edit started the scan's task.
+    assert everything["total"] == 5 + 7
+    assert len(everything["items"]) == 12
     ids = [e["id"] for e in everything["items"]]
     assert ids == sorted(ids, reverse=True)
     times = [_at(e) for e in everything["items"]]
     assert times == sorted(times, reverse=True)
-    assert [e["action"] for e in everything["items"][:5]] == [
+    assert [e["action"] for e in everything["items"][:7]] == [
         "label_version.create",
         "label_version.create",
+        "task.start",
+        "qa.run",
         "label_version.create",
         "scan.import",
         "scan.import",
     ]
     assert everything["items"][-1]["action"] == "project.create"
 
-    by_annotator = _audit(client, world, actor_user_id=world.users["annotator"].id)
+    by_annotator = _audit(client, world, actor_user_id=world.users["annotator"].id, action="label_version.create")
     assert by_annotator["total"] == 1
     assert [e["entity_id"] for e in by_annotator["items"]] == [str(history["edit"]["id"])]
+    assert _audit(client, world, actor_user_id=world.users["annotator"].id)["total"] == 2
 
-    on_a = _audit(client, world, scan_id=history["a"]["id"])
-    assert on_a["total"] == 4
+    on_a = _audit(client, world, scan_id=history["a"]["id"], action="label_version.create")
+    assert on_a["total"] == 3
     assert [e["entity_id"] for e in on_a["items"]] == [
         str(history["review"]["id"]),
         str(history["edit"]["id"]),
         str(history["truth"]["id"]),
-        str(history["a"]["id"]),
     ]
+    assert _audit(client, world, scan_id=history["a"]["id"])["total"] == 6
     on_b = _audit(client, world, scan_id=history["b"]["id"])
     assert [(e["action"], e["entity_id"]) for e in on_b["items"]] == [("scan.import", str(history["b"]["id"]))]
 
@@ -307,7 +316,7 @@ def test_log_paginates_without_gaps_or_overlaps(client: TestClient, world: World
         assert body["page"] == page
         assert body["page_size"] == 3
         pages.append([e["id"] for e in body["items"]])
-    assert [len(p) for p in pages] == [3, 3, 3, 1]
+    assert [len(p) for p in pages] == [3, 3, 3, 3]
     assert [event_id for page in pages for event_id in page] == everything
     assert _audit(client, world, page=5, page_size=3)["items"] == []
     bad = client.get(f"/api/projects/{world.project.id}/audit", headers=world.headers["lead"], params={"page": 0})
@@ -316,31 +325,42 @@ def test_log_paginates_without_gaps_or_overlaps(client: TestClient, world: World
 
 def test_log_filters_by_time_window(client: TestClient, world: World, history: dict[str, Any]) -> None:
     on_a = _audit(client, world, scan_id=history["a"]["id"])["items"]
-    review, edit, truth, imported = on_a
+    by_entity = {(e["action"], e["entity_id"]): e for e in on_a}
+    review = by_entity[("label_version.create", str(history["review"]["id"]))]
+    edit = by_entity[("label_version.create", str(history["edit"]["id"]))]
+    truth = by_entity[("label_version.create", str(history["truth"]["id"]))]
+
+    def between(since: datetime | None = None, until: datetime | None = None) -> list[int]:
+        """The unfiltered log's events in [since, until), newest first: what the server's filter must return."""
+        return [e["id"] for e in on_a if (since is None or _at(e) >= since) and (until is None or _at(e) < until)]
+
     # since is inclusive, until exclusive.
     since_edit = _audit(client, world, scan_id=history["a"]["id"], since=_at(edit).isoformat())
-    assert [e["id"] for e in since_edit["items"]] == [review["id"], edit["id"]]
+    assert [e["id"] for e in since_edit["items"]] == between(since=_at(edit))
+    assert since_edit["items"][-1]["id"] == edit["id"] and since_edit["items"][0]["id"] == review["id"]
     until_edit = _audit(client, world, scan_id=history["a"]["id"], until=_at(edit).isoformat())
-    assert [e["id"] for e in until_edit["items"]] == [truth["id"], imported["id"]]
+    assert [e["id"] for e in until_edit["items"]] == between(until=_at(edit))
+    assert edit["id"] not in [e["id"] for e in until_edit["items"]]
+    assert truth["id"] in [e["id"] for e in until_edit["items"]]
     window = _audit(
         client, world, scan_id=history["a"]["id"], since=_at(truth).isoformat(), until=_at(review).isoformat()
     )
-    assert [e["id"] for e in window["items"]] == [edit["id"], truth["id"]]
+    assert [e["id"] for e in window["items"]] == between(_at(truth), _at(review))
+    assert window["items"][-1]["id"] == truth["id"] and review["id"] not in [e["id"] for e in window["items"]]
     # The same instant written in another time zone selects the same events.
     elsewhere = timezone(timedelta(hours=5, minutes=30))
     since_local = _audit(client, world, scan_id=history["a"]["id"], since=_at(edit).astimezone(elsewhere).isoformat())
-    assert [e["id"] for e in since_local["items"]] == [review["id"], edit["id"]]
+    assert [e["id"] for e in since_local["items"]] == between(since=_at(edit))
     until_local = _audit(client, world, scan_id=history["a"]["id"], until=_at(edit).astimezone(elsewhere).isoformat())
-    assert [e["id"] for e in until_local["items"]] == [truth["id"], imported["id"]]
+    assert [e["id"] for e in until_local["items"]] == between(until=_at(edit))
     # A time without an offset is read as UTC.
     naive = _at(edit).astimezone(UTC).replace(tzinfo=None).isoformat()
-    assert [e["id"] for e in _audit(client, world, scan_id=history["a"]["id"], since=naive)["items"]] == [
-        review["id"],
-        edit["id"],
-    ]
+    assert [e["id"] for e in _audit(client, world, scan_id=history["a"]["id"], since=naive)["items"]] == between(
+        since=_at(edit)
+    )
     future = datetime.now(UTC) + timedelta(hours=1)
     assert _audit(client, world, since=future.isoformat())["total"] == 0
-    assert _audit(client, world, until=future.isoformat())["total"] == 10
+    assert _audit(client, world, until=future.isoformat())["total"] == _audit(client, world)["total"] == 12
 
 
 def test_only_leads_and_admins_read_the_log(client: TestClient, world: World, db: Session) -> None:
