@@ -336,18 +336,44 @@ def _check_grid(parsed: _Raw, expected: Geometry, name: str, atol_mm: float = 1e
         )
 
 
-def load_mask_bytes(data: bytes, expected: Geometry, name: str) -> np.ndarray:
-    """Load a binary mask (values > 0.5 are inside) whose grid must match `expected`."""
+@dataclass(frozen=True)
+class MaskValues:
+    """What a mask file held before binarisation: its stored type and how many voxels were off {0, 1}."""
+
+    source_dtype: str
+    off_binary_voxels: int
+    min_value: float
+    max_value: float
+
+    @property
+    def is_binary(self) -> bool:
+        """True when every stored (scaled) value was exactly 0 or 1."""
+        return self.off_binary_voxels == 0
+
+
+def load_mask_with_values(data: bytes, expected: Geometry, name: str) -> tuple[np.ndarray, MaskValues]:
+    """Load a binary mask (values > 0.5 are inside) and report values off {0, 1} (for the import QA rule)."""
     parsed = _read_raw(data, name)
     _check_grid(parsed, expected, name)
     raw = parsed.raw
+    values: np.ndarray
     if (parsed.slope, parsed.inter) == (1.0, 0.0):
+        values = raw
         # For integers "> 0.5" is "> 0"; comparing with an int avoids a float copy of the whole volume.
         mask = raw > 0 if raw.dtype.kind in "biu" else raw > 0.5
     else:
-        scaled = raw.astype(np.float32) * np.float32(parsed.slope) + np.float32(parsed.inter)
-        mask = scaled > 0.5
-    return np.asarray(mask, dtype=bool)
+        values = raw.astype(np.float32) * np.float32(parsed.slope) + np.float32(parsed.inter)
+        mask = values > 0.5
+    off, lo, hi = 0, 0.0, 0.0
+    if values.size:
+        off = int(values.size - np.count_nonzero((values == 0) | (values == 1)))
+        lo, hi = float(values.min()), float(values.max())
+    return np.asarray(mask, dtype=bool), MaskValues(parsed.source_dtype, off, lo, hi)
+
+
+def load_mask_bytes(data: bytes, expected: Geometry, name: str) -> np.ndarray:
+    """Load a binary mask (values > 0.5 are inside) whose grid must match `expected`."""
+    return load_mask_with_values(data, expected, name)[0]
 
 
 def load_label_map_bytes(data: bytes, expected: Geometry, name: str) -> np.ndarray:

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from fastapi import Depends
 
 from backend.auth.dependencies import CurrentUser, DbSession
+from backend.core.errors import NotFound
 from backend.labels import service
 from backend.models import LabelVersion, Scan, User
 from backend.projects.dependencies import authorize_or_404
+from backend.quality import service as quality
 from backend.scans import service as scans
 
 
@@ -31,6 +33,9 @@ def version_access(permission: str) -> Callable[..., VersionAccess]:
         version = service.get_version(db, version_id)
         scan = scans.get_scan(db, version.scan_id)
         role = authorize_or_404(db, user, scan.project_id, permission, f"label version {version_id}")
+        if version.id in quality.hidden_version_ids(db, scan.id, user):
+            # Blinding: another reader's version in an open multi-reader set does not exist for this caller.
+            raise NotFound(f"label version {version_id} not found")
         return VersionAccess(version=version, scan=scan, user=user, role=role)
 
     return dependency

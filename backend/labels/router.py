@@ -29,6 +29,7 @@ from backend.labels.schemas import (
 )
 from backend.models import LabelDraft, LabelVersion, Scan, Structure, User
 from backend.projects import service as projects
+from backend.quality import service as quality
 from backend.scans import service as scans
 from backend.scans.dependencies import ScanAccess, require_scan
 
@@ -86,7 +87,8 @@ def _kind_for(user: User, kind: str) -> str:
 @router.get("/api/scans/{scan_id}/versions", response_model=list[VersionOut])
 def list_versions(db: DbSession, access: ScanAccess = require_scan("read")) -> list[VersionOut]:
     """Every version of a scan, oldest first; parent ids give the lineage graph."""
-    versions = service.list_versions(db, access.scan)
+    hidden = quality.hidden_version_ids(db, access.scan.id, access.user)
+    versions = [v for v in service.list_versions(db, access.scan) if v.id not in hidden]
     structures = projects.structures_of(db, access.scan.project_id)
     authors = service.authors_of(db, versions)
     return [version_out(v, access.scan, structures, authors) for v in versions]
@@ -109,12 +111,13 @@ def create_from_masks(
     kind = _kind_for(access.user, kind)
     geometry = scans.geometry_of(access.scan)
     masks = {}
+    mask_values: dict[str, nifti.MaskValues] = {}
     for upload in files:
         name = scans.case_id_from_filename(upload.filename or "")
         if not name:
             raise InvalidInput("every mask file needs a name: <structure>.nii.gz")
         data = read_limited(upload, settings.max_upload_bytes)
-        masks[name] = nifti.load_mask_bytes(data, geometry, upload.filename or name)
+        masks[name], mask_values[name] = nifti.load_mask_with_values(data, geometry, upload.filename or name)
     version = service.create_version(
         db,
         blobs,
@@ -127,6 +130,9 @@ def create_from_masks(
         missing=[m.strip() for m in missing.split(",") if m.strip()],
         idempotency_key=idempotency_key,
     )
+    if kind == "import":
+        # An imported version is checked at once (the mask values tell QA about float masks off {0, 1}).
+        quality.run_qa(db, blobs, access.scan, version, mask_values=mask_values, actor=access.user)
     db.commit()
     return _one_out(db, version, access.scan)
 
@@ -158,6 +164,8 @@ def create_from_label_map(
         base_version_id=base_version_id,
         idempotency_key=idempotency_key,
     )
+    if kind == "import":
+        quality.run_qa(db, blobs, access.scan, version, actor=access.user)
     db.commit()
     return _one_out(db, version, access.scan)
 
@@ -300,6 +308,8 @@ def diff(
 ) -> DiffOut:
     """Per-structure added/removed voxels and Dice from version `against` to this one."""
     other = service.get_version(db, against)
+    if other.id in quality.hidden_version_ids(db, access.scan.id, access.user):
+        raise NotFound(f"label version {against} not found")
     if other.scan_id != access.scan.id:
         raise InvalidInput(f"version {against} belongs to another scan")
     rows = service.diff_versions(db, blobs, other, access.version)

@@ -1,0 +1,199 @@
+"""Multi-reader and QA endpoints: reader sets (create, submit, fuse), QA runs and findings."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from backend.auth.dependencies import Blobs, DbSession
+from backend.labels import service as labels
+from backend.labels.router import version_out
+from backend.labels.schemas import VersionOut
+from backend.models import QAFinding, ReaderSet, User
+from backend.projects import service as projects
+from backend.projects.dependencies import ProjectAccess, require_project
+from backend.quality import service
+from backend.quality.dependencies import FindingAccess, ReaderSetAccess, require_finding, require_reader_set
+from backend.quality.schemas import (
+    FindingOut,
+    FindingPage,
+    FindingUpdate,
+    FuseRequest,
+    QARunRequest,
+    ReaderOut,
+    ReaderSetCreate,
+    ReaderSetOut,
+    ReaderSubmit,
+)
+from backend.scans import service as scans
+from backend.scans.dependencies import ScanAccess, require_scan
+
+router = APIRouter(tags=["quality"])
+
+
+def _set_out(db: DbSession, reader_set: ReaderSet, viewer: User) -> ReaderSetOut:
+    """Serialise a set as the viewer may see it (other readers' versions and agreement hidden while open)."""
+    members = service.members_of(db, reader_set)
+    users = service.users_by_id(db, [m.user_id for m in members])
+    lead = service.is_lead(db, viewer, reader_set.project_id)
+    blinded = reader_set.status in service.BLINDED_STATUSES and not lead
+    return ReaderSetOut(
+        id=reader_set.id,
+        project_id=reader_set.project_id,
+        scan_id=reader_set.scan_id,
+        case_id=service.case_ids(db, [reader_set.scan_id]).get(reader_set.scan_id, ""),
+        base_version_id=reader_set.base_version_id,
+        status=reader_set.status,
+        members=[
+            ReaderOut(
+                user_id=m.user_id,
+                display_name=users[m.user_id].display_name if m.user_id in users else "",
+                submitted=m.version_id is not None,
+                submitted_at=m.submitted_at,
+                version_id=service.visible_member_version(db, reader_set, m, viewer, lead),
+            )
+            for m in members
+        ],
+        agreement=None if blinded else dict(reader_set.agreement or {}),
+        below_threshold=[] if blinded else service.below_threshold(reader_set),
+        fusion_method=reader_set.fusion_method,
+        fusion_version_id=reader_set.fusion_version_id,
+        created_by=reader_set.created_by,
+        created_at=reader_set.created_at,
+        completed_at=reader_set.completed_at,
+    )
+
+
+def _findings_out(db: DbSession, findings: list[QAFinding]) -> list[FindingOut]:
+    if not findings:
+        return []
+    names: dict[int, str] = {}
+    for project_id in {f.project_id for f in findings}:
+        names.update(service.structure_names(db, project_id))
+    cases = service.case_ids(db, [f.scan_id for f in findings])
+    return [
+        FindingOut(
+            id=f.id,
+            project_id=f.project_id,
+            scan_id=f.scan_id,
+            case_id=cases.get(f.scan_id, ""),
+            version_id=f.version_id,
+            rule=f.rule,
+            structure=names.get(f.structure_id) if f.structure_id is not None else None,
+            severity=f.severity,
+            message=f.message,
+            details=dict(f.details or {}),
+            status=f.status,
+            resolved_by=f.resolved_by,
+            created_at=f.created_at,
+        )
+        for f in findings
+    ]
+
+
+@router.post(
+    "/api/projects/{project_id}/reader-sets", response_model=list[ReaderSetOut], status_code=status.HTTP_201_CREATED
+)
+def create_reader_sets(
+    body: ReaderSetCreate, db: DbSession, access: ProjectAccess = require_project("read")
+) -> list[ReaderSetOut]:
+    """Open blinded multi-reader sets (lead): chosen scans or a seeded random fraction; readers chosen or picked."""
+    created = service.create_reader_sets(
+        db,
+        access.project,
+        access.user,
+        scan_ids=body.scan_ids,
+        sample_fraction=body.sample_fraction,
+        readers=body.readers,
+        n_readers=body.n_readers,
+        seed=body.seed,
+    )
+    db.commit()
+    return [_set_out(db, s, access.user) for s in created]
+
+
+@router.get("/api/scans/{scan_id}/reader-sets", response_model=list[ReaderSetOut])
+def scan_reader_sets(db: DbSession, access: ScanAccess = require_scan("read")) -> list[ReaderSetOut]:
+    """The scan's reader sets, oldest first."""
+    return [_set_out(db, s, access.user) for s in service.reader_sets_of_scan(db, access.scan)]
+
+
+@router.get("/api/reader-sets/{reader_set_id}", response_model=ReaderSetOut)
+def get_reader_set(db: DbSession, access: ReaderSetAccess = require_reader_set("read")) -> ReaderSetOut:
+    """One set: readers, status and agreement (readers see only their own version until it is complete)."""
+    return _set_out(db, access.reader_set, access.user)
+
+
+@router.post("/api/reader-sets/{reader_set_id}/submit", response_model=ReaderSetOut)
+def submit(
+    body: ReaderSubmit, db: DbSession, blobs: Blobs, access: ReaderSetAccess = require_reader_set("write_labels")
+) -> ReaderSetOut:
+    """A reader submits their version; the last submission computes agreement (below threshold: adjudication)."""
+    reader_set = service.submit(db, blobs, access.reader_set, access.user, body.version_id)
+    db.commit()
+    return _set_out(db, reader_set, access.user)
+
+
+@router.post("/api/reader-sets/{reader_set_id}/fuse", response_model=VersionOut, status_code=status.HTTP_201_CREATED)
+def fuse(
+    body: FuseRequest, db: DbSession, blobs: Blobs, access: ReaderSetAccess = require_reader_set("write_labels")
+) -> VersionOut:
+    """Fuse the readers' versions (lead; majority vote or STAPLE) into a `fusion` version, which becomes the head."""
+    version = service.fuse(db, blobs, access.reader_set, access.user, body.method)
+    db.commit()
+    scan = scans.get_scan(db, version.scan_id)
+    return version_out(version, scan, projects.structures_of(db, scan.project_id), labels.authors_of(db, [version]))
+
+
+@router.get("/api/scans/{scan_id}/findings", response_model=list[FindingOut])
+def scan_findings(
+    db: DbSession,
+    access: ScanAccess = require_scan("read"),
+    status_filter: Annotated[str | None, Query(alias="status")] = None,
+    rule: str | None = None,
+) -> list[FindingOut]:
+    """The scan's QA findings, newest first (filter by status and rule)."""
+    items, _ = service.list_findings(db, scan_id=access.scan.id, status=status_filter, rule=rule)
+    return _findings_out(db, items)
+
+
+@router.post("/api/scans/{scan_id}/qa", response_model=list[FindingOut])
+def run_qa(
+    db: DbSession, blobs: Blobs, body: QARunRequest | None = None, access: ScanAccess = require_scan("write_labels")
+) -> list[FindingOut]:
+    """Run the QA rules now on a version (default: the head); returns that version's open findings."""
+    findings = service.run_qa_head(db, blobs, access.scan, body.version_id if body else None, access.user)
+    db.commit()
+    return _findings_out(db, findings)
+
+
+@router.patch("/api/findings/{finding_id}", response_model=FindingOut)
+def update_finding(
+    body: FindingUpdate, db: DbSession, access: FindingAccess = require_finding("write_labels")
+) -> FindingOut:
+    """Resolve, dismiss (reviewers and leads) or reopen a finding."""
+    finding = service.set_finding_status(db, access.finding, body.status, access.user, access.role)
+    db.commit()
+    return _findings_out(db, [finding])[0]
+
+
+@router.get("/api/projects/{project_id}/findings", response_model=FindingPage)
+def project_findings(
+    db: DbSession,
+    access: ProjectAccess = require_project("read"),
+    status_filter: Annotated[str | None, Query(alias="status")] = None,
+    rule: str | None = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> FindingPage:
+    """The project's QA findings, newest first, one page at a time (filter by status and rule)."""
+    items, total = service.list_findings(
+        db,
+        project_id=access.project.id,
+        status=status_filter,
+        rule=rule,
+        offset=(page - 1) * page_size,
+        limit=page_size,
+    )
+    return FindingPage(items=_findings_out(db, items), total=total, page=page, page_size=page_size)
