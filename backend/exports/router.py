@@ -1,0 +1,64 @@
+"""Export endpoints: queue an export job; download its archive once it has finished."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, Response, StreamingResponse
+
+from backend.auth.dependencies import Blobs, DbSession
+from backend.exports import service
+from backend.exports.dependencies import JobAccess, require_export
+from backend.exports.schemas import ExportJobOut, ExportRequest
+from backend.jobs import service as jobs
+from backend.projects.dependencies import ProjectAccess, require_project
+from backend.scans import service as scans
+
+router = APIRouter(tags=["exports"])
+
+
+@router.post("/api/projects/{project_id}/exports", response_model=ExportJobOut, status_code=201)
+def create_export(
+    body: ExportRequest, db: DbSession, access: ProjectAccess = require_project("run_jobs")
+) -> ExportJobOut:
+    """Queue an export (cpu queue); poll GET /api/jobs/{id}, then download /api/exports/{id}/download."""
+    flt = None
+    if body.filter is not None:
+        data = body.filter.model_dump()
+        flt = scans.ScanFilter(search=data.pop("q"), **data)
+    params = service.validate_request(
+        db,
+        access.project,
+        fmt=body.format,
+        version=body.version,
+        structures=body.structures,
+        scan_ids=body.scan_ids,
+        flt=flt,
+        nnunet_labels=body.nnunet_labels,
+        dataset_id=body.dataset_id,
+        dataset_name=body.dataset_name,
+    )
+    job = jobs.create_job(db, project_id=access.project.id, kind="export", created_by=access.user.id, params=params)
+    db.commit()
+    jobs.dispatch(db, [job])
+    db.commit()
+    return ExportJobOut(
+        job_id=job.id,
+        status=job.status,
+        queue=job.queue,
+        queue_position=jobs.queue_positions(db, [job]).get(job.id),
+        message=job.message,
+        params=job.params,
+        download_url=f"/api/exports/{job.id}/download",
+    )
+
+
+@router.get("/api/exports/{job_id}/download", response_class=Response)
+def download_export(blobs: Blobs, access: JobAccess = require_export("read")) -> Response:
+    """The export archive (.tar.gz); 409 while the job has not finished."""
+    digest, name = service.download_of(access.job)
+    headers = {"Content-Disposition": f'attachment; filename="{name}"', "ETag": f'"{digest}"'}
+    path = blobs.local_path(digest)
+    if path is not None and path.exists():
+        return FileResponse(path, media_type="application/gzip", headers=headers)
+    handle = blobs.open(digest)
+    return StreamingResponse(iter(lambda: handle.read(1 << 20), b""), media_type="application/gzip", headers=headers)
