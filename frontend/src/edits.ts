@@ -264,7 +264,6 @@ export class EditSession {
    * smaller (a short stroke); only non-default meta fields are sent.
    */
   buildPatch(message: string, branch: boolean, idempotencyKey: string): PatchPlan | null {
-    if (this.baseVersionId === null) throw new Error('no base version to patch')
     const boxes: PatchPlan['boxes'] = []
     for (const structure of this.dirty) {
       const box = this.changedBox(structure)

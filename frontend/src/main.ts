@@ -1,4 +1,7 @@
-/** Entry point: hash routes (#/login, #/ worklist, #/scan/{id}) and the `window.maskloop` test hook. */
+/**
+ * Entry point: hash routes (#/login, #/ worklist, #/scan/{id}; lead pages #/dashboard, #/audit, #/evaluations in
+ * leadRoutes.ts) and the `window.maskloop` test hook.
+ */
 
 import './style.css'
 import { api } from './api'
@@ -8,6 +11,7 @@ import type { ToolId } from './shortcuts'
 import type { Layout } from './viewer'
 import { Workspace } from './workspace'
 import { Worklist, reauthDialog, renderLogin } from './worklist'
+import { leadPage, mountWorklistNav } from './leadRoutes'
 
 const root = document.getElementById('app')!
 let workspace: Workspace | null = null
@@ -45,9 +49,17 @@ async function route(): Promise<void> {
     location.hash = '#/'
     return
   }
+  const lead = leadPage(root, hash)
+  if (lead) {
+    root.className = 'app lead-app'
+    await lead.open()
+    if (seq === routeSeq) root.dataset.ready = 'true'
+    return
+  }
   root.className = 'app'
   const list = new Worklist(root)
   await list.open()
+  if (seq === routeSeq) await mountWorklistNav(root)
   if (seq === routeSeq) root.dataset.ready = 'true'
 }
 
@@ -98,6 +110,13 @@ const hook = {
       lastSave: w.lastSave,
       timings: w.timings,
       draftInfo: w.draftInfo,
+      role: w.role,
+      access: w.lockReason?.state ?? 'edit',
+      task: w.review.task,
+      leaseHeld: w.review.leaseHeld,
+      pendingActivity: w.review.pendingSeconds,
+      reportedActivity: w.review.reportedSeconds,
+      attention: { on: w.attentionOn, structure: w.attentionStructure, opacity: w.attentionOpacity, grades: w.attentionHeat ? new Set(w.attentionHeat).size - 1 : 0 },
     }
   },
   voxelAt: (x: number, y: number) => ws().viewer.voxelAt(x, y),
@@ -138,6 +157,9 @@ const hook = {
   save: async (message = '') => (await ws().save(message))?.id ?? null,
   compare: (a: number, b: number) => ws().compare(a, b),
   corruptToken: () => api.corruptToken(),
+  /** Review workflow: report the active editing time now, renew the lease now. */
+  flushActivity: () => ws().review.flushActivity(),
+  heartbeat: () => ws().review.beat(),
 }
 
 declare global {

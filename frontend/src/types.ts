@@ -166,3 +166,142 @@ export interface ConflictBody {
   head_message: string | null
   head_created_at: string | null
 }
+
+/** A project member (GET /api/projects/{id}/members). */
+export interface Member {
+  user_id: number
+  email: string
+  display_name: string
+  role: string
+}
+
+/** One audit event (GET /api/projects/{id}/audit). */
+export interface AuditEvent {
+  id: number
+  at: string
+  actor_user_id: number | null
+  project_id: number | null
+  scan_id: number | null
+  action: string
+  entity_type: string
+  entity_id: string
+  details: Record<string, unknown>
+}
+
+export interface AuditPage {
+  items: AuditEvent[]
+  total: number
+  page: number
+  page_size: number
+}
+
+/** The review workflow (backend/workflow/schemas.py). */
+export type TaskState =
+  | 'new'
+  | 'pre_annotated'
+  | 'annotating'
+  | 'submitted'
+  | 'in_review'
+  | 'changes_requested'
+  | 'approved'
+  | 'adjudication'
+
+export interface UserRef {
+  id: number
+  username: string
+}
+
+export interface TaskLease {
+  user_id: number
+  username: string
+  expires_at: string
+}
+
+export interface TaskOut {
+  scan_id: number
+  case_id: string
+  state: TaskState
+  review_level: number
+  review_level_name?: string | null
+  review_levels: string[]
+  priority: number
+  assignee: UserRef | null
+  reviewer: UserRef | null
+  lease: TaskLease | null
+  site: string | null
+  phase: string | null
+  tumor: boolean | null
+  open_findings: number
+  active_seconds: number
+  head_version_id: number | null
+  submitted_version_id: number | null
+  approved_version_id: number | null
+  updated_at: string
+  allowed_actions: string[]
+}
+
+export interface TaskPage {
+  items: TaskOut[]
+  total: number
+  page: number
+  page_size: number
+}
+
+export interface CommentIn {
+  version_id?: number | null
+  structure?: string | null
+  slice_axis?: number | null
+  slice_index?: number | null
+  voxel?: [number, number, number] | null
+  text: string
+}
+
+export interface CommentOut extends CommentIn {
+  id: number
+  author: UserRef | null
+  created_at: string
+  resolved: boolean
+  review_id: number | null
+}
+
+export interface ReviewOut {
+  id: number
+  scan_id: number
+  version_id: number
+  decision: 'approve' | 'request_changes'
+  message: string
+  review_level: number
+  reviewer: UserRef | null
+  created_at: string
+  comments?: CommentOut[]
+}
+
+export interface FindingOut {
+  id: number
+  scan_id: number
+  version_id: number | null
+  rule: string
+  structure: string | null
+  severity: 'info' | 'warning' | 'error'
+  message: string
+  details: Record<string, unknown>
+  status: 'open' | 'resolved' | 'dismissed'
+  created_at: string
+}
+
+export interface ReaderSetMemberOut {
+  user_id: number
+  display_name: string
+  submitted: boolean
+  version_id: number | null
+  submitted_at: string | null
+}
+
+export interface ReaderSetOut {
+  id: number
+  scan_id: number
+  base_version_id: number | null
+  status: string
+  members: ReaderSetMemberOut[]
+  agreement?: Record<string, unknown>
+}

@@ -282,6 +282,13 @@ export class Viewer {
     } else this.nv.updateGLVolume()
   }
 
+  /** The extra overlay's layer opacity (the heat slider): a GPU refresh, no reload. */
+  setExtraOpacity(opacity: number): void {
+    if (!this.extra) return
+    this.extra.opacity = Math.max(0, Math.min(1, opacity))
+    this.nv.updateGLVolume()
+  }
+
   private reorderVolumes(): void {
     // CT first, labels, then the extra overlay on top.
     const order = [this.ct, this.labels, this.extra].filter((v): v is NVImage => !!v)

@@ -1,9 +1,14 @@
-/** Sign-in page and the worklist ("my work": scans ranked by attention priority, with filters). */
+/**
+ * Sign-in page and the worklist: the project's review tasks (state, assignee, lease) ranked by attention
+ * priority, "my work" (assigned to me), "next task", filters. Falls back to the plain scan list on a server
+ * without the review workflow.
+ */
 
 import { ApiError, api } from './api'
 import { clear, h, toast } from './dom'
 import { localDrafts } from './drafts'
-import type { Facets, Project, Scan, ScanPage, ScanPriority, Version } from './types'
+import { STATE_LABELS, stateBadge } from './review'
+import type { Facets, Project, ScanPage, ScanPriority, TaskOut, TaskPage, Version } from './types'
 
 const PROJECT_KEY = 'maskloop.project'
 
@@ -87,11 +92,27 @@ export function reauthDialog(): Promise<void> {
 
 interface Filters {
   status: string
+  state: string
+  mine: boolean
   site: string
   phase: string
   tumor: string
   q: string
-  sort: 'priority' | 'case'
+  sort: 'priority' | 'case' | 'updated'
+}
+
+/** One worklist row, from a review task (or from a scan on a server without the workflow). */
+interface Row {
+  id: number
+  case_id: string
+  score: number | null
+  rank: number | null
+  head_version_id: number | null
+  site: string | null
+  phase: string | null
+  tumor: boolean | null
+  task: TaskOut | null
+  extra: string
 }
 
 export class Worklist {
@@ -99,8 +120,10 @@ export class Worklist {
   projects: Project[] = []
   project: Project | null = null
   facets: Facets['facets'] = {}
-  filters: Filters = { status: '', site: '', phase: '', tumor: '', q: '', sort: 'priority' }
+  filters: Filters = { status: '', state: '', mine: false, site: '', phase: '', tumor: '', q: '', sort: 'priority' }
   page = 1
+  /** False once the server answered 404 for the worklist endpoint (no review workflow). */
+  workflow = true
   private headKinds = new Map<number, string>()
   private body!: HTMLElement
 
@@ -176,24 +199,82 @@ export class Worklist {
     if (this.filters.phase) params.set('phase', this.filters.phase)
     if (this.filters.tumor) params.set('tumor', this.filters.tumor)
     if (this.filters.q) params.set('q', this.filters.q)
-    const [page, facets, ranked] = await Promise.all([
-      api.get<ScanPage>(`/api/projects/${project.id}/scans?${params}`),
-      api.get<Facets>(`/api/projects/${project.id}/scan-facets`),
-      api.get<ScanPriority[]>(`/api/projects/${project.id}/priorities/scans?page_size=500`).catch(() => [] as ScanPriority[]),
-    ])
-    if (!this.body.isConnected) return
-    this.facets = facets.facets
-    const score = new Map(ranked.map((r, i) => [r.scan_id, { score: r.score, rank: i + 1 }]))
-    let items = page.items
-    if (this.filters.sort === 'priority')
-      items = [...items].sort((a, b) => (score.get(b.id)?.score ?? -1) - (score.get(a.id)?.score ?? -1) || a.case_id.localeCompare(b.case_id))
+    const facets = api.get<Facets>(`/api/projects/${project.id}/scan-facets`)
+    let rows: Row[] | null = null
+    let total = 0
+    let pageSize = 100
+    let ranked = false
+    if (this.workflow) {
+      const wl = new URLSearchParams(params)
+      if (this.filters.state) wl.set('state', this.filters.state)
+      if (this.filters.mine) wl.set('assignee', 'me')
+      wl.set('sort', this.filters.sort)
+      try {
+        const page = await api.get<TaskPage>(`/api/projects/${project.id}/worklist?${wl}`)
+        total = page.total
+        pageSize = page.page_size
+        ranked = page.items.some((t) => t.priority > 0)
+        rows = page.items.map((t, i) => ({
+          id: t.scan_id,
+          case_id: t.case_id,
+          score: t.priority > 0 ? t.priority : null,
+          rank: this.filters.sort === 'priority' && t.priority > 0 ? (this.page - 1) * page.page_size + i + 1 : null,
+          head_version_id: t.head_version_id,
+          site: t.site,
+          phase: t.phase,
+          tumor: t.tumor,
+          task: t,
+          extra: '',
+        }))
+      } catch (err) {
+        if (!(err instanceof ApiError && err.status === 404)) throw err
+        this.workflow = false
+      }
+    }
+    if (rows === null) {
+      const [page, prio] = await Promise.all([
+        api.get<ScanPage>(`/api/projects/${project.id}/scans?${params}`),
+        api.get<ScanPriority[]>(`/api/projects/${project.id}/priorities/scans?page_size=500`).catch(() => [] as ScanPriority[]),
+      ])
+      const score = new Map(prio.map((r, i) => [r.scan_id, { score: r.score, rank: i + 1 }]))
+      let items = page.items
+      if (this.filters.sort === 'priority')
+        items = [...items].sort((a, b) => (score.get(b.id)?.score ?? -1) - (score.get(a.id)?.score ?? -1) || a.case_id.localeCompare(b.case_id))
+      total = page.total
+      pageSize = page.page_size
+      ranked = prio.length > 0
+      rows = items.map((s) => ({
+        id: s.id,
+        case_id: s.case_id,
+        score: score.get(s.id)?.score ?? null,
+        rank: score.get(s.id)?.rank ?? null,
+        head_version_id: s.head_version_id,
+        site: s.site,
+        phase: s.phase,
+        tumor: s.tumor,
+        task: null,
+        extra: `${s.sex ?? '?'} / ${s.age ?? '?'} · ${s.shape.join('×')} ${s.orientation}`,
+      }))
+    }
+    this.facets = (await facets).facets
     const drafts = api.user ? await localDrafts.scans(api.user.id) : new Set<number>()
     if (!this.body.isConnected) return
-    this.render(items, page, score, drafts, ranked.length > 0)
-    await this.loadKinds(items)
+    this.render(rows, total, pageSize, drafts, ranked)
+    await this.loadKinds(rows)
   }
 
-  private async loadKinds(items: Scan[]): Promise<void> {
+  /** Ask the server for the next task for me (highest priority, leased to me) and open it. */
+  async nextTask(kind: 'annotate' | 'review'): Promise<void> {
+    const resp = await api.send('POST', `/api/projects/${this.project!.id}/next-task`, { json: { kind } })
+    if (resp.status === 204) {
+      toast(kind === 'review' ? 'Nothing is waiting for review' : 'Nothing is waiting to be annotated', 'info')
+      return
+    }
+    const task = (await resp.json()) as TaskOut
+    location.hash = `#/scan/${task.scan_id}`
+  }
+
+  private async loadKinds(items: Row[]): Promise<void> {
     const todo = items.filter((s) => s.head_version_id !== null && !this.headKinds.has(s.head_version_id))
     const workers = Array.from({ length: 4 }, async () => {
       for (;;) {
@@ -212,14 +293,14 @@ export class Worklist {
     this.applyStatusFilter()
   }
 
-  private statusOf(scan: Scan): string {
+  private statusOf(scan: Row): string {
     if (scan.head_version_id === null) return 'unlabelled'
     const kind = this.headKinds.get(scan.head_version_id)
     if (!kind) return '…'
     return { model: 'AI draft', human: 'corrected', import: 'imported', fusion: 'fused' }[kind] ?? kind
   }
 
-  private updateStatus(scan: Scan): void {
+  private updateStatus(scan: Row): void {
     const cell = this.body.querySelector(`[data-testid=status-${scan.id}]`)
     if (cell) {
       cell.textContent = this.statusOf(scan)
@@ -238,7 +319,7 @@ export class Worklist {
     if (count) count.textContent = `${shown} scan${shown === 1 ? '' : 's'} shown`
   }
 
-  private select(key: keyof Filters, label: string, options: [string, string][]): HTMLElement {
+  private select(key: Exclude<keyof Filters, 'mine'>, label: string, options: [string, string][]): HTMLElement {
     return h(
       'label',
       { class: 'filter' },
@@ -265,13 +346,13 @@ export class Worklist {
     return [['', 'any'], ...Object.entries(counts).map(([v, n]) => [v, `${v} (${n})`] as [string, string])]
   }
 
-  private render(
-    items: Scan[],
-    page: ScanPage,
-    score: Map<number, { score: number; rank: number }>,
-    drafts: Set<number>,
-    ranked: boolean,
-  ): void {
+  private whoHolds(t: TaskOut): HTMLElement | string {
+    const lease = t.lease && Date.parse(t.lease.expires_at) > Date.now() ? t.lease : null
+    if (!lease) return ''
+    return h('span', { class: 'tag lease', title: `edit lease until ${new Date(lease.expires_at).toLocaleTimeString()}` }, `editing: ${lease.username}`)
+  }
+
+  private render(items: Row[], total: number, pageSize: number, drafts: Set<number>, ranked: boolean): void {
     clear(this.body)
     const search = h('input', {
       type: 'search',
@@ -285,23 +366,56 @@ export class Worklist {
         this.load().catch((err) => toast((err as Error).message, 'error'))
       },
     })
+    const role = this.project?.role ?? ''
+    const canAnnotate = ['annotator', 'lead', 'admin'].includes(role)
+    const canReview = ['reviewer', 'lead', 'admin'].includes(role)
+    const next = (kind: 'annotate' | 'review'): void => {
+      this.nextTask(kind).catch((err) => toast((err as Error).message, 'error'))
+    }
     this.body.append(
       h(
         'div',
         { class: 'wl-head' },
-        h('h1', null, 'My work'),
+        h('h1', null, this.filters.mine ? 'My work' : 'Worklist'),
         h(
           'p',
           { class: 'muted' },
           ranked
             ? 'Scans ranked by attention priority (where the models disagree most), highest first.'
-            : 'No attention priorities yet: scans in case-id order. (Assignment arrives with the review workflow.)',
+            : 'No attention priorities yet: scans in case-id order.',
         ),
+        this.workflow
+          ? h(
+              'div',
+              { class: 'wl-actions' },
+              h(
+                'label',
+                { class: 'check' },
+                h('input', {
+                  type: 'checkbox',
+                  checked: this.filters.mine,
+                  'data-testid': 'filter-mine',
+                  onchange: (e: Event) => {
+                    this.filters.mine = (e.target as HTMLInputElement).checked
+                    this.saveFilters()
+                    this.page = 1
+                    this.load().catch((err) => toast((err as Error).message, 'error'))
+                  },
+                }),
+                ' My work (assigned to me)',
+              ),
+              canAnnotate ? h('button', { class: 'btn primary', 'data-testid': 'next-task', onclick: () => next('annotate') }, 'Next task ▸') : null,
+              canReview ? h('button', { class: `btn ${canAnnotate ? '' : 'primary'}`, 'data-testid': 'next-review', onclick: () => next('review') }, 'Next review ▸') : null,
+            )
+          : null,
       ),
       h(
         'div',
         { class: 'filters' },
-        this.select('status', 'Status', [
+        this.workflow
+          ? this.select('state', 'State', [['', 'any'], ...Object.entries(STATE_LABELS).map(([k, v]) => [k, v] as [string, string])])
+          : null,
+        this.select('status', 'Labels', [
           ['', 'any'],
           ['unlabelled', 'unlabelled'],
           ['AI draft', 'AI draft'],
@@ -318,58 +432,56 @@ export class Worklist {
         this.select('sort', 'Order', [
           ['priority', 'priority'],
           ['case', 'case id'],
+          ...(this.workflow ? [['updated', 'last change'] as [string, string]] : []),
         ]),
         h('label', { class: 'filter' }, 'Search', search),
         h('span', { class: 'spacer' }),
-        h('span', { class: 'muted', 'data-testid': 'scan-count' }, `${page.total} scans`),
+        h('span', { class: 'muted', 'data-testid': 'scan-count' }, `${total} scans`),
       ),
     )
     if (!items.length) {
-      this.body.append(h('div', { class: 'empty', 'data-testid': 'worklist-empty' }, 'No scans match these filters.'))
+      this.body.append(
+        h('div', { class: 'empty', 'data-testid': 'worklist-empty' }, this.filters.mine ? 'Nothing is assigned to you with these filters.' : 'No scans match these filters.'),
+      )
       return
     }
+    const cols = this.workflow
+      ? ['rank', 'case', 'priority', 'state', 'labels', 'assignee', 'site', 'phase', 'tumour', 'QA', '']
+      : ['rank', 'case', 'priority', 'labels', 'site', 'phase', 'tumour', 'sex / age · shape', '']
     const table = h(
       'table',
       { class: 'worklist', 'data-testid': 'worklist' },
-      h(
-        'thead',
-        null,
-        h(
-          'tr',
-          null,
-          ['rank', 'case', 'priority', 'status', 'site', 'phase', 'tumour', 'sex / age', 'shape', ''].map((t) =>
-            h('th', { class: t === 'rank' || t === 'priority' ? 'num' : '' }, t),
-          ),
-        ),
-      ),
+      h('thead', null, h('tr', null, cols.map((t) => h('th', { class: t === 'rank' || t === 'priority' || t === 'QA' ? 'num' : '' }, t)))),
       h(
         'tbody',
         null,
         items.map((s) => {
-          const sc = score.get(s.id)
+          const t = s.task
           return h(
             'tr',
             {
               'data-scan': String(s.id),
               'data-testid': `scan-row-${s.case_id}`,
+              'data-state': t?.state ?? '',
               onclick: () => (location.hash = `#/scan/${s.id}`),
             },
-            h('td', { class: 'num' }, sc ? String(sc.rank) : '—'),
+            h('td', { class: 'num' }, s.rank ? String(s.rank) : '—'),
             h('td', { class: 'case' }, s.case_id, drafts.has(s.id) ? h('span', { class: 'tag draft', title: 'unsaved draft in this browser' }, 'draft') : null),
-            h('td', { class: 'num' }, sc ? sc.score.toFixed(3) : '—'),
+            h('td', { class: 'num' }, s.score !== null ? s.score.toFixed(3) : '—'),
+            t ? h('td', null, stateBadge(t.state, `state-${s.id}`)) : null,
             h('td', { class: 'status', 'data-testid': `status-${s.id}` }, this.statusOf(s)),
+            t ? h('td', { 'data-testid': `assignee-${s.id}` }, t.assignee?.username ?? '—', ' ', this.whoHolds(t)) : null,
             h('td', null, s.site ?? '—'),
             h('td', null, s.phase ?? '—'),
             h('td', null, s.tumor === null ? '—' : s.tumor ? h('span', { class: 'tag tumour' }, 'tumour') : 'no'),
-            h('td', null, `${s.sex ?? '?'} / ${s.age ?? '?'}`),
-            h('td', { class: 'muted' }, `${s.shape.join('×')} ${s.orientation}`),
+            t ? h('td', { class: 'num' }, t.open_findings ? h('span', { class: 'chip warn' }, String(t.open_findings)) : '—') : h('td', { class: 'muted' }, s.extra),
             h('td', null, h('a', { class: 'btn small', href: `#/scan/${s.id}`, 'data-testid': `open-${s.case_id}` }, 'Open')),
           )
         }),
       ),
     )
     this.body.append(table)
-    const pages = Math.ceil(page.total / page.page_size)
+    const pages = Math.ceil(total / pageSize)
     if (pages > 1) {
       this.body.append(
         h(

@@ -11,12 +11,13 @@ import { countNonzero, type Vec3 } from './geometry'
 import { parseNifti } from './nifti'
 import { ACTIONS, TOOLS, type ToolId } from './shortcuts'
 import { components, fillPolygon, floodFill2D, growCut, interpolateSlices, paintDisc, paintSegment, type HuRange } from './tools'
-import type { ConflictBody, DiffOut, DraftPayload, Priority, Scan, SchemaOut, Structure, Version } from './types'
+import type { ConflictBody, DiffOut, DraftPayload, Priority, Project, Scan, SchemaOut, Structure, Version } from './types'
 import { PRESETS, Viewer, hexToRgb, type LabelColor, type Layout } from './viewer'
+import { ReviewController } from './review'
 
 type Mode = { kind: 'edit' } | { kind: 'view'; versionId: number } | { kind: 'compare'; a: number; b: number; structure: string | null }
 
-type SaveState = 'loading' | 'saved' | 'dirty' | 'saving' | 'conflict' | 'offline' | 'readonly' | 'error'
+type SaveState = 'loading' | 'saved' | 'dirty' | 'saving' | 'conflict' | 'offline' | 'readonly' | 'locked' | 'error'
 
 const GROUP_ORDER = ['pancreas', 'lesion', 'vessel', 'duct', 'organ', 'thorax', 'bone']
 
@@ -60,6 +61,62 @@ function paintOrder(structures: Structure[]): Structure[] {
   return [...structures].sort((a, b) => depth(a) - depth(b) || a.position - b.position)
 }
 
+/**
+ * Heat grades. NiiVue rounds any value above the LUT's minimum up to 2/256 of the LUT's width (issue 1139), so a
+ * LUT wider than 64 entries would paint 0 opaque: 32 grades keep 0 transparent.
+ */
+export const HEAT_GRADES = 32
+
+/**
+ * Grade a binary attention mask into a heat map: each attention voxel gets 1..HEAT_GRADES from the share of
+ * attention voxels in a ~6 mm box around it (isolated specks stay faint, dense regions glow); 0 outside. Stored
+ * order.
+ */
+export function gradeAttention(mask: Uint8Array, dims: Vec3, spacing: number[]): Uint8Array {
+  const [nx, ny, nz] = dims
+  const radius = [0, 1, 2].map((a) => Math.max(1, Math.min(4, Math.round(6 / (spacing[a] || 1)))))
+  let cur = new Uint16Array(mask.length)
+  for (let i = 0; i < mask.length; i++) cur[i] = mask[i] ? 1 : 0
+  const strides = [1, nx, nx * ny]
+  const sizes = [nx, ny, nz]
+  for (let axis = 0; axis < 3; axis++) {
+    const out = new Uint16Array(mask.length)
+    const n = sizes[axis]
+    const st = strides[axis]
+    const r = radius[axis]
+    for (let base = 0; base < mask.length; base++) {
+      // Run once per line: the line starts where this axis' index is 0.
+      if (Math.floor(base / st) % n !== 0) continue
+      let sum = 0
+      for (let t = 0; t < Math.min(r, n); t++) sum += cur[base + t * st]
+      for (let t = 0; t < n; t++) {
+        if (t + r < n) sum += cur[base + (t + r) * st]
+        if (t - r - 1 >= 0) sum -= cur[base + (t - r - 1) * st]
+        out[base + t * st] = sum
+      }
+    }
+    cur = out
+  }
+  const full = (2 * radius[0] + 1) * (2 * radius[1] + 1) * (2 * radius[2] + 1)
+  const heat = new Uint8Array(mask.length)
+  for (let i = 0; i < mask.length; i++) if (mask[i]) heat[i] = Math.max(1, Math.min(HEAT_GRADES, Math.ceil((HEAT_GRADES * cur[i]) / full)))
+  return heat
+}
+
+/**
+ * A "hot" ramp (dark red → red → yellow → white) over the grades. NiiVue draws overlay voxels either opaque or
+ * not (per-entry alpha is ignored there), so the overlay's opacity is the layer's (`Viewer.setExtraOpacity`).
+ */
+export function heatColors(): LabelColor[] {
+  const out: LabelColor[] = []
+  const c = (x: number): number => Math.round(255 * Math.max(0, Math.min(1, x)))
+  for (let v = 1; v <= HEAT_GRADES; v++) {
+    const t = 0.25 + (0.75 * v) / HEAT_GRADES
+    out.push({ value: v, rgb: [c(3 * t), c(3 * t - 1), c(3 * t - 2)], alpha: 1, name: `attention ${v}/${HEAT_GRADES}` })
+  }
+  return out
+}
+
 export class Workspace {
   readonly root: HTMLElement
   readonly scanId: number
@@ -83,6 +140,12 @@ export class Workspace {
   attentionStructure: string | null = null
   attentionRegions: Vec3[] = []
   attentionIndex = -1
+  /** Heat overlay opacity (0..1) and the graded attention of the shown structure (stored order, 0..255). */
+  attentionOpacity = 0.7
+  attentionHeat: Uint8Array | null = null
+  /** The caller's role in the scan's project (viewer: read-only). */
+  role = 'annotator'
+  readonly review: ReviewController
   views = new Map<string, StructureView>()
   timings: Timings = { openStart: 0, volumeLoaded: 0, submitted: 0, firstSlice: 0, ready: 0, decode: 0, upload: 0 }
   lastSave: { bodyBytes: number; versionId: number; boxes: number } | null = null
@@ -103,6 +166,7 @@ export class Workspace {
   constructor(root: HTMLElement, scanId: number) {
     this.root = root
     this.scanId = scanId
+    this.review = new ReviewController(this)
   }
 
   get structures(): Structure[] {
@@ -121,7 +185,38 @@ export class Workspace {
   }
 
   get editable(): boolean {
-    return this.mode.kind === 'edit' && this.active !== null && this.saveState !== 'loading'
+    return this.mode.kind === 'edit' && this.active !== null && this.saveState !== 'loading' && !this.lockReason
+  }
+
+  /** Why this workspace is read-only for the caller (viewer role, approved scan, someone else's lease), or null. */
+  get lockReason(): { state: 'readonly' | 'locked'; text: string } | null {
+    if (this.role === 'viewer') return { state: 'readonly', text: 'Read-only: you are a viewer in this project' }
+    const task = this.review.task
+    if (task?.state === 'approved') return { state: 'readonly', text: 'Read-only: this scan is approved (a lead can reopen it)' }
+    const lease = this.review.myReading ? null : this.review.foreignLease
+    if (lease) return { state: 'locked', text: `Locked by ${lease.username} until ${new Date(lease.expires_at).toLocaleTimeString()}` }
+    if (task && this.review.available && !task.allowed_actions.includes('edit') && !this.review.myReading)
+      return { state: 'readonly', text: `Read-only: you may not edit this scan while it is ${task.state.replace(/_/g, ' ')}` }
+    return null
+  }
+
+  private lockText(): string {
+    return this.lockReason?.text ?? 'Someone else holds the edit lease'
+  }
+
+  /** Reflect the caller's access: tools and saving disabled with the reason shown, or enabled again. */
+  applyAccess(): void {
+    const lock = this.lockReason
+    if (lock && this.tool !== 'navigate') {
+      this.tool = 'navigate'
+      if (this.el.stage) this.el.stage.dataset.tool = 'navigate'
+      if (this.el.toolbar) this.renderToolbar()
+    } else this.lockToolbar()
+    this.updateBanner()
+    if (this.root) this.root.dataset.access = lock ? lock.state : 'edit'
+    if (this.saveState === 'loading' || this.mode.kind !== 'edit' || this.saving) return
+    if (lock) this.setSaveState(lock.state, lock.text)
+    else if (this.saveState === 'readonly' || this.saveState === 'locked') this.onSessionChange()
   }
 
   // ---------------------------------------------------------------- open
@@ -133,6 +228,8 @@ export class Workspace {
     this.scan = await api.get<Scan>(`/api/scans/${this.scanId}`)
     if (this.disposed) return
     this.renderHeader()
+    const project = await api.get<Project>(`/api/projects/${this.scan.project_id}`)
+    this.role = project.role
     this.schema = await api.get<SchemaOut>(`/api/projects/${this.scan.project_id}/schema`)
     for (const s of this.structures) this.views.set(s.name, { visible: true, opacity: 0.55 })
     this.viewer = new Viewer(this.el.canvas as HTMLCanvasElement)
@@ -157,7 +254,12 @@ export class Workspace {
     await this.loadVersions()
     if (this.disposed) return
     this.baseVersion = this.versions.find((v) => v.id === this.scan.head_version_id) ?? null
-    const restoredActive = await this.offerDraft()
+    await this.review.load().catch((err) => {
+      console.warn('review workflow unavailable', err)
+      this.review.available = false
+    })
+    if (this.review.myReading) this.session.branch = true
+    const restoredActive = this.role === 'viewer' ? null : await this.offerDraft()
     const first =
       restoredActive ??
       this.structures.find((s) => s.name === 'pancreas')?.name ??
@@ -174,11 +276,13 @@ export class Workspace {
     this.updateReadout()
     this.timings.ready = performance.now()
     this.loadPriorities().catch(() => undefined)
+    this.applyAccess()
     this.root.dataset.ready = 'true'
   }
 
   dispose(): void {
     this.disposed = true
+    this.review.dispose()
     this.flushLocalDraft()
     for (const fn of this.cleanup) fn()
     if (this.localTimer !== null) window.clearTimeout(this.localTimer)
@@ -241,6 +345,7 @@ export class Workspace {
     this.el.side = h('aside', { class: 'side' })
     this.root.append(
       this.el.header,
+      this.review.bar,
       h(
         'main',
         { class: 'workspace' },
@@ -253,6 +358,8 @@ export class Workspace {
     this.renderViewbar()
     this.renderSide()
     this.bindPointer(stage)
+    const active = (): void => this.review.noteInput()
+    for (const type of ['pointerdown', 'pointermove', 'wheel', 'keydown']) stage.addEventListener(type, active, { passive: true, capture: true })
     const onKey = (e: KeyboardEvent): void => this.onKey(e)
     document.addEventListener('keydown', onKey)
     const onUnload = (e: BeforeUnloadEvent): void => {
@@ -262,7 +369,10 @@ export class Workspace {
       }
     }
     window.addEventListener('beforeunload', onUnload)
-    const onHide = (): void => this.flushLocalDraft()
+    const onHide = (): void => {
+      this.flushLocalDraft()
+      this.review.dispose() // leaving the tab: report the active time, release the lease
+    }
     window.addEventListener('pagehide', onHide)
     const onOnline = api.onChange(() => this.onConnectivity())
     this.cleanup.push(
@@ -310,6 +420,7 @@ export class Workspace {
       conflict: 'Conflict: action needed',
       offline: 'Offline: edits kept locally',
       readonly: 'Read-only',
+      locked: 'Locked',
       error: 'Error',
     }
     if (this.el.pill) {
@@ -317,6 +428,18 @@ export class Workspace {
       this.el.pill.dataset.state = state
     }
     document.title = `${state === 'dirty' || state === 'offline' ? '● ' : ''}${this.scan?.case_id ?? 'scan'} — maskloop`
+  }
+
+  /** Disable every editing control while the workspace is read-only (the navigate tool stays usable). */
+  private lockToolbar(): void {
+    const lock = this.lockReason
+    const tb = this.el.toolbar
+    if (!tb) return
+    tb.classList.toggle('locked', !!lock)
+    for (const el of tb.querySelectorAll<HTMLButtonElement | HTMLInputElement>('button, input'))
+      el.disabled = !!lock && el.dataset.testid !== 'tool-navigate'
+    tb.querySelector('[data-testid=lock-reason]')?.remove()
+    if (lock) tb.prepend(h('div', { class: 'lock-reason', 'data-testid': 'lock-reason' }, lock.text))
   }
 
   private renderToolbar(): void {
@@ -405,6 +528,7 @@ export class Workspace {
         'Discard',
       ),
     )
+    this.lockToolbar()
   }
 
   private renderViewbar(): void {
@@ -522,6 +646,7 @@ export class Workspace {
       ['structures', 'Structures'],
       ['versions', 'Versions'],
       ['attention', 'Attention'],
+      ['review', 'Review'],
     ]
     this.el.tabStructures = h('div', { class: 'tab-body', 'data-testid': 'panel-structures' })
     this.el.tabVersions = h('div', { class: 'tab-body', 'data-testid': 'panel-versions', hidden: true })
@@ -530,6 +655,7 @@ export class Workspace {
       structures: this.el.tabStructures,
       versions: this.el.tabVersions,
       attention: this.el.tabAttention,
+      review: this.review.body,
     }
     const bar = h(
       'div',
@@ -550,10 +676,10 @@ export class Workspace {
         ),
       ),
     )
-    this.el.side.append(bar, this.el.tabStructures, this.el.tabVersions, this.el.tabAttention)
+    this.el.side.append(bar, this.el.tabStructures, this.el.tabVersions, this.el.tabAttention, this.review.body)
   }
 
-  showTab(id: 'structures' | 'versions' | 'attention'): void {
+  showTab(id: 'structures' | 'versions' | 'attention' | 'review'): void {
     ;(this.el.side.querySelector(`[data-testid=tab-${id}]`) as HTMLElement).click()
   }
 
@@ -786,6 +912,11 @@ export class Workspace {
   // ---------------------------------------------------------------- tools
 
   setTool(tool: ToolId): void {
+    const lock = this.lockReason
+    if (lock && tool !== 'navigate') {
+      toast(lock.text, 'warn', 2500)
+      return
+    }
     this.tool = tool
     this.renderToolbar()
     this.el.stage.dataset.tool = tool
@@ -817,6 +948,11 @@ export class Workspace {
       return true
     }
     if (!this.active || !this.session) return true
+    const lock = this.lockReason
+    if (lock) {
+      toast(lock.text, 'warn')
+      return true
+    }
     return false
   }
 
@@ -829,6 +965,7 @@ export class Workspace {
       e.preventDefault()
       if (this.refuseEdit()) return
       if (this.session.busy || !this.session.edited.has(this.active!)) return
+      this.review.ensureLease().catch((err) => this.fail(err))
       this.startTool(hit.vox, hit.plane, e.shiftKey)
       if (this.stroke) {
         window.addEventListener('mousemove', move, true)
@@ -969,6 +1106,8 @@ export class Workspace {
 
   /** Programmatic edit (test hook and scripted corrections): set RAS voxels of a structure, one undo step. */
   async paintVoxels(name: string, voxels: Vec3[], value: number): Promise<number> {
+    if (this.lockReason) return 0
+    if (!(await this.review.ensureLease())) return 0
     const bm = await this.session.ensure(name)
     this.session.begin(name)
     const g = this.viewer.geometry!
@@ -1026,7 +1165,9 @@ export class Workspace {
       if (dirtyNames.includes(name) && !dot) row.querySelector('.sname')!.append(h('span', { class: 'dot', title: 'unsaved change' }, ' ●'))
       if (!dirtyNames.includes(name) && dot) dot.remove()
     }
-    if (this.mode.kind === 'edit' && !this.saving && this.saveState !== 'conflict') {
+    const lock = this.lockReason
+    if (lock && this.mode.kind === 'edit' && !this.saving) this.setSaveState(lock.state, lock.text)
+    else if (this.mode.kind === 'edit' && !this.saving && this.saveState !== 'conflict') {
       if (!api.online) this.setSaveState('offline')
       else this.setSaveState(this.session.hasChanges ? 'dirty' : 'saved', this.session.hasChanges ? `Unsaved changes (${dirtyNames.length})` : undefined)
     }
@@ -1034,7 +1175,7 @@ export class Workspace {
   }
 
   private onConnectivity(): void {
-    if (!this.session || this.mode.kind !== 'edit' || this.saving) return
+    if (!this.session || this.mode.kind !== 'edit' || this.saving || this.lockReason) return
     if (!api.online) this.setSaveState('offline')
     else if (this.saveState === 'offline') {
       this.setSaveState(this.session.hasChanges ? 'dirty' : 'saved')
@@ -1164,8 +1305,9 @@ export class Workspace {
       toast('Nothing to save', 'info', 1500)
       return null
     }
-    if (this.session.baseVersionId === null) {
-      toast('This scan has no label version to edit yet: import or pre-annotate one first', 'error')
+    const lock = this.lockReason
+    if (lock) {
+      toast(`${lock.text}: not saved (your edit is kept as a draft)`, 'warn', 6000)
       return null
     }
     if (message === undefined) {
@@ -1180,14 +1322,23 @@ export class Workspace {
         ),
         [
           { label: 'Cancel', value: '', testid: 'save-cancel' },
-          { label: this.session.branch ? 'Save on branch' : 'Save', value: 'save', kind: 'primary', testid: 'save-confirm' },
+          {
+            label: this.review.myReading ? 'Save my reading' : this.session.branch ? 'Save on branch' : this.session.baseVersionId === null ? 'Save first version' : 'Save',
+            value: 'save',
+            kind: 'primary',
+            testid: 'save-confirm',
+          },
         ],
         { testid: 'save-dialog' },
       )
       if (choice !== 'save') return null
       message = (input as HTMLTextAreaElement).value.trim()
     }
-    return this.commitSave(message, this.session.branch)
+    if (!(await this.review.ensureLease(true))) {
+      toast(`${this.lockText()}: not saved (your edit is kept as a draft)`, 'warn', 6000)
+      return null
+    }
+    return this.commitSave(message, this.session.branch || !!this.review.myReading)
   }
 
   private async commitSave(message: string, branch: boolean): Promise<Version | null> {
@@ -1220,11 +1371,21 @@ export class Workspace {
       this.renderVersions()
       this.updateBanner()
       toast(`Saved version #${version.id}${branch ? ' (branch)' : ''}`, 'ok')
+      await this.review.refreshTask().catch(() => undefined)
       return version
     } catch (err) {
       this.saving = false
       if (err instanceof ApiError && err.status === 409 && err.body.error === 'conflict' && 'head_version_id' in err.body) {
         return this.onConflict(message, err.body as unknown as ConflictBody)
+      }
+      if (err instanceof ApiError && (err.status === 409 || err.status === 403)) {
+        // Approved meanwhile, someone else's lease, or no right to write: keep the edit, show why.
+        await this.review.refreshTask().catch(() => undefined)
+        await this.saveLocalDraft()
+        const lock = this.lockReason
+        this.setSaveState(lock?.state ?? 'error', lock ? lock.text : `Not saved: ${err.message}`)
+        toast(`Not saved: ${err.message}. Your edit is kept as a draft.`, 'error', 8000)
+        return null
       }
       if (err instanceof OfflineError) {
         this.setSaveState('offline', 'Offline: not saved, edit kept')
@@ -1487,7 +1648,7 @@ export class Workspace {
     this.attentionOn = false
     if (this.active) await this.setActive(this.active)
     this.onSessionChange()
-    if (!this.session.hasChanges) this.setSaveState('saved')
+    if (!this.session.hasChanges && !this.lockReason) this.setSaveState('saved')
     this.updateBanner()
     this.renderVersions()
     this.renderAttention()
@@ -1500,6 +1661,7 @@ export class Workspace {
     if (this.mode.kind === 'view') text = `Viewing version #${this.mode.versionId} (read-only)`
     else if (this.mode.kind === 'compare')
       text = `Comparing #${this.mode.a} → #${this.mode.b}${this.mode.structure ? ` · ${this.mode.structure.replace(/_/g, ' ')}: green added, red removed` : ''}`
+    else if (this.review.myReading) text = `Your blinded reading: saves go to your own branch; submit it when done`
     else if (this.session?.branch) text = `Editing on branch #${this.session.baseVersionId} (the head is #${this.scan.head_version_id})`
     banner.hidden = !text
     if (text) {
@@ -1550,6 +1712,27 @@ export class Workspace {
         ),
       ),
       h(
+        'label',
+        { class: 'field' },
+        h('span', null, 'Heat opacity'),
+        h('input', {
+          type: 'range',
+          min: '0',
+          max: '1',
+          step: '0.05',
+          value: String(this.attentionOpacity),
+          'data-testid': 'attention-opacity',
+          oninput: (e: Event) => this.setAttentionOpacity(Number((e.target as HTMLInputElement).value)),
+        }),
+      ),
+      h(
+        'div',
+        { class: 'heat-legend', title: 'attention density: faint = isolated voxels, bright = dense regions' },
+        h('span', null, 'sparse'),
+        h('span', { class: 'heat-ramp' }),
+        h('span', null, 'dense'),
+      ),
+      h(
         'div',
         { class: 'muted', 'data-testid': 'attention-info' },
         this.attentionOn
@@ -1585,6 +1768,7 @@ export class Workspace {
     this.attentionStructure = structure
     this.attentionRegions = []
     this.attentionIndex = -1
+    this.attentionHeat = null
     if (!on || !structure) {
       await this.viewer.setExtra(null)
       this.renderAttention()
@@ -1610,9 +1794,17 @@ export class Workspace {
     const ras = new Uint8Array(g.voxels)
     g.toRAS(native, ras)
     this.attentionRegions = components(g.rasDims, ras).map((c) => c.center)
-    await this.viewer.setExtra(native, [{ value: 1, rgb: [255, 120, 0], alpha: 0.6, name: 'attention' }])
+    this.attentionHeat = gradeAttention(native, this.viewer.nativeDims, this.scan.spacing)
+    await this.viewer.setExtra(this.attentionHeat, heatColors())
+    this.viewer.setExtraOpacity(this.attentionOpacity)
     this.renderAttention()
     toast(`Attention map of ${structure.replace(/_/g, ' ')}: ${this.attentionRegions.length} region(s), ${countNonzero(native).toLocaleString()} voxels`, 'info', 2500)
+  }
+
+  /** Heat overlay opacity (one LUT refresh, no reload). */
+  setAttentionOpacity(opacity: number): void {
+    this.attentionOpacity = Math.max(0, Math.min(1, opacity))
+    if (this.attentionOn && this.attentionHeat) this.viewer.setExtraOpacity(this.attentionOpacity)
   }
 
   async nextAttention(): Promise<void> {

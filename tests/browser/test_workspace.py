@@ -232,6 +232,11 @@ def test_undo_redo_and_eraser(page: Page, server: Server, make_scan: Any) -> Non
     unchanged_except(server, labelled.head, new_id, {"liver"})
 
 
+def force_release_lease(server: Server, scan_id: int) -> None:
+    """A lead takes back a scan's edit lease (the review workflow refuses saves under someone else's lease)."""
+    httpx.delete(f"{server.base}/api/scans/{scan_id}/lease", headers=server.headers(LEAD)).raise_for_status()
+
+
 def test_conflict_rebase_and_branch_keep_both_edits(page: Page, server: Server, make_scan: Any) -> None:
     labelled: LabelledScan = make_scan("RAS", seed=23)
     sign_in_with_token(page, server)
@@ -240,8 +245,10 @@ def test_conflict_rebase_and_branch_keep_both_edits(page: Page, server: Server, 
     page.wait_for_function("window.maskloop.state().active === 'liver'")
     mine = [[i, j, 30] for i in range(10, 14) for j in range(10, 13)]
     page.evaluate("(v) => window.maskloop.paintNative('liver', v, 1)", mine)
-    # Meanwhile the lead saves a spleen correction and a liver change elsewhere on the same head.
+    # Meanwhile the lead saves a spleen correction and a liver change elsewhere on the same head (first taking
+    # back the edit lease the annotator's edit took: the workflow refuses saves under someone else's lease).
     theirs_box = np.ones((3, 3, 2), dtype=bool)
+    force_release_lease(server, labelled.id)
     with server.client() as client:
         response = post_patch(
             client,  # type: ignore[arg-type]
@@ -277,6 +284,7 @@ def test_conflict_rebase_and_branch_keep_both_edits(page: Page, server: Server, 
     # Second conflict, resolved as a branch: the head keeps their version, the branch holds mine.
     mine2 = [[i, 20, 31] for i in range(40, 46)]
     page.evaluate("(v) => window.maskloop.paintNative('liver', v, 1)", mine2)
+    force_release_lease(server, labelled.id)
     with server.client() as client:
         response = post_patch(
             client,  # type: ignore[arg-type]

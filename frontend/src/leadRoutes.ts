@@ -1,0 +1,23 @@
+/** Routes of the lead pages: #/dashboard, #/audit, #/evaluations and #/evaluations/{id} (query in the hash). */
+
+import { AuditLog } from './audit'
+import { Dashboard } from './dashboard'
+import { EvaluationList, EvaluationReport } from './evaluation'
+import { hashParts } from './lead'
+
+export { mountWorklistNav } from './lead'
+
+export interface LeadPageView {
+  open(): Promise<void>
+}
+
+/** The lead page a hash names, or null when it names another part of the app. */
+export function leadPage(root: HTMLElement, hash: string): LeadPageView | null {
+  const [path] = hashParts(hash)
+  if (path === '/audit') return new AuditLog(root)
+  if (path === '/dashboard') return new Dashboard(root)
+  if (path === '/evaluations') return new EvaluationList(root)
+  const run = /^\/evaluations\/(\d+)$/.exec(path)
+  if (run) return new EvaluationReport(root, Number(run[1]))
+  return null
+}
