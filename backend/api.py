@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import OperationalError
 
 from backend.audit.router import router as audit_router
 from backend.auth.router import router as auth_router
@@ -20,11 +21,16 @@ from backend.core.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from backend.dashboard.router import router as dashboard_router
+from backend.evaluation.router import router as evaluation_router
+from backend.exports.router import router as exports_router
 from backend.jobs.router import router as jobs_router
 from backend.labels.router import router as labels_router
 from backend.projects.router import router as projects_router
+from backend.quality.router import router as quality_router
 from backend.registry.router import router as registry_router
 from backend.scans.router import router as scans_router
+from backend.workflow.router import router as workflow_router
 
 STATUS_OF: dict[type[DomainError], int] = {
     InvalidInput: 422,
@@ -52,9 +58,22 @@ async def domain_error_handler(_request: Request, exc: Exception) -> JSONRespons
     return JSONResponse(status_code=code, content=body, headers=headers)
 
 
+async def busy_database_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """An embedded (SQLite) database busy with another writer answers 503 + Retry-After, never a bare 500."""
+    assert isinstance(exc, OperationalError)
+    if "database is locked" not in str(exc.orig) and "database is busy" not in str(exc.orig):
+        raise exc
+    return JSONResponse(
+        status_code=503,
+        content={"detail": "the database is busy with another write; nothing was saved, retry", "error": "busy"},
+        headers={"Retry-After": "1"},
+    )
+
+
 def install(app: FastAPI, settings: Settings) -> None:
     """Mount every router and the error handling on an app."""
     app.add_exception_handler(DomainError, domain_error_handler)
+    app.add_exception_handler(OperationalError, busy_database_handler)
 
     @app.middleware("http")
     async def refuse_oversized(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -71,8 +90,10 @@ def install(app: FastAPI, settings: Settings) -> None:
         return await call_next(request)
 
     routers = (auth_router, users_router, projects_router, scans_router, labels_router, audit_router)
-    for router in (*routers, jobs_router, registry_router):
+    for router in (*routers, jobs_router, registry_router, dashboard_router, exports_router, workflow_router):
         app.include_router(router)
+    app.include_router(quality_router)
+    app.include_router(evaluation_router)
 
     @app.get("/api/health", tags=["meta"])
     def health() -> dict[str, str]:

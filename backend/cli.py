@@ -508,5 +508,170 @@ def _follow(job_ids: list[int]) -> None:
             time.sleep(0.5)
 
 
+@app.command("export")
+def export_dataset(
+    project: Annotated[str, typer.Option(help="project slug")],
+    fmt: Annotated[str, typer.Option("--format", help="pants | nnunet | msd | dicom-seg")] = "pants",
+    version: Annotated[str, typer.Option(help="head | approved | model:<name>")] = "head",
+    structures: Annotated[str | None, typer.Option(help="comma-separated structure names (default: all)")] = None,
+    case: Annotated[list[str] | None, typer.Option(help="case id (repeatable; default: every scan)")] = None,
+    nnunet_labels: Annotated[str, typer.Option(help="nnU-Net labels: paint-order | regions")] = "paint-order",
+    dataset_id: Annotated[int, typer.Option(help="nnU-Net dataset id (DatasetXXX_Name)")] = 1,
+    dataset_name: Annotated[str | None, typer.Option(help="nnU-Net/MSD dataset name")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the dataset folder here, in this process")] = None,
+    job: Annotated[bool, typer.Option("--job", help="queue a cpu export job instead (download via the API)")] = False,
+    as_user: Annotated[
+        str, typer.Option("--as", help="e-mail of the requesting lead (--job)")
+    ] = "admin@maskloop.local",
+    wait: Annotated[bool, typer.Option(help="with --job: follow the job with a progress bar")] = False,
+) -> None:
+    """Export one label version per scan as PanTS, nnU-Net v2, MSD or DICOM SEG (a folder, or a queued job)."""
+    from sqlalchemy import select
+
+    from backend.auth import service as auth
+    from backend.exports import service as exports
+    from backend.jobs import service as jobs
+    from backend.models import Scan
+    from backend.projects import service as projects
+
+    if (out is None) == (not job):
+        console.print("[red]error:[/red] give exactly one of --out DIR or --job")
+        raise typer.Exit(code=2)
+    names = [s.strip() for s in structures.split(",") if s.strip()] if structures else None
+    try:
+        with session_scope() as db:
+            proj = projects.get_project_by_slug(db, project)
+            scan_ids = None
+            if case:
+                rows = db.execute(
+                    select(Scan.id, Scan.case_id).where(Scan.project_id == proj.id, Scan.case_id.in_(case))
+                )
+                found = {row[1]: int(row[0]) for row in rows}
+                unknown = [c for c in case if c not in found]
+                if unknown:
+                    raise DomainError(f"unknown case ids: {unknown[:10]}")
+                scan_ids = [found[c] for c in case]
+            params = exports.validate_request(
+                db,
+                proj,
+                fmt=fmt,
+                version=version,
+                structures=names,
+                scan_ids=scan_ids,
+                flt=None,
+                nnunet_labels=nnunet_labels,
+                dataset_id=dataset_id,
+                dataset_name=dataset_name,
+            )
+            if job:
+                actor = auth.get_user_by_email(db, as_user)
+                projects.authorize(db, actor, proj.id, "run_jobs")
+                queued = jobs.create_job(db, project_id=proj.id, kind="export", created_by=actor.id, params=params)
+                db.commit()
+                jobs.dispatch(db, [queued])
+                job_id = queued.id
+            else:
+                plan = exports.plan_export(db, proj, params)
+    except DomainError as exc:
+        _fail(exc)
+    if job:
+        console.print(f"queued export job {job_id}; download: GET /api/exports/{job_id}/download")
+        if wait:
+            _follow([job_id])
+        return
+    assert out is not None
+    try:
+        with _progress() as progress:
+            task = progress.add_task("exporting", total=len(plan.cases), item="")
+
+            def tick(done: int, total: int, case_id: str) -> None:
+                progress.update(task, completed=done, total=total, item=case_id)
+
+            manifest = exports.write_export(get_blob_store(), plan, out, progress=tick)
+    except DomainError as exc:
+        _fail(exc)
+    console.print(f"exported {len(manifest['scans'])} scans to {out} ({fmt}, version {manifest['version']})")
+    for skipped in manifest["skipped"]:
+        console.print(f"  skipped {skipped['case_id'] or skipped['scan_id']}: {skipped['reason']}")
+
+
+@app.command("evaluate")
+def evaluate(
+    project: Annotated[str, typer.Option(help="project slug")],
+    model: Annotated[str | None, typer.Option(help="model name (its promoted version)")] = None,
+    model_version: Annotated[int | None, typer.Option(help="model version id")] = None,
+    versions: Annotated[str | None, typer.Option(help="comma-separated label version ids instead of a model")] = None,
+    split: Annotated[str, typer.Option(help="scan split, or 'all'")] = "test",
+    structures: Annotated[str | None, typer.Option(help="comma-separated structures (default: the model's)")] = None,
+    nsd_tolerance: Annotated[float | None, typer.Option(help="NSD tolerance in mm (default 1)")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the report: .json (everything) or .csv (cases)")] = None,
+    sync: Annotated[bool, typer.Option("--sync", help="run in this process instead of queueing a cpu job")] = False,
+    as_user: Annotated[str, typer.Option("--as", help="e-mail of the requesting lead")] = "admin@maskloop.local",
+) -> None:
+    """Evaluate a model version (or label versions) against approved ground truth: DSC, NSD, HD95, detection."""
+    from backend.auth import service as auth
+    from backend.evaluation import service as evaluation
+    from backend.projects import service as projects
+
+    if out is not None and out.suffix not in (".json", ".csv"):
+        console.print("[red]error:[/red] --out must end in .json or .csv")
+        raise typer.Exit(code=2)
+    try:
+        ids = [int(v) for v in versions.split(",") if v.strip()] if versions is not None else None
+    except ValueError:
+        console.print("[red]error:[/red] --versions must be comma-separated integers")
+        raise typer.Exit(code=2) from None
+    request = evaluation.EvaluationRequest(
+        model_version_id=model_version,
+        model_name=model,
+        version_ids=ids,
+        split=split,
+        structures=[s.strip() for s in structures.split(",") if s.strip()] if structures else None,
+        nsd_tolerance_mm=nsd_tolerance,
+    )
+    try:
+        with session_scope() as db:
+            proj = projects.get_project_by_slug(db, project)
+            actor = auth.get_user_by_email(db, as_user)
+            projects.authorize(db, actor, proj.id, "run_jobs")
+            if not sync:
+                run, job = evaluation.launch(db, proj, actor, request)
+                db.commit()
+                evaluation.dispatch(db, job)
+                run_id, job_id = run.id, job.id
+            else:
+                run = evaluation.create_run(db, proj, actor, request)
+                with _progress() as progress:
+                    task = progress.add_task("evaluating", total=len(run.config["pairs"]), item="")
+                    evaluation.execute_run(
+                        db, get_blob_store(), run, progress=lambda done, total: progress.update(task, completed=done)
+                    )
+                run_id = run.id
+    except DomainError as exc:
+        _fail(exc)
+    if not sync:
+        console.print(f"queued evaluation {run_id} as job {job_id}")
+        if out is None:
+            return
+        _follow([job_id])
+    with session_scope() as db:
+        run = evaluation.get_run(db, run_id)
+        if run.status != "succeeded":
+            console.print(f"[red]error:[/red] evaluation {run_id} {run.status}: {run.error or ''}")
+            raise typer.Exit(code=1)
+        table = Table("structure", "pairs", "DSC mean", "NSD mean", "HD95 median (mm)", title=run.name)
+        for name, block in run.summary["structures"].items():
+            cells = [block["dsc"]["mean"], block["nsd"]["mean"], block["hd95"]["median"]]
+            table.add_row(name, str(block["pairs"]), *("undefined" if v is None else f"{v:.3f}" for v in cells))
+        console.print(table)
+        console.print(f"NSD: {run.summary['nsd_definition']}; tolerance {run.summary['nsd_tolerance_mm']} mm")
+        if out is not None:
+            if out.suffix == ".csv":
+                out.write_text(evaluation.cases_csv(evaluation.case_rows(db, run)))
+            else:
+                out.write_text(json.dumps(evaluation.report(db, run), indent=2, default=str))
+            console.print(f"wrote {out}")
+
+
 if __name__ == "__main__":
     app()

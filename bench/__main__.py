@@ -13,13 +13,18 @@ import traceback
 from rich.console import Console
 from rich.table import Table
 
-from bench import RESULTS_PATH, Benchmark, Row, core_spine, merge_results, model_workers, viewer
+from bench import RESULTS_PATH, Benchmark, Row, core_spine, merge_results, model_workers, review_scale, viewer
+from bench import evaluation as evaluation_bench
+from bench import exports as exports_bench
 
 # The registry: add a module's entry point here to have `make bench` run it.
 BENCHMARKS: list[Benchmark] = [
     core_spine.run,
     model_workers.run,
     viewer.run,
+    exports_bench.run,
+    review_scale.run,
+    evaluation_bench.run,
 ]
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.core.queue import TASK_ATTENTION, TASK_PREANNOTATE, TASK_TRAIN
+from backend.core.queue import TASK_ATTENTION, TASK_EVALUATE, TASK_EXPORT, TASK_PREANNOTATE, TASK_TRAIN
 from worker.celery_app import app
 from worker.pipelines import attention, preannotate, training
+from worker.pipelines import evaluate as evaluate_pipeline
+from worker.pipelines import export as export_pipeline
 from worker.pipelines.common import TransientError
 
 RETRY: dict[str, Any] = {
@@ -34,3 +36,15 @@ def attention_task(job_id: int) -> None:
 def train_task(job_id: int) -> None:
     """Fine-tune a model and decide on promotion."""
     training.run(job_id)
+
+
+@app.task(name=TASK_EXPORT, **RETRY)
+def export_task(job_id: int) -> None:
+    """Write a dataset export (PanTS, nnU-Net, MSD, DICOM SEG) and store its archive."""
+    export_pipeline.run(job_id)
+
+
+@app.task(name=TASK_EVALUATE, **RETRY)
+def evaluate_task(job_id: int) -> None:
+    """Score an evaluation run's predictions against approved ground truth."""
+    evaluate_pipeline.run(job_id)

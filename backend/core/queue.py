@@ -14,6 +14,8 @@ QUEUES = ("gpu", "cpu")
 TASK_PREANNOTATE = "maskloop.preannotate"
 TASK_ATTENTION = "maskloop.attention"
 TASK_TRAIN = "maskloop.train"
+TASK_EXPORT = "maskloop.export"
+TASK_EVALUATE = "maskloop.evaluate"
 
 
 def configure(app: Celery, settings: Settings) -> None:

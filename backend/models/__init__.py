@@ -3,6 +3,7 @@
 from backend.core.db import Base
 from backend.models.attention import AttentionMap, Prediction, TrainingRound
 from backend.models.audit import AuditEvent
+from backend.models.evaluation import EvaluationCase, EvaluationDetection, EvaluationRun
 from backend.models.jobs import Job
 from backend.models.labels import LabelDraft, LabelVersion, LabelVersionStructure
 from backend.models.projects import LabelSchema, Membership, Project, Structure
@@ -26,6 +27,9 @@ __all__ = [
     "AttentionMap",
     "AuditEvent",
     "Base",
+    "EvaluationCase",
+    "EvaluationDetection",
+    "EvaluationRun",
     "Job",
     "LabelDraft",
     "LabelSchema",
