@@ -105,7 +105,7 @@ def attention(
 def train(
     model_id: int, body: TrainRequest, db: DbSession, access: ProjectAccess = require_project("run_jobs")
 ) -> JobOut:
-    """Queue fine-tuning of a model on the given label versions with a held-out split."""
+    """Queue fine-tuning of a model on the given label versions (default: the approved ones), with a held-out split."""
     model = registry.get_model(db, model_id)
     if model.project_id != access.project.id:
         raise NotFound(f"model {model_id} not found")

@@ -42,9 +42,9 @@ class AttentionRequest(BaseModel):
 
 
 class TrainRequest(BaseModel):
-    """Fine-tune a model on label versions (approved ones, once review exists) with a held-out split."""
+    """Fine-tune a model on label versions (default: the project's approved versions) with a held-out split."""
 
-    label_version_ids: list[int] = Field(min_length=2, max_length=50_000)
+    label_version_ids: list[int] | None = Field(default=None, min_length=2, max_length=50_000)
     epochs: int = Field(default=20, ge=1, le=1000)
     heldout_fraction: float = Field(default=0.25, gt=0, lt=1)
     seed: int = 0

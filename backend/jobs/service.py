@@ -13,8 +13,9 @@ from backend.audit import service as audit
 from backend.core import queue
 from backend.core.errors import Conflict, InvalidInput, NotFound
 from backend.labels import service as labels
-from backend.models import Job, Model, ModelVersion, Project, User
+from backend.models import Job, LabelVersionStructure, Model, ModelVersion, Project, ScanTask, TrainingRound, User
 from backend.models.jobs import JOB_KINDS, JOB_STATUSES
+from backend.projects import service as projects
 from backend.registry import service as registry
 from backend.scans import service as scans
 
@@ -328,21 +329,40 @@ def attention_thresholds(project: Project) -> dict[str, float]:
     }
 
 
+def approved_version_ids(db: Session, project_id: int) -> list[int]:
+    """The approved label version of every approved scan of a project (``ScanTask.approved_version_id``)."""
+    rows = db.scalars(
+        select(ScanTask.approved_version_id)
+        .where(ScanTask.project_id == project_id, ScanTask.approved_version_id.is_not(None))
+        .order_by(ScanTask.scan_id)
+    )
+    return [int(v) for v in rows if v is not None]
+
+
 def launch_training(
     db: Session,
     project: Project,
-    actor: User,
+    actor: User | None,
     *,
     model: Model,
-    label_version_ids: Sequence[int],
+    label_version_ids: Sequence[int] | None,
     epochs: int,
     heldout_fraction: float,
     seed: int = 0,
     init: str = "promoted",
+    trigger: str = "manual",
 ) -> Job:
-    """A training job on explicit label versions (the review workflow will pass approved ones)."""
+    """A training job on the given label versions, or (none given) on the project's approved versions."""
     if model.architecture == "classical":
         raise InvalidInput("the classical pre-annotator has no weights to train")
+    source = "given"
+    if not label_version_ids:
+        label_version_ids, source = approved_version_ids(db, project.id), "approved"
+        if not label_version_ids:
+            raise InvalidInput(
+                "no approved label versions in this project to train on; approve scans in review "
+                "or pass label_version_ids"
+            )
     ids = list(dict.fromkeys(label_version_ids))
     if len(ids) < 2:
         raise InvalidInput("training needs at least two label versions (one is held out)")
@@ -364,7 +384,7 @@ def launch_training(
         db,
         project_id=project.id,
         kind="train",
-        created_by=actor.id,
+        created_by=actor.id if actor is not None else None,
         model_version_id=promoted.id if promoted else None,
         params={
             "model_id": model.id,
@@ -373,11 +393,95 @@ def launch_training(
             "heldout_fraction": heldout_fraction,
             "seed": seed,
             "init": init,
+            "versions": source,
+            "trigger": trigger,
         },
     )
 
 
+AUTO_TRAINING_EPOCHS = 20
+AUTO_HELDOUT_FRACTION = 0.25
+
+
+def _training_jobs(db: Session, model: Model) -> list[Job]:
+    """The training jobs of a model, oldest first."""
+    rows = db.scalars(select(Job).where(Job.project_id == model.project_id, Job.kind == "train").order_by(Job.id))
+    return [job for job in rows if int(job.params.get("model_id", 0)) == model.id]
+
+
+def _approvals_since_last_round(db: Session, model: Model) -> int:
+    """Scans of the model's project approved since the data of its last training round was taken (its launch)."""
+    last = db.scalar(
+        select(TrainingRound).where(TrainingRound.model_id == model.id).order_by(TrainingRound.id.desc()).limit(1)
+    )
+    query = select(func.count()).where(
+        ScanTask.project_id == model.project_id, ScanTask.approved_version_id.is_not(None)
+    )
+    if last is not None:
+        launched = db.scalar(select(Job.created_at).where(Job.id == last.job_id)) if last.job_id else None
+        query = query.where(ScanTask.approved_at > (launched or last.created_at))
+    return int(db.scalar(query) or 0)
+
+
+def _trainable_versions(db: Session, model: Model, version_ids: Sequence[int]) -> list[int]:
+    """The versions in which every structure of the model is present (the others cannot be trained on)."""
+    if not version_ids:
+        return []
+    schema = projects.structures_of(db, model.project_id)
+    wanted = {projects.find_structure(schema, name).id for name in model.structures}
+    present: dict[int, set[int]] = {}
+    rows = db.execute(
+        select(LabelVersionStructure.version_id, LabelVersionStructure.structure_id).where(
+            LabelVersionStructure.version_id.in_(list(version_ids)), LabelVersionStructure.status == "present"
+        )
+    )
+    for version_id, structure_id in rows.all():
+        present.setdefault(int(version_id), set()).add(int(structure_id))
+    return [v for v in version_ids if wanted <= present.get(v, set())]
+
+
+def on_scan_approved(db: Session, project_id: int) -> list[Job]:
+    """After an approval: launch a training job for each 'auto' model that reached its N new approvals.
+
+    Counts the scans approved since the model's last training round was launched; at ≥ N (and no training of that
+    model already queued or running) it trains on every approved version holding the model's structures (at least
+    two: one is held out). The caller commits, then ``dispatch``es the returned jobs.
+    """
+    project = db.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"project {project_id} not found")
+    launched: list[Job] = []
+    for model in registry.list_models(db, project_id):
+        every = model.retrain_every_approvals
+        if model.promotion_policy != "auto" or not every or model.architecture == "classical":
+            continue
+        if any(job.status in ACTIVE for job in _training_jobs(db, model)):
+            continue
+        approvals = _approvals_since_last_round(db, model)
+        if approvals < every:
+            continue
+        versions = _trainable_versions(db, model, approved_version_ids(db, project_id))
+        if len(versions) < 2:
+            continue
+        epochs = int(dict(model.config.get("training") or {}).get("epochs", AUTO_TRAINING_EPOCHS))
+        launched.append(
+            launch_training(
+                db,
+                project,
+                None,
+                model=model,
+                label_version_ids=versions,
+                epochs=epochs,
+                heldout_fraction=AUTO_HELDOUT_FRACTION,
+                trigger=f"{approvals} approvals (auto policy, every {every})",
+            )
+        )
+    return launched
+
+
 TASK_OF_KIND = {"preannotate": queue.TASK_PREANNOTATE, "attention": queue.TASK_ATTENTION, "train": queue.TASK_TRAIN}
+TASK_OF_KIND["export"] = queue.TASK_EXPORT
+TASK_OF_KIND["evaluate"] = queue.TASK_EVALUATE
 
 
 def dispatch(db: Session, jobs: Sequence[Job]) -> None:

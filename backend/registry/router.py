@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile, status
 from fastapi.responses import Response
 
 from backend.auth.dependencies import Blobs, DbSession, SettingsDep
-from backend.core.errors import InvalidInput, NotFound
+from backend.core.errors import InvalidInput
 from backend.core.uploads import read_limited
 from backend.imaging import chunks, nifti
 from backend.models import Model
@@ -20,6 +20,7 @@ from backend.registry.dependencies import ModelAccess, ModelVersionAccess, requi
 from backend.registry.schemas import (
     ModelCreate,
     ModelOut,
+    ModelUpdate,
     ModelVersionOut,
     PredictionOut,
     PriorityOut,
@@ -58,6 +59,14 @@ def create_model(body: ModelCreate, db: DbSession, access: ProjectAccess = requi
 @router.get("/api/models/{model_id}", response_model=ModelOut)
 def get_model(db: DbSession, access: ModelAccess = require_model("read")) -> ModelOut:
     """One model."""
+    return model_out(db, access.model)
+
+
+@router.patch("/api/models/{model_id}", response_model=ModelOut)
+def update_model(body: ModelUpdate, db: DbSession, access: ModelAccess = require_model("run_jobs")) -> ModelOut:
+    """Change the promotion policy (manual, or auto: retrain after every N approvals and promote on a win)."""
+    service.update_promotion(db, access.model, body.promotion, actor_user_id=access.user.id)
+    db.commit()
     return model_out(db, access.model)
 
 
@@ -195,11 +204,6 @@ def scan_prediction_map(
     blobs: Blobs,
     access: ScanAccess = require_scan("read"),
 ) -> Response:
-    """A uint8-quantised probability (p*255) or entropy map of one structure as .nii.gz."""
-    if map_kind not in ("probability", "entropy"):
-        raise InvalidInput("map kind must be 'probability' or 'entropy'")
-    prediction = next((p for p in service.latest_predictions(db, access.scan.id) if p.id == prediction_id), None)
-    if prediction is None or structure not in prediction.maps:
-        raise NotFound(f"no {map_kind} map of {structure!r} in prediction {prediction_id}")
-    digest = prediction.maps[structure][map_kind]
-    return Response(blobs.get_bytes(digest), media_type="application/octet-stream", headers={"ETag": f'"{digest}"'})
+    """A uint8-quantised probability (p*255) or entropy map of one structure as .nii.gz on the scan grid."""
+    body, etag = service.prediction_map(db, blobs, access.scan.id, prediction_id, map_kind, structure)
+    return Response(body, media_type="application/octet-stream", headers={"ETag": f'"{etag}"'})

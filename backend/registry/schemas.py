@@ -21,6 +21,12 @@ class ModelCreate(BaseModel):
     retrain_every_approvals: int | None = Field(default=None, ge=1)
 
 
+class ModelUpdate(BaseModel):
+    """A new promotion policy: ``{"promotion": {"policy": "manual"|"auto", "retrain_every_approvals": N}}``."""
+
+    promotion: dict[str, Any]
+
+
 class ModelVersionOut(BaseModel):
     """One weight version: hash, provenance and held-out metrics."""
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from backend.audit import service as audit
 from backend.core.blobstore import BlobStore
 from backend.core.errors import Conflict, InvalidInput, NotFound
-from backend.imaging import chunks
+from backend.imaging import chunks, softmaps
 from backend.models import (
     AttentionMap,
     LabelVersion,
@@ -26,6 +26,7 @@ from backend.models import (
 )
 from backend.models.registry import ARCHITECTURES
 from backend.projects import service as projects
+from backend.workflow import service as workflow
 
 CLASSICAL_MODEL_NAME = "classical-hu"
 # What the weightless pre-annotator finds (worker/models/classical.py; a unit test keeps the two equal).
@@ -42,6 +43,44 @@ CLASSICAL_STRUCTURES = (
 )
 DEFAULT_PREPROCESSING = {"orientation": "RAS", "target_spacing": [1.5, 1.5, 1.5], "hu_window": [-175.0, 250.0]}
 DEFAULT_INFERENCE = {"roi_size": [96, 96, 96], "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 1}
+
+
+PROMOTION_POLICIES = ("manual", "auto")
+
+
+def validate_promotion(value: Any) -> dict[str, Any]:
+    """A model's promotion settings: ``{"policy": "manual"|"auto", "retrain_every_approvals": N ≥ 1 | None}``.
+
+    'manual': a lead promotes; 'auto': retrain after every N newly approved scans and promote the new version when
+    it beats the promoted one on the shared held-out set (so N is required).
+    """
+    if not isinstance(value, dict):
+        raise InvalidInput('promotion must be an object like {"policy": "auto", "retrain_every_approvals": 10}')
+    unknown = sorted(set(value) - {"policy", "retrain_every_approvals"})
+    if unknown:
+        raise InvalidInput(f"unknown promotion setting(s) {unknown}; use 'policy' and 'retrain_every_approvals'")
+    policy = value.get("policy", "manual")
+    if policy not in PROMOTION_POLICIES:
+        raise InvalidInput(f"promotion policy must be 'manual' or 'auto', got {policy!r}")
+    every = value.get("retrain_every_approvals")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise InvalidInput(f"retrain_every_approvals must be a whole number ≥ 1, got {every!r}")
+    if policy == "auto" and every is None:
+        raise InvalidInput("the auto promotion policy needs retrain_every_approvals (retrain after every N approvals)")
+    return {"policy": policy, "retrain_every_approvals": every}
+
+
+def _promotion_settings(
+    config: dict[str, Any], promotion_policy: str, retrain_every_approvals: int | None
+) -> dict[str, Any]:
+    """The promotion settings of a new model: ``config["promotion"]`` or the flat fields (they must agree)."""
+    flat = validate_promotion({"policy": promotion_policy, "retrain_every_approvals": retrain_every_approvals})
+    if "promotion" not in config:
+        return flat
+    nested = validate_promotion(config["promotion"])
+    if flat != {"policy": "manual", "retrain_every_approvals": None} and flat != nested:
+        raise InvalidInput("config.promotion and promotion_policy/retrain_every_approvals disagree; give one of them")
+    return nested
 
 
 def create_model(
@@ -61,8 +100,9 @@ def create_model(
     """Register a model; its structures must all be in the project's schema."""
     if architecture not in ARCHITECTURES:
         raise InvalidInput(f"unknown architecture {architecture!r}; use one of {list(ARCHITECTURES)}")
-    if promotion_policy not in ("manual", "auto"):
-        raise InvalidInput("promotion policy must be 'manual' or 'auto'")
+    promotion = _promotion_settings(dict(config or {}), promotion_policy, retrain_every_approvals)
+    if promotion["policy"] == "auto" and architecture == "classical":
+        raise InvalidInput("the classical pre-annotator has no weights to retrain; its policy stays manual")
     if not structures:
         raise InvalidInput("a model must predict at least one structure")
     schema = projects.structures_of(db, project_id)
@@ -79,11 +119,11 @@ def create_model(
         name=name,
         architecture=architecture,
         structures=names,
-        config=config or {},
+        config={**(config or {}), "promotion": promotion},
         preprocessing={**DEFAULT_PREPROCESSING, **(preprocessing or {})},
         inference={**DEFAULT_INFERENCE, **overlap},
-        promotion_policy=promotion_policy,
-        retrain_every_approvals=retrain_every_approvals,
+        promotion_policy=promotion["policy"],
+        retrain_every_approvals=promotion["retrain_every_approvals"],
     )
     db.add(model)
     db.flush()
@@ -95,6 +135,28 @@ def create_model(
         entity_id=model.id,
         project_id=project_id,
         details={"name": name, "architecture": architecture, "structures": names},
+    )
+    return model
+
+
+def update_promotion(db: Session, model: Model, value: Any, *, actor_user_id: int | None = None) -> Model:
+    """Change a model's promotion policy (``config["promotion"]`` and its mirrored columns)."""
+    promotion = validate_promotion(value)
+    if promotion["policy"] == "auto" and model.architecture == "classical":
+        raise InvalidInput("the classical pre-annotator has no weights to retrain; its policy stays manual")
+    before = {"policy": model.promotion_policy, "retrain_every_approvals": model.retrain_every_approvals}
+    model.config = {**dict(model.config), "promotion": promotion}
+    model.promotion_policy = promotion["policy"]
+    model.retrain_every_approvals = promotion["retrain_every_approvals"]
+    db.flush()
+    audit.record(
+        db,
+        actor_user_id=actor_user_id,
+        action="model.update",
+        entity_type="model",
+        entity_id=model.id,
+        project_id=model.project_id,
+        details={"promotion": promotion, "before": before},
     )
     return model
 
@@ -285,6 +347,27 @@ def latest_predictions(db: Session, scan_id: int, model_version_ids: Sequence[in
     return list(newest.values())
 
 
+def prediction_map(
+    db: Session, blobs: BlobStore, scan_id: int, prediction_id: int, map_kind: str, structure: str
+) -> tuple[bytes, str]:
+    """A prediction's probability (p*255) or entropy map of one structure as .nii.gz on the scan grid, and an ETag.
+
+    Maps are stored cropped to their non-zero box, entropy derived on read; rows written before that kept both
+    whole-grid maps, which are served as stored.
+    """
+    if map_kind not in softmaps.MAP_KINDS:
+        raise InvalidInput("map kind must be 'probability' or 'entropy'")
+    prediction = next((p for p in latest_predictions(db, scan_id) if p.id == prediction_id), None)
+    if prediction is None or structure not in prediction.maps:
+        raise NotFound(f"no {map_kind} map of {structure!r} in prediction {prediction_id}")
+    entry = dict(prediction.maps[structure])
+    if entry.get("format") != softmaps.FORMAT:
+        digest = str(entry[map_kind])
+        return blobs.get_bytes(digest), digest
+    digest = str(entry["probability"])
+    return softmaps.full_grid_nifti_gz(blobs.get_bytes(digest), entry, map_kind), f"{digest}-{map_kind}"
+
+
 @dataclass(frozen=True)
 class AttentionInput:
     """One structure's attention result to store."""
@@ -327,6 +410,8 @@ def store_attention(
         row.model_version_ids = list(model_version_ids)
         stored.append(row)
     db.flush()
+    top = db.scalar(select(func.max(AttentionMap.priority)).where(AttentionMap.scan_id == scan.id))
+    workflow.update_priority(db, scan.id, float(top or 0.0))
     return stored
 
 

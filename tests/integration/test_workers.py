@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import gzip
 import signal
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
 from backend.core import queue
 from backend.imaging.nifti import to_nifti_gz
 from backend.imaging.phantom import generate_phantom
+from backend.imaging.softmaps import ENTROPY_OF_QUANTISED
 from backend.models import Job, LabelVersion, Model, ModelVersion, Prediction
 from tests.integration.worker_stack import Stack, build_stack
 from worker.models.networks import build_network
@@ -118,6 +122,15 @@ def test_preannotation_writes_a_model_version_authored_by_the_model(stack: Stack
         f"/api/scans/{scan_id}/predictions/{predictions[0]['id']}/probability/liver", headers=stack.headers["viewer"]
     )
     assert probability.status_code == 200
+    # Stored cropped to the map's non-zero box, served on the scan's whole grid; entropy is derived from it.
+    shown = nib.Nifti1Image.from_bytes(gzip.decompress(probability.content))
+    assert shown.shape == (64, 64, 32) and int(np.asarray(shown.dataobj).max()) > 128
+    entropy = stack.client.get(
+        f"/api/scans/{scan_id}/predictions/{predictions[0]['id']}/entropy/liver", headers=stack.headers["viewer"]
+    )
+    assert entropy.status_code == 200
+    doubt = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(entropy.content)).dataobj)
+    assert np.array_equal(doubt, ENTROPY_OF_QUANTISED[np.asarray(shown.dataobj, dtype=np.uint8)])
     # A rerun of the same task (a duplicate delivery) never creates a second version.
     queue.send(queue.TASK_PREANNOTATE, job["id"], "gpu", attempt=1)
     time.sleep(3)

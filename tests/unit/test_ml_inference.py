@@ -142,3 +142,30 @@ def test_binary_entropy_values() -> None:
     # H(0.25) = -(0.25 log2 0.25 + 0.75 log2 0.75) = 0.8113 bits, symmetric in p <-> 1 - p
     assert h[3] == pytest.approx(0.811278, abs=1e-5)
     assert h[4] == pytest.approx(h[3], abs=1e-6)
+
+
+def test_same_grid_skips_the_inverse_resample_with_the_same_result() -> None:
+    from worker.models.preprocessing import to_model_space, to_scan_space
+
+    ph = generate_phantom((32, 24, 20), (8.0, 8.0, 10.0), seed=3)  # RAS at the target spacing: grids coincide
+    _image, info = to_model_space(ph.volume, ph.affine, PREP)
+    assert info.same_grid
+    _lps_image, lps_info = to_model_space(*_lps(), PREP)
+    assert not lps_info.same_grid
+    net = _tiny()
+    fast = predict_probabilities(net, ph.volume, ph.affine, PREP, CFG)
+    # The resampling route on the same model-space output gives the identical array.
+    image, _ = to_model_space(ph.volume, ph.affine, PREP)
+    from monai.inferers import sliding_window_inference
+
+    with torch.inference_mode():
+        logits = sliding_window_inference(image[None], CFG.roi_size, 1, net, overlap=CFG.overlap, mode=CFG.mode)
+    assert isinstance(logits, torch.Tensor)
+    slow = np.clip(to_scan_space(torch.sigmoid(logits[0].float()), info), 0.0, 1.0)
+    assert fast.shape == slow.shape == (3, 32, 24, 20) and fast.dtype == np.float32
+    np.testing.assert_array_equal(fast, slow)
+
+
+def _lps() -> tuple[np.ndarray, np.ndarray]:
+    ph = generate_phantom((32, 24, 20), (8.0, 8.0, 10.0), seed=3, orientation="LPS")
+    return ph.volume, ph.affine

@@ -1,9 +1,14 @@
-"""Quantised probability and entropy maps."""
+"""Quantised probability and entropy maps, and how they are stored (cropped to their non-zero box)."""
 
 from __future__ import annotations
 
-import numpy as np
+import gzip
 
+import nibabel as nib
+import numpy as np
+import pytest
+
+from backend.core.errors import InvalidInput
 from worker.models.inference import binary_entropy, dequantise_unit, quantise_unit
 from worker.models.maps import entropy_u8, quantise_probabilities
 
@@ -30,3 +35,82 @@ def test_the_api_knows_what_the_classical_model_finds() -> None:
     from worker.models.classical import CLASSICAL_STRUCTURES as WORKER_SIDE
 
     assert tuple(API_SIDE) == tuple(WORKER_SIDE)
+
+
+def _confident_map() -> np.ndarray:
+    """A map of a sure model: 255 inside a box, a soft rim, 0 elsewhere."""
+    q = np.zeros((40, 36, 24), dtype=np.uint8)
+    q[10:25, 8:30, 5:15] = 255
+    q[9, 8:30, 5:15] = 128
+    q[25, 8:30, 5:15] = 3
+    return q
+
+
+AFFINE = np.array([[-2.0, 0, 0, 30.0], [0, -1.5, 0, 20.0], [0, 0, 3.0, -40.0], [0, 0, 0, 1]])
+
+
+def test_soft_maps_are_cropped_losslessly_to_their_non_zero_box() -> None:
+    from backend.imaging.softmaps import FORMAT, decode_soft_map, encode_soft_map
+
+    q = _confident_map()
+    encoded = encode_soft_map(q, AFFINE)
+    assert encoded.origin == (9, 8, 5) and encoded.shape == (17, 22, 10) and encoded.scan_shape == q.shape
+    assert encoded.gzipped and len(encoded.data) < q.size // 20
+    meta = encoded.meta()
+    assert meta["format"] == FORMAT and meta["origin"] == [9, 8, 5]
+    assert np.array_equal(decode_soft_map(encoded.data, meta), q)
+    # The box's own affine places it in world space: its first voxel is the grid's voxel (9, 8, 5).
+    image = nib.Nifti1Image.from_bytes(gzip.decompress(encoded.data))
+    assert image.shape == (17, 22, 10)
+    np.testing.assert_allclose(image.affine[:3, 3], (AFFINE @ [9, 8, 5, 1])[:3], atol=1e-4)
+
+
+def test_incompressible_maps_are_stored_raw_and_empty_maps_as_one_voxel() -> None:
+    from backend.imaging.softmaps import decode_soft_map, encode_soft_map
+
+    speckled = np.random.default_rng(1).integers(1, 256, size=(30, 20, 10), dtype=np.uint8)
+    encoded = encode_soft_map(speckled, AFFINE)
+    assert not encoded.gzipped and encoded.shape == (30, 20, 10)
+    assert np.array_equal(decode_soft_map(encoded.data, encoded.meta()), speckled)
+    empty = encode_soft_map(np.zeros((30, 20, 10), dtype=np.uint8), AFFINE)
+    assert empty.shape == (1, 1, 1)
+    assert np.array_equal(decode_soft_map(empty.data, empty.meta()), np.zeros((30, 20, 10), dtype=np.uint8))
+    with pytest.raises(InvalidInput):
+        encode_soft_map(speckled.astype(np.float32), AFFINE)
+
+
+def test_full_grid_maps_for_the_viewer_and_rows_written_before_cropping() -> None:
+    from backend.imaging.nifti import to_nifti_gz
+    from backend.imaging.softmaps import decode_soft_map, encode_soft_map, full_grid_nifti_gz
+
+    q = _confident_map()
+    encoded = encode_soft_map(q, AFFINE)
+    for kind, expected in (("probability", q), ("entropy", entropy_u8(q))):
+        image = nib.Nifti1Image.from_bytes(gzip.decompress(full_grid_nifti_gz(encoded.data, encoded.meta(), kind)))
+        assert np.array_equal(np.asarray(image.dataobj), expected)
+        np.testing.assert_allclose(image.affine, AFFINE, atol=1e-4)
+    with pytest.raises(InvalidInput):
+        full_grid_nifti_gz(encoded.data, encoded.meta(), "variance")
+    legacy = to_nifti_gz(q, AFFINE)  # whole-grid .nii.gz, no box in the row
+    assert np.array_equal(decode_soft_map(legacy, {"probability": "d", "entropy": "e"}), q)
+    with pytest.raises(InvalidInput):
+        decode_soft_map(b"not a nifti at all" * 40, encoded.meta())
+
+
+def test_the_api_and_the_worker_share_one_entropy_table() -> None:
+    from backend.imaging.softmaps import ENTROPY_OF_QUANTISED as API_SIDE
+    from worker.models.maps import ENTROPY_OF_QUANTISED as WORKER_SIDE
+
+    assert np.array_equal(API_SIDE, WORKER_SIDE)
+
+
+def test_quantising_for_nifti_gives_the_same_values_laid_out_x_fastest() -> None:
+    from worker.models.maps import quantise_for_nifti
+
+    probs = np.random.default_rng(2).random((2, 11, 9, 7), dtype=np.float32)
+    probs[0, 0, 0, 0], probs[0, 1, 0, 0] = -0.2, 1.3  # out of range values clip like quantise_probabilities
+    out = quantise_for_nifti(probs[0])
+    assert out.dtype == np.uint8 and out.flags.f_contiguous and out.shape == (11, 9, 7)
+    assert np.array_equal(out, quantise_probabilities(probs[0]))
+    with pytest.raises(ValueError):
+        quantise_for_nifti(probs)

@@ -82,3 +82,19 @@ def test_to_scan_space_rejects_wrong_shape() -> None:
     _, info = to_model_space(ph.volume, ph.affine, Preprocessing(target_spacing=(4.0, 4.0, 4.0)))
     with pytest.raises(ValueError):
         to_scan_space(np.zeros((1, 3, 3, 3), dtype=np.float32), info)
+
+
+def test_intensity_scaling_is_monais_to_the_bit_and_leaves_the_input_alone() -> None:
+    from monai.transforms import ScaleIntensityRange
+
+    from worker.models.preprocessing import scale_intensity
+
+    rng = np.random.default_rng(5)
+    hu = torch.from_numpy(rng.uniform(-1200, 1500, size=(1, 30, 20, 10)).astype(np.float32))
+    hu[0, 0, 0, :3] = torch.tensor([-175.0, 250.0, 37.5])  # the window edges map to exactly 0 and 1
+    before = hu.clone()
+    ours = scale_intensity(hu, (-175.0, 250.0))
+    theirs = ScaleIntensityRange(a_min=-175.0, a_max=250.0, b_min=0.0, b_max=1.0, clip=True)(hu)
+    assert torch.equal(ours, torch.as_tensor(theirs))
+    assert torch.equal(hu, before)
+    assert ours[0, 0, 0, 0] == 0.0 and ours[0, 0, 0, 1] == 1.0 and ours.dtype == torch.float32

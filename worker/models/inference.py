@@ -150,11 +150,15 @@ def predict_probabilities(
             sw_device=device,
             device=device,
         )
-    assert isinstance(logits, torch.Tensor)
-    probs_model = torch.sigmoid(logits[0].float()).cpu()
+        assert isinstance(logits, torch.Tensor)
+        # In place: the logits are ours alone, and a second C x X x Y x Z float32 array would cost its allocation.
+        probs_model = logits[0].float().sigmoid_().cpu()
     del logits
     if should_stop is not None and should_stop():
         raise InferenceCancelled("inference cancelled before the inverse resample")
+    if info.same_grid:
+        # The model grid is the scan grid (already in the target orientation and spacing): nothing to resample.
+        return np.asarray(probs_model.numpy(), dtype=np.float32)
     probs = to_scan_space(probs_model, info)
     np.clip(probs, 0.0, 1.0, out=probs)
     return probs

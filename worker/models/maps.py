@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ENTROPY_OF_QUANTISED", "entropy_u8", "quantise_probabilities"]
+__all__ = ["ENTROPY_OF_QUANTISED", "entropy_u8", "quantise_for_nifti", "quantise_probabilities"]
 
 
 def _entropy_table() -> np.ndarray:
@@ -26,6 +26,30 @@ def quantise_probabilities(probs: np.ndarray) -> np.ndarray:
     scaled = np.multiply(probs, np.float32(255.0), dtype=np.float32)
     np.clip(scaled, 0.0, 255.0, out=scaled)
     return np.rint(scaled, out=scaled).astype(np.uint8)
+
+
+_SLAB = 4  # x-planes per step of ``quantise_for_nifti``: a float32 slab of a 512x512 slice stays cache-sized
+
+
+def quantise_for_nifti(probs: np.ndarray) -> np.ndarray:
+    """``quantise_probabilities`` of one (X, Y, Z) map, laid out x-fastest (Fortran order) as NIfTI stores voxels.
+
+    A C-ordered network output would otherwise be transposed when written, a cache-hostile copy that costs more
+    than the quantisation itself; here each slab of a few x-planes is quantised and transposed while cache-hot.
+    """
+    if probs.ndim != 3:
+        raise ValueError(f"expected one (X, Y, Z) map, got shape {probs.shape}")
+    nx, ny, nz = probs.shape
+    transposed = np.empty((nz, ny, nx), dtype=np.uint8)
+    scratch = np.empty((min(_SLAB, nx), ny, nz), dtype=np.float32)
+    for start in range(0, nx, _SLAB):
+        slab = probs[start : start + _SLAB]
+        scaled = scratch[: slab.shape[0]]
+        np.multiply(slab, np.float32(255.0), out=scaled, dtype=np.float32)
+        np.clip(scaled, 0.0, 255.0, out=scaled)
+        np.rint(scaled, out=scaled)
+        transposed[:, :, start : start + _SLAB] = scaled.T
+    return transposed.T
 
 
 def entropy_u8(quantised: np.ndarray) -> np.ndarray:

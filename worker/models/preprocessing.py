@@ -2,7 +2,8 @@
 
 Forward (``to_model_space``): the HU volume becomes a ``MetaTensor`` carrying the scan affine, then
 ``Orientation(axcodes="RAS")`` -> ``Spacing(pixdim=target_spacing, mode="bilinear")`` ->
-``ScaleIntensityRange(a_min, a_max, 0, 1, clip=True)``. The MetaTensor tracks the affine of every step, so the
+``ScaleIntensityRange(a_min, a_max, 0, 1, clip=True)`` (computed by ``scale_intensity`` with MONAI's arithmetic in
+fewer temporaries). The MetaTensor tracks the affine of every step, so the
 model-space grid is fully described by its final affine and shape (kept in ``TransformInfo``).
 
 Inverse (``to_scan_space``), the way chosen here: an *explicit* resample rather than MONAI's ``Invertd``. The
@@ -23,12 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Orientation, ScaleIntensityRange, Spacing, SpatialResample
+from monai.transforms import Orientation, Spacing, SpatialResample
 
 __all__ = [
     "Preprocessing",
     "TransformInfo",
     "labels_to_model_space",
+    "scale_intensity",
     "to_model_space",
     "to_scan_space",
 ]
@@ -83,6 +85,13 @@ class TransformInfo:
     model_shape: tuple[int, int, int]
     model_affine: np.ndarray = field(repr=False)
 
+    @property
+    def same_grid(self) -> bool:
+        """Whether both grids coincide (same shape, affines equal within 1e-6 mm), so resampling is the identity."""
+        return self.scan_shape == self.model_shape and bool(
+            np.allclose(self.scan_affine, self.model_affine, rtol=0.0, atol=1e-6)
+        )
+
 
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # world axis codes of a NIfTI/RAS+ affine
 
@@ -104,17 +113,23 @@ def _to_model_grid(data: np.ndarray, affine: np.ndarray, prep: Preprocessing, mo
     return spaced
 
 
+def scale_intensity(image: torch.Tensor, hu_window: tuple[float, float]) -> torch.Tensor:
+    """``ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0, b_max=1, clip=True)`` with the same float32 arithmetic
+    ((x - lo) / (hi - lo), clipped to [0, 1]; the * 1 + 0 of the [0, 1] target range is exact), in one new tensor
+    instead of one per step: a CT volume is hundreds of MB in float32. The input is never modified."""
+    lo, hi = hu_window
+    out = torch.sub(image.to(torch.float32), lo)
+    return out.div_(hi - lo).clamp_(0.0, 1.0).contiguous()
+
+
 def to_model_space(volume: np.ndarray, affine: np.ndarray, prep: Preprocessing) -> tuple[torch.Tensor, TransformInfo]:
     """HU volume (X, Y, Z) -> float32 tensor (1, X', Y', Z') in [0, 1] on the model grid, plus the grid info."""
     if volume.ndim != 3:
         raise ValueError(f"volume must be 3-D, got shape {volume.shape}")
     aff = _check_affine(affine)
     img = _to_model_grid(np.asarray(volume)[None], aff, prep, "bilinear")
-    lo, hi = prep.hu_window
-    scaled = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(img)
-    assert isinstance(scaled, MetaTensor)
-    model_affine = scaled.affine.detach().cpu().numpy().astype(np.float64)
-    tensor = scaled.as_tensor().to(torch.float32).contiguous()
+    model_affine = img.affine.detach().cpu().numpy().astype(np.float64)
+    tensor = scale_intensity(img.as_tensor(), prep.hu_window)
     shape = tuple(int(s) for s in tensor.shape[1:])
     info = TransformInfo(
         scan_shape=(int(volume.shape[0]), int(volume.shape[1]), int(volume.shape[2])),

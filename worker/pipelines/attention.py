@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
+from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from backend.core.blobstore import BlobStore, get_blob_store
 from backend.core.db import session_scope
 from backend.core.errors import InvalidInput
+from backend.imaging import softmaps
 from backend.jobs import service as jobs
 from backend.projects import service as projects
 from backend.registry import service as registry
@@ -24,9 +24,9 @@ def run(job_id: int) -> None:
     common.run_claimed(job_id, _run)
 
 
-def _load_map(blobs: BlobStore, digest: str) -> np.ndarray:
-    image = nib.Nifti1Image.from_bytes(gzip.decompress(blobs.get_bytes(digest)))
-    return dequantise_unit(np.asarray(image.dataobj, dtype=np.uint8))
+def _load_map(blobs: BlobStore, entry: dict[str, Any]) -> np.ndarray:
+    """A stored probability map on the full scan grid, as float32 in [0, 1] (its box placed, zeros around it)."""
+    return dequantise_unit(softmaps.decode_soft_map(blobs.get_bytes(entry["probability"]), entry))
 
 
 def _run(claimed: common.Claimed) -> None:
@@ -47,17 +47,17 @@ def _run(claimed: common.Claimed) -> None:
         schema = projects.structures_of(db, scan.project_id)
         parents = {s.name: s.inside for s in schema if s.inside}
         by_name = {s.name: s for s in schema}
-        digests: dict[str, list[str]] = {}
+        entries: dict[str, list[dict[str, Any]]] = {}
         for prediction in predictions:
             for name, maps in prediction.maps.items():
-                digests.setdefault(name, []).append(maps["probability"])
+                entries.setdefault(name, []).append(dict(maps))
         model_version_ids = [p.model_version_id for p in predictions]
         thresholds = AttentionThresholds(**job.params.get("thresholds", {}))
-    names = [name for name, found in digests.items() if len(found) >= 2]
+    names = [name for name, found in entries.items() if len(found) >= 2]
     if not names:
         raise InvalidInput("the predictions share no structure")
     reporter.update(10, "loading probability maps", force=True)
-    probabilities = {name: [_load_map(blobs, d) for d in digests[name]] for name in names}
+    probabilities = {name: [_load_map(blobs, entry) for entry in entries[name]] for name in names}
     reporter.update(40, "computing attention", force=True)
     results = attention_maps(probabilities, names, default_forbidden_overlaps(names, parents), thresholds)
     reporter.update(80, "storing maps", force=True)

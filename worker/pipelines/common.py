@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -97,6 +98,66 @@ class Reporter:
     def should_stop(self) -> bool:
         """Whether the job was cancelled or taken over (checked at the last report)."""
         return self._stop
+
+
+class BackgroundProgress:
+    """Progress of a long computation (a fraction of it done) written by a side thread.
+
+    Calling it only records the fraction, so the computation never waits for the heartbeat's database round trip;
+    the thread writes the first fraction at once, then the newest one at most once per interval, and only when it
+    advanced (a computation that hangs stops the heartbeat, as before, and its job can be re-claimed). A
+    cancellation noticed by the thread is seen by ``Reporter.should_stop``; a transient database error in the
+    thread is raised in the caller at its next report or at the end.
+    """
+
+    def __init__(
+        self, reporter: Reporter, start: float, end: float, message: str, interval_s: float | None = None
+    ) -> None:
+        self.reporter = reporter
+        self.start, self.end, self.message = start, end, message
+        self.interval_s = reporter.min_interval_s if interval_s is None else interval_s
+        self._fraction: float | None = None
+        self._written: float | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._advanced = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="job-progress", daemon=True)
+
+    def __enter__(self) -> BackgroundProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._advanced.set()
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
+
+    def __call__(self, fraction: float) -> None:
+        """Record the fraction done (0..1); re-raise a failure of the reporting thread."""
+        if self._error is not None:
+            raise self._error
+        self._fraction = fraction
+        self._advanced.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._advanced.wait()
+            if self._done.is_set():
+                return
+            self._advanced.clear()
+            fraction = self._fraction
+            if fraction is None or fraction == self._written:
+                continue
+            try:
+                self.reporter.update(self.start + (self.end - self.start) * fraction, self.message, force=True)
+            except BaseException as exc:  # handed to the computing thread
+                self._error = exc
+                return
+            self._written = fraction
+            if self._done.wait(self.interval_s):
+                return
 
 
 def owned_job(db: Session, claimed: Claimed) -> Job:

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 from sqlalchemy.orm import Session
 
-from backend.core.blobstore import BlobStore, get_blob_store
+from backend.core.blobstore import BlobStore, get_blob_store, sha256_hex
 from backend.core.db import session_scope
 from backend.core.errors import Conflict, InvalidInput
-from backend.imaging import nifti
+from backend.imaging import nifti, softmaps
 from backend.jobs import service as jobs
 from backend.labels import service as labels
 from backend.models import LabelVersion, Scan
 from backend.projects import service as projects
 from backend.registry import service as registry
 from backend.scans import service as scans
-from worker.models.maps import entropy_u8, quantise_probabilities
+from worker.models.maps import quantise_for_nifti
 from worker.pipelines import common
 from worker.pipelines.predictors import ModelSpec, predict
 
@@ -51,33 +53,34 @@ def _run(claimed: common.Claimed) -> None:
         image_digest, base_version_id, case_id = scan.image_digest, scan.head_version_id, scan.case_id
     reporter = common.Reporter(claimed)
     reporter.update(1, f"loading {case_id}", force=True)
-    clock = time.perf_counter()
+    clock, cpu_clock = time.perf_counter(), time.process_time()
     timings: dict[str, float] = {}
     loaded = nifti.load_nifti_bytes(blobs.get_bytes(image_digest), f"{case_id}.nii.gz")
     timings["load_s"] = time.perf_counter() - clock
     if min(loaded.geometry.shape) < 2:
         raise InvalidInput(f"scan {case_id} of shape {list(loaded.geometry.shape)} is too thin for 3D inference")
-    probs = predict(
-        spec,
-        blobs,
-        loaded.data,
-        loaded.geometry.affine,
-        progress=reporter.fraction_callback(5, 90, f"{spec.name} v{spec.number}: sliding window"),
-        should_stop=reporter.should_stop,
-    )
+    with common.BackgroundProgress(reporter, 5, 90, f"{spec.name} v{spec.number}: sliding window") as progress:
+        probs = predict(
+            spec, blobs, loaded.data, loaded.geometry.affine, progress=progress, should_stop=reporter.should_stop
+        )
     timings["inference_s"] = time.perf_counter() - clock - timings["load_s"]
     reporter.update(92, "writing the version", force=True)
     masks = probs > 0.5
     affine = loaded.geometry.affine
-    # The soft maps are written on two threads (gzip and numpy release the GIL) while the version is built.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(_write_maps, blobs, probs[i], affine) for i, name in enumerate(spec.structures)}
+    # The soft maps are written on other threads (numpy, zlib and file writes release the GIL) while this thread
+    # encodes the version's mask chunks, whose fsynced writes go to I/O threads; every write is finished before
+    # the transaction that refers to the blobs commits. Both halves take about as long, so the maps get the cores
+    # this thread leaves (on 2 cores one map thread: two would make three CPU-bound threads share them).
+    map_threads = max(1, min(4, (os.cpu_count() or 2) - 1))
+    with ThreadPoolExecutor(max_workers=map_threads) as pool, _WriteBehind(blobs) as behind:
+        futures = {name: pool.submit(_write_map, blobs, probs[i], affine) for i, name in enumerate(spec.structures)}
         with session_scope() as db:
             job = common.owned_job(db, claimed)
             scan = scans.get_scan(db, job.scan_id or 0)
             version = registry.get_model_version(db, job.model_version_id or 0)
-            label_version = _write_version(db, scan, version.id, spec, masks, base_version_id, job.id)
+            label_version = _write_version(db, behind, scan, version.id, spec, masks, base_version_id, job.id)
             maps = {name: future.result() for name, future in futures.items()}
+            behind.wait()
             prediction = registry.record_prediction(
                 db, job_id=job.id, scan=scan, model_version=version, label_version=label_version, maps=maps
             )
@@ -92,23 +95,87 @@ def _run(claimed: common.Claimed) -> None:
                     "timings": {
                         **timings,
                         "write_s": time.perf_counter() - clock - timings["load_s"] - timings["inference_s"],
+                        # CPU seconds of this worker process (all threads) over the three stages: unlike the wall
+                        # times it hardly moves when other processes compete for the cores.
+                        "cpu_s": time.process_time() - cpu_clock,
                     },
                 },
                 message=f"wrote version {label_version.id}",
             )
 
 
-def _write_maps(blobs: BlobStore, probability: np.ndarray, affine: np.ndarray) -> dict[str, str]:
-    """Store one structure's uint8 probability and entropy maps as .nii.gz blobs; returns their digests."""
-    quantised = quantise_probabilities(probability)
-    return {
-        "probability": blobs.put_bytes(nifti.to_nifti_gz(quantised, affine)),
-        "entropy": blobs.put_bytes(nifti.to_nifti_gz(entropy_u8(quantised), affine)),
-    }
+def _write_map(blobs: BlobStore, probability: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
+    """Store one structure's uint8 probability map, cropped to its non-zero box; returns its digest and box.
+
+    The entropy map is derived from it on read (``softmaps.entropy_u8``), so it is not stored twice.
+    """
+    encoded = softmaps.encode_soft_map(quantise_for_nifti(probability), affine)
+    return {"probability": blobs.put_bytes(encoded.data), **encoded.meta()}
+
+
+class _WriteBehind:
+    """A blob store view whose writes (temp file, fsync, rename) run on I/O threads while the caller computes.
+
+    ``put_bytes`` returns the digest at once; ``exists`` and ``get_bytes`` see pending blobs; ``wait`` returns once
+    every write is durable (re-raising a failed one) and must run before a row referring to them is committed.
+    """
+
+    def __init__(self, blobs: BlobStore, threads: int = 4) -> None:
+        self._blobs = blobs
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="blob-write")
+        self._pending: dict[str, Future[str]] = {}
+
+    def __enter__(self) -> _WriteBehind:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+
+    def put_bytes(self, data: bytes) -> str:
+        """Queue a write; the digest is known at once."""
+        digest = sha256_hex(data)
+        if digest not in self._pending and not self._blobs.exists(digest):
+            self._pending[digest] = self._pool.submit(self._blobs.put_bytes, data)
+        return digest
+
+    def exists(self, digest: str) -> bool:
+        """Stored or queued."""
+        return digest in self._pending or self._blobs.exists(digest)
+
+    def _written(self, digest: str) -> str:
+        if digest in self._pending:
+            self._pending[digest].result()
+        return digest
+
+    def get_bytes(self, digest: str) -> bytes:
+        """Read a blob, waiting for its write if it is queued."""
+        return self._blobs.get_bytes(self._written(digest))
+
+    def put_file(self, path: Path) -> str:
+        """Store a file's content (synchronously)."""
+        return self._blobs.put_file(path)
+
+    def open(self, digest: str) -> BinaryIO:
+        """Open a blob for streaming reads, once written."""
+        return self._blobs.open(self._written(digest))
+
+    def size(self, digest: str) -> int:
+        """Size of a blob, once written."""
+        return self._blobs.size(self._written(digest))
+
+    def local_path(self, digest: str) -> Path | None:
+        """The blob's file, once written."""
+        return self._blobs.local_path(self._written(digest))
+
+    def wait(self) -> None:
+        """Block until every queued write is durable; a failed write raises here, before anything commits."""
+        for future in self._pending.values():
+            future.result()
 
 
 def _write_version(
     db: Session,
+    blobs: BlobStore,
     scan: Scan,
     model_version_id: int,
     spec: ModelSpec,
@@ -127,6 +194,6 @@ def _write_version(
     }
     try:
         with db.begin_nested():
-            return labels.create_version(db, get_blob_store(), scan, branch=False, **common_args)
+            return labels.create_version(db, blobs, scan, branch=False, **common_args)
     except Conflict:
-        return labels.create_version(db, get_blob_store(), scan, branch=True, **common_args)
+        return labels.create_version(db, blobs, scan, branch=True, **common_args)

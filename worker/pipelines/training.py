@@ -14,7 +14,7 @@ from backend.core.errors import InvalidInput
 from backend.imaging import chunks, nifti
 from backend.jobs import service as jobs
 from backend.labels import service as labels
-from backend.models import LabelVersion, TrainingRound
+from backend.models import LabelVersion, ModelVersion, TrainingRound
 from backend.registry import service as registry
 from backend.scans import service as scans
 from worker.models.networks import build_network
@@ -126,6 +126,17 @@ def _ai_vs_final(db: Session, blobs: BlobStore, previous_id: int | None, version
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
 
+def _decide(db: Session, policy: str, version: ModelVersion, actor_user_id: int | None) -> tuple[bool, str]:
+    """Promote a freshly trained version only under the auto policy and when it passes the promotion check."""
+    allowed, reason = registry.promotion_check(db, version)
+    if not allowed:
+        return False, f"not promoted: {reason}"
+    if policy != "auto":
+        return False, f"not promoted (manual policy; a lead may promote it): {reason}"
+    registry.promote(db, version, actor_user_id)
+    return True, f"promoted automatically (auto policy): {reason}"
+
+
 def _run(claimed: common.Claimed) -> None:
     blobs = get_blob_store()
     reporter = common.Reporter(claimed)
@@ -203,11 +214,7 @@ def _run(claimed: common.Claimed) -> None:
             heldout_new=heldout_new,
             heldout_previous=heldout_previous,
         )
-        allowed, reason = registry.promotion_check(db, new_version)
-        if model.promotion_policy == "auto" and allowed:
-            registry.promote(db, new_version, job.created_by)
-            round_.promoted = True
-        round_.decision = ("promoted: " if round_.promoted else "not promoted: ") + reason
+        round_.promoted, round_.decision = _decide(db, model.promotion_policy, new_version, job.created_by)
         jobs.succeed(
             db,
             job,
