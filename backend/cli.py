@@ -404,7 +404,9 @@ def preannotate(
 def train(
     project: Annotated[str, typer.Option(help="project slug")] = "demo",
     model: Annotated[str | None, typer.Option(help="model name to fine-tune")] = None,
-    versions: Annotated[str | None, typer.Option(help="comma-separated label version ids")] = None,
+    versions: Annotated[
+        str | None, typer.Option(help="comma-separated label version ids (default: the approved ones)")
+    ] = None,
     epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
     heldout: Annotated[float, typer.Option(help="held-out fraction")] = 0.25,
     phantom: Annotated[bool, typer.Option(help="(re)train the bundled phantom UNet from synthetic data")] = False,
@@ -421,8 +423,8 @@ def train(
     from backend.projects import service as projects
     from backend.registry import service as registry
 
-    if not model or not versions:
-        console.print("[red]error:[/red] give --model and --versions (or --phantom)")
+    if not model:
+        console.print("[red]error:[/red] give --model (and --versions, default: the approved ones) or --phantom")
         raise typer.Exit(code=2)
     try:
         with session_scope() as db:
@@ -430,7 +432,7 @@ def train(
             actor = auth.get_user_by_email(db, as_user)
             projects.authorize(db, actor, proj.id, "run_jobs")
             chosen = registry.get_model_by_name(db, proj.id, model)
-            ids = [int(v) for v in versions.split(",") if v.strip()]
+            ids = [int(v) for v in versions.split(",") if v.strip()] if versions else None
             job = jobs.launch_training(
                 db, proj, actor, model=chosen, label_version_ids=ids, epochs=epochs, heldout_fraction=heldout
             )

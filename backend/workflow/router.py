@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from backend.auth.dependencies import Blobs, DbSession
 from backend.core.errors import DomainError
+from backend.jobs import service as jobs
 from backend.labels import service as labels
 from backend.models import Project, Review, ReviewComment, Scan, User
 from backend.projects import service as projects
@@ -37,6 +38,17 @@ from backend.workflow.schemas import (
 )
 
 router = APIRouter(tags=["workflow"])
+
+
+def _after_approval(db: DbSession, scan: Scan) -> None:
+    """Once a scan is approved, launch the retraining that an 'auto' model's policy asks for (after the commit)."""
+    if service.ensure_task(db, scan).state != "approved":
+        return
+    launched = jobs.on_scan_approved(db, scan.project_id)
+    if launched:
+        db.commit()
+        jobs.dispatch(db, launched)
+        db.commit()
 
 
 def _ref(user_id: int | None, names: dict[int, str]) -> UserRef | None:
@@ -231,6 +243,8 @@ def transition(body: TransitionIn, db: DbSession, blobs: Blobs, access: ScanAcce
         except DomainError:
             # The submit stands; QA can be rerun with POST /api/scans/{id}/qa.
             db.rollback()
+    if body.action == "approve":
+        _after_approval(db, access.scan)
     return _one(db, access.scan, access.user, access.role)
 
 
@@ -284,6 +298,8 @@ def create_review(body: ReviewIn, db: DbSession, access: ScanAccess = require_sc
         comments=[_spec(c) for c in body.comments],
     )
     db.commit()
+    if body.decision == "approve":
+        _after_approval(db, access.scan)
     project = projects.get_project(db, access.scan.project_id)
     out = _reviews_out(db, project, access.scan, [review])[0]
     out.task = _one(db, access.scan, access.user, access.role)
