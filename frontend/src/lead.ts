@@ -115,6 +115,26 @@ export async function mountWorklistNav(root: HTMLElement): Promise<void> {
 }
 
 /** The top bar of a lead page: brand, navigation, project picker (navigates), user, sign out. */
+/** The right end of every top bar: a spacer, who is signed in, and "Sign out". */
+export function accountControls(): HTMLElement[] {
+  return [
+    h('span', { class: 'spacer' }),
+    h('span', { class: 'user', 'data-testid': 'user-name' }, api.user?.display_name || api.user?.email || ''),
+    h(
+      'button',
+      {
+        class: 'btn plain',
+        'data-testid': 'logout',
+        onclick: () => {
+          api.logout()
+          location.hash = '#/login'
+        },
+      },
+      'Sign out',
+    ),
+  ]
+}
+
 export function leadHeader(active: LeadPage, projects: Project[], project: Project | null): HTMLElement {
   const path = { worklist: '/', dashboard: '/dashboard', audit: '/audit', evaluations: '/evaluations' }[active]
   return h(
@@ -138,20 +158,7 @@ export function leadHeader(active: LeadPage, projects: Project[], project: Proje
           projects.map((p) => h('option', { value: String(p.id), selected: p.id === project?.id }, `${p.name} (${p.role})`)),
         )
       : null,
-    h('span', { class: 'spacer' }),
-    h('span', { class: 'user', 'data-testid': 'user-name' }, api.user?.display_name || api.user?.email || ''),
-    h(
-      'button',
-      {
-        class: 'btn plain',
-        'data-testid': 'logout',
-        onclick: () => {
-          api.logout()
-          location.hash = '#/login'
-        },
-      },
-      'Sign out',
-    ),
+    ...accountControls(),
   )
 }
 

@@ -7,6 +7,7 @@
 import { ApiError, api } from './api'
 import { clear, h, toast } from './dom'
 import { localDrafts } from './drafts'
+import { accountControls } from './lead'
 import { STATE_LABELS, stateBadge } from './review'
 import type { Facets, Project, ScanPage, ScanPriority, TaskOut, TaskPage, Version } from './types'
 
@@ -171,20 +172,7 @@ export class Worklist {
             this.projects.map((p) => h('option', { value: String(p.id), selected: p.id === this.project?.id }, `${p.name} (${p.role})`)),
           )
         : null,
-      h('span', { class: 'spacer' }),
-      h('span', { class: 'user', 'data-testid': 'user-name' }, api.user?.display_name || api.user?.email || ''),
-      h(
-        'button',
-        {
-          class: 'btn plain',
-          'data-testid': 'logout',
-          onclick: () => {
-            api.logout()
-            location.hash = '#/login'
-          },
-        },
-        'Sign out',
-      ),
+      ...accountControls(),
     )
   }
 
