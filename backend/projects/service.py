@@ -272,12 +272,40 @@ def list_members(db: Session, project_id: int) -> list[tuple[User, str]]:
 ATTENTION_KEYS = {"std": float, "entropy": float, "erosion_iterations": int, "dilation_iterations": int}
 
 
+def _positive_mm(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 100:
+        raise InvalidInput(f"{where} must be a distance in mm in (0, 100]")
+    return float(value)
+
+
+def _evaluation_settings(section: object, structure_names: set[str]) -> dict[str, Any]:
+    """Evaluation defaults: {"nsd_tolerance_mm": mm | {structure: mm, "default": mm}}."""
+    if not isinstance(section, dict) or set(section) - {"nsd_tolerance_mm"}:
+        raise InvalidInput("evaluation settings take {'nsd_tolerance_mm': mm or {structure: mm}}")
+    tolerance = section.get("nsd_tolerance_mm")
+    if tolerance is None:
+        return {}
+    if isinstance(tolerance, dict):
+        unknown = sorted(set(tolerance) - structure_names - {"default"})
+        if unknown:
+            raise InvalidInput(f"evaluation.nsd_tolerance_mm names unknown structures {unknown}")
+        return {
+            "nsd_tolerance_mm": {k: _positive_mm(v, f"evaluation.nsd_tolerance_mm.{k}") for k, v in tolerance.items()}
+        }
+    return {"nsd_tolerance_mm": _positive_mm(tolerance, "evaluation.nsd_tolerance_mm")}
+
+
 def update_settings(db: Session, project: Project, changes: dict[str, Any], actor: User) -> Project:
-    """Merge validated changes into a project's settings (attention thresholds for now)."""
-    unknown = set(changes) - {"attention", "workflow"}
+    """Merge validated changes into a project's settings (attention thresholds, workflow, evaluation)."""
+    unknown = set(changes) - {"attention", "workflow", "evaluation"}
     if unknown:
-        raise InvalidInput(f"unknown project settings {sorted(unknown)}; known: ['attention', 'workflow']")
+        raise InvalidInput(
+            f"unknown project settings {sorted(unknown)}; known: ['attention', 'evaluation', 'workflow']"
+        )
     settings = dict(project.settings)
+    if "evaluation" in changes:
+        names = {structure.name for structure in structures_of(db, project.id)}
+        settings["evaluation"] = _evaluation_settings(changes["evaluation"], names)
     if "workflow" in changes:
         # Validated by backend.workflow.service.validate_settings (the router calls it); sections replace.
         if not isinstance(changes["workflow"], dict):

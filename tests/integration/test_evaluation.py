@@ -289,8 +289,16 @@ def test_explicit_versions_against_approved_ground_truth(
     client: TestClient, db: Session, world: World, blobs: LocalBlobStore, seeded: Seeded
 ) -> None:
     versions = [seeded.good_versions["A"], seeded.good_versions["C"]]
-    world.project.settings = {**world.project.settings, "evaluation": {"nsd_tolerance_mm": {"pancreas": 2.0}}}
-    db.flush()
+    url = f"/api/projects/{world.project.id}/settings"
+    for bad in ({"nsd_tolerance_mm": {"no_such_organ": 2.0}}, {"nsd_tolerance_mm": -1}, {"tolerance": 2}):
+        refused = client.patch(url, headers=world.headers["lead"], json={"evaluation": bad})
+        assert refused.status_code == 422, refused.text
+        assert "evaluation" in refused.json()["detail"]
+    changed = client.patch(
+        url, headers=world.headers["lead"], json={"evaluation": {"nsd_tolerance_mm": {"pancreas": 2}}}
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["settings"]["evaluation"] == {"nsd_tolerance_mm": {"pancreas": 2.0}}
     created = _create(client, world, version_ids=versions, structures=["pancreas", "spleen"], split="all")
     assert created.status_code == 201, created.text
     assert created.json()["config"]["nsd_tolerance_mm"] == {"pancreas": 2.0}  # the project's setting
