@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.core.queue import TASK_ATTENTION, TASK_EVALUATE, TASK_EXPORT, TASK_PREANNOTATE, TASK_TRAIN
+from backend.core.queue import TASK_ATTENTION, TASK_EVALUATE, TASK_EXPORT, TASK_FUSE, TASK_PREANNOTATE, TASK_TRAIN
 from worker.celery_app import app
 from worker.pipelines import attention, preannotate, training
 from worker.pipelines import evaluate as evaluate_pipeline
 from worker.pipelines import export as export_pipeline
+from worker.pipelines import fuse as fuse_pipeline
 from worker.pipelines.common import TransientError
 
 RETRY: dict[str, Any] = {
@@ -48,3 +49,9 @@ def export_task(job_id: int) -> None:
 def evaluate_task(job_id: int) -> None:
     """Score an evaluation run's predictions against approved ground truth."""
     evaluate_pipeline.run(job_id)
+
+
+@app.task(name=TASK_FUSE, **RETRY)
+def fuse_task(job_id: int) -> None:
+    """Fuse a reader set's versions (majority vote or STAPLE) into a `fusion` label version."""
+    fuse_pipeline.run(job_id)

@@ -16,6 +16,7 @@ TASK_ATTENTION = "maskloop.attention"
 TASK_TRAIN = "maskloop.train"
 TASK_EXPORT = "maskloop.export"
 TASK_EVALUATE = "maskloop.evaluate"
+TASK_FUSE = "maskloop.fuse"
 
 
 def configure(app: Celery, settings: Settings) -> None:

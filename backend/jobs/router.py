@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 
 from backend.auth.dependencies import DbSession
 from backend.core.errors import NotFound
@@ -18,6 +18,10 @@ from backend.registry import service as registry
 from backend.scans import service as scans
 
 router = APIRouter(tags=["jobs"])
+
+# The pre-annotation response stays a list of jobs; how many approved scans it skipped travels in headers.
+SKIPPED_APPROVED = "X-Skipped-Approved"
+SKIPPED_APPROVED_SCANS = "X-Skipped-Approved-Scans"
 
 
 def job_out(job: Job, position: int | None) -> JobOut:
@@ -68,16 +72,21 @@ def _filter(flt: ScanFilterIn | None) -> scans.ScanFilter | None:
 
 @router.post("/api/projects/{project_id}/preannotate", response_model=list[JobOut], status_code=201)
 def preannotate(
-    body: PreannotateRequest, db: DbSession, access: ProjectAccess = require_project("run_jobs")
+    body: PreannotateRequest, response: Response, db: DbSession, access: ProjectAccess = require_project("run_jobs")
 ) -> list[JobOut]:
-    """Queue pre-annotation of one scan, a filtered set, or the whole project (one job per scan)."""
+    """Queue pre-annotation of one scan, a filtered set, or the whole project (one job per scan).
+
+    Approved scans are read-only and skipped: the response's `X-Skipped-Approved` header counts them and
+    `X-Skipped-Approved-Scans` lists their ids (the first 1000). Only approved scans selected: 409 `scan_approved`.
+    """
     model, version = service.resolve_model_version(db, access.project.id, body.model_version_id, body.model)
     scan_ids = service.select_scans(
         db, access.project, scan_ids=body.scan_ids, flt=_filter(body.filter), all_scans=body.all
     )
-    jobs = service.launch_preannotation(
-        db, access.project, access.user, model=model, version=version, scan_ids=scan_ids
-    )
+    targets, skipped = service.preannotation_targets(db, access.project, scan_ids)
+    response.headers[SKIPPED_APPROVED] = str(len(skipped))
+    response.headers[SKIPPED_APPROVED_SCANS] = ",".join(str(i) for i in skipped[:1000])
+    jobs = service.launch_preannotation(db, access.project, access.user, model=model, version=version, scan_ids=targets)
     db.commit()
     service.dispatch(db, jobs)
     db.commit()

@@ -13,15 +13,28 @@ from backend.audit import service as audit
 from backend.core import queue
 from backend.core.errors import Conflict, InvalidInput, NotFound
 from backend.labels import service as labels
-from backend.models import Job, LabelVersionStructure, Model, ModelVersion, Project, ScanTask, TrainingRound, User
+from backend.models import (
+    Job,
+    LabelVersionStructure,
+    Model,
+    ModelVersion,
+    Project,
+    ReaderSet,
+    ScanTask,
+    TrainingRound,
+    User,
+)
 from backend.models.jobs import JOB_KINDS, JOB_STATUSES
 from backend.projects import service as projects
+from backend.quality import service as quality
 from backend.registry import service as registry
 from backend.scans import service as scans
+from backend.workflow import service as workflow
 
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled")
 QUEUE_OF_KIND = {"preannotate": "gpu", "train": "gpu", "attention": "cpu", "import": "cpu", "export": "cpu"}
+QUEUE_OF_KIND["fuse"] = "cpu"
 
 
 def _now() -> datetime:
@@ -275,10 +288,38 @@ def select_scans(
     return ids
 
 
+def preannotation_targets(db: Session, project: Project, scan_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Split the selected scans into those to pre-annotate and the approved ones, which are skipped.
+
+    An approved scan is read-only (its model version would be refused when the job runs). When every selected
+    scan is approved there is nothing to do: 409 `scan_approved`, naming the scans and how to reopen them.
+    """
+    approved = set(
+        db.scalars(select(ScanTask.scan_id).where(ScanTask.project_id == project.id, ScanTask.state == "approved"))
+    )
+    targets = [i for i in scan_ids if i not in approved]
+    skipped = [i for i in scan_ids if i in approved]
+    if not targets and skipped:
+        if len(skipped) == 1:
+            scan = scans.get_scan(db, skipped[0])
+            what = f"scan {scan.id} ({scan.case_id}) is approved and read-only: its pre-annotation would be refused"
+            url = f"/api/scans/{scan.id}/transitions"
+        else:
+            named = ", ".join(str(i) for i in skipped[:20]) + (" …" if len(skipped) > 20 else "")
+            what = f"all {len(skipped)} selected scans are approved and read-only ({named}): nothing to pre-annotate"
+            url = "/api/scans/{id}/transitions"
+        raise workflow.ScanApproved(
+            f"{what}; a lead can reopen a scan first (POST {url} with action 'reopen')",
+            skipped_approved=skipped[:1000],
+        )
+    return targets, skipped
+
+
 def launch_preannotation(
     db: Session, project: Project, actor: User, *, model: Model, version: ModelVersion, scan_ids: Sequence[int]
 ) -> list[Job]:
-    """One pre-annotation job per scan with the given model version."""
+    """One pre-annotation job per scan with the given model version; approved scans are skipped."""
+    targets, _ = preannotation_targets(db, project, scan_ids)
     return [
         create_job(
             db,
@@ -289,7 +330,7 @@ def launch_preannotation(
             model_version_id=version.id,
             params={"model": model.name, "model_version_number": version.number},
         )
-        for scan_id in scan_ids
+        for scan_id in targets
     ]
 
 
@@ -482,6 +523,35 @@ def on_scan_approved(db: Session, project_id: int) -> list[Job]:
 TASK_OF_KIND = {"preannotate": queue.TASK_PREANNOTATE, "attention": queue.TASK_ATTENTION, "train": queue.TASK_TRAIN}
 TASK_OF_KIND["export"] = queue.TASK_EXPORT
 TASK_OF_KIND["evaluate"] = queue.TASK_EVALUATE
+TASK_OF_KIND["fuse"] = queue.TASK_FUSE
+
+
+def fusion_job_of(db: Session, reader_set: ReaderSet) -> Job | None:
+    """The newest `fuse` job of a reader set (any status), or None."""
+    rows = db.scalars(select(Job).where(Job.kind == "fuse", Job.scan_id == reader_set.scan_id).order_by(Job.id.desc()))
+    return next((job for job in rows if (job.params or {}).get("reader_set_id") == reader_set.id), None)
+
+
+def launch_fusion(db: Session, reader_set: ReaderSet, actor: User, method: str) -> Job:
+    """Queue the fusion of a complete reader set on the cpu queue (checked now: lead, method, set status).
+
+    One fusion job per set at a time: another while one is queued or running is refused (409).
+    """
+    quality.check_fusion(db, reader_set, actor, method)
+    active = fusion_job_of(db, reader_set)
+    if active is not None and active.status in ACTIVE:
+        raise Conflict(
+            f"reader set {reader_set.id} is already being fused by job {active.id} ({active.status})",
+            job_id=active.id,
+        )
+    return create_job(
+        db,
+        project_id=reader_set.project_id,
+        kind="fuse",
+        created_by=actor.id,
+        scan_id=reader_set.scan_id,
+        params={"reader_set_id": reader_set.id, "method": method},
+    )
 
 
 def dispatch(db: Session, jobs: Sequence[Job]) -> None:

@@ -7,11 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from backend.auth.dependencies import Blobs, DbSession
-from backend.labels import service as labels
-from backend.labels.router import version_out
-from backend.labels.schemas import VersionOut
+from backend.jobs import service as jobs
+from backend.jobs.router import job_out
 from backend.models import QAFinding, ReaderSet, User
-from backend.projects import service as projects
 from backend.projects.dependencies import ProjectAccess, require_project
 from backend.quality import service
 from backend.quality.dependencies import FindingAccess, ReaderSetAccess, require_finding, require_reader_set
@@ -19,6 +17,7 @@ from backend.quality.schemas import (
     FindingOut,
     FindingPage,
     FindingUpdate,
+    FuseAccepted,
     FuseRequest,
     QARunRequest,
     ReaderOut,
@@ -26,7 +25,6 @@ from backend.quality.schemas import (
     ReaderSetOut,
     ReaderSubmit,
 )
-from backend.scans import service as scans
 from backend.scans.dependencies import ScanAccess, require_scan
 
 router = APIRouter(tags=["quality"])
@@ -38,6 +36,8 @@ def _set_out(db: DbSession, reader_set: ReaderSet, viewer: User) -> ReaderSetOut
     users = service.users_by_id(db, [m.user_id for m in members])
     lead = service.is_lead(db, viewer, reader_set.project_id)
     blinded = reader_set.status in service.BLINDED_STATUSES and not lead
+    fusion_job = jobs.fusion_job_of(db, reader_set)
+    positions = jobs.queue_positions(db, [fusion_job]) if fusion_job is not None else {}
     return ReaderSetOut(
         id=reader_set.id,
         project_id=reader_set.project_id,
@@ -59,6 +59,7 @@ def _set_out(db: DbSession, reader_set: ReaderSet, viewer: User) -> ReaderSetOut
         below_threshold=[] if blinded else service.below_threshold(reader_set),
         fusion_method=reader_set.fusion_method,
         fusion_version_id=reader_set.fusion_version_id,
+        fusion_job=job_out(fusion_job, positions.get(fusion_job.id)) if fusion_job is not None else None,
         created_by=reader_set.created_by,
         created_at=reader_set.created_at,
         completed_at=reader_set.completed_at,
@@ -135,15 +136,24 @@ def submit(
     return _set_out(db, reader_set, access.user)
 
 
-@router.post("/api/reader-sets/{reader_set_id}/fuse", response_model=VersionOut, status_code=status.HTTP_201_CREATED)
+@router.post("/api/reader-sets/{reader_set_id}/fuse", response_model=FuseAccepted, status_code=status.HTTP_202_ACCEPTED)
 def fuse(
-    body: FuseRequest, db: DbSession, blobs: Blobs, access: ReaderSetAccess = require_reader_set("write_labels")
-) -> VersionOut:
-    """Fuse the readers' versions (lead; majority vote or STAPLE) into a `fusion` version, which becomes the head."""
-    version = service.fuse(db, blobs, access.reader_set, access.user, body.method)
+    body: FuseRequest, db: DbSession, access: ReaderSetAccess = require_reader_set("write_labels")
+) -> FuseAccepted:
+    """Queue the fusion of the readers' versions (lead; majority vote or STAPLE) as a `fuse` job on the cpu queue.
+
+    Refusals come at once (not a lead, unknown method, set still open or already fused, a fusion already queued);
+    when the job succeeds the `fusion` version becomes the head and the set is `fused` with its
+    `fusion_version_id`. `GET /api/reader-sets/{id}` shows the job's status and progress meanwhile.
+    """
+    job = jobs.launch_fusion(db, access.reader_set, access.user, body.method)
     db.commit()
-    scan = scans.get_scan(db, version.scan_id)
-    return version_out(version, scan, projects.structures_of(db, scan.project_id), labels.authors_of(db, [version]))
+    jobs.dispatch(db, [job])
+    db.commit()
+    positions = jobs.queue_positions(db, [job])
+    return FuseAccepted(
+        job=job_out(job, positions.get(job.id)), reader_set=_set_out(db, access.reader_set, access.user)
+    )
 
 
 @router.get("/api/scans/{scan_id}/findings", response_model=list[FindingOut])

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from backend.jobs.schemas import JobOut
+
 
 class ReaderSetCreate(BaseModel):
     """Which scans (a list, or a seeded random fraction of the project) and which readers (ids, or a count)."""
@@ -63,9 +65,19 @@ class ReaderSetOut(BaseModel):
     below_threshold: list[str]
     fusion_method: str | None
     fusion_version_id: int | None
+    fusion_job: JobOut | None = Field(
+        default=None, description="the newest fusion job of the set (queued, running or final), if any"
+    )
     created_by: int | None
     created_at: datetime
     completed_at: datetime | None
+
+
+class FuseAccepted(BaseModel):
+    """A queued fusion: the `fuse` job (cpu queue) and the reader set, fused when the job succeeds."""
+
+    job: JobOut
+    reader_set: ReaderSetOut
 
 
 class QARunRequest(BaseModel):

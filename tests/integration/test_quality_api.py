@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,21 +10,23 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.auth import service as auth
 from backend.core.blobstore import LocalBlobStore
 from backend.core.config import Settings
-from backend.core.errors import InvalidInput
+from backend.core.errors import Conflict, InvalidInput, PermissionDenied
 from backend.imaging.nifti import to_nifti_gz
 from backend.imaging.phantom import write_pants_dataset
-from backend.models import AuditEvent, QAFinding, ReaderSet, Scan, ScanTask, TaskTransition
+from backend.models import AuditEvent, Job, LabelVersion, QAFinding, ReaderSet, Scan, ScanTask, TaskTransition, User
 from backend.projects import service as projects
 from backend.quality import service as quality
 from backend.scans import service as scans
 from tests.conftest import PASSWORD, World
 from tests.factories import post_patch, read_mask, small_phantom, upload_masks, upload_scan
+from tests.integration.worker_stack import Stack, build_stack
+from worker.pipelines import fuse as fuse_pipeline
 
 LESION = "pancreatic_lesion"
 BOX = np.ones((8, 8, 4), dtype=bool)  # 256 voxels painted far from the lesion, in the air of a corner
@@ -200,32 +203,86 @@ def test_pants_import_records_defects(db: Session, blobs: LocalBlobStore, world:
 # ------------------------------------------------------------------------------------------------------ readers
 
 
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """A committed PostgreSQL database and the API, so the `fuse` job's cpu pipeline can run in this process."""
+    with build_stack(tmp_path / "stack") as built:
+        yield built
+
+
+@pytest.fixture
+def stack_labelled(stack: Stack) -> dict[str, Any]:
+    """A phantom scan (tumour, venous) with its ground truth imported as the head version, on the stack."""
+    phantom = small_phantom(seed=3)
+    lead = stack.headers["lead"]
+    scan = upload_scan(
+        stack.client, lead, stack.project.id, phantom, "case-q", metadata={"tumor?": "1", "ct phase": "Venous"}
+    )
+    version = upload_masks(stack.client, lead, scan["id"], phantom.masks, phantom.affine)
+    return {"scan": scan, "version": version, "phantom": phantom}
+
+
+def _stack_reader(stack: Stack, name: str) -> tuple[int, dict[str, str]]:
+    with stack.factory() as db:
+        user = auth.create_user(db, f"{name}@example.org", PASSWORD, name.title())
+        admin = db.scalar(select(User).where(User.email == "admin@example.org"))
+        assert admin is not None
+        projects.set_membership(db, stack.project.id, user, "annotator", admin)
+        db.commit()
+        return user.id, {"Authorization": f"Bearer {auth.issue_access_token(user, stack.settings)[0]}"}
+
+
+def _stack_user_id(stack: Stack, role: str) -> int:
+    with stack.factory() as db:
+        user = db.scalar(select(User).where(User.email == f"{role}@example.org"))
+        assert user is not None
+        return user.id
+
+
+def _queue_fusion(stack: Stack, set_id: int, method: str) -> dict[str, Any]:
+    """POST fuse as the lead: 202 with the queued cpu job and the (not yet fused) set."""
+    accepted = stack.client.post(
+        f"/api/reader-sets/{set_id}/fuse", headers=stack.headers["lead"], json={"method": method}
+    )
+    assert accepted.status_code == 202, accepted.text
+    body = accepted.json()
+    job = body["job"]
+    assert (job["kind"], job["queue"], job["status"]) == ("fuse", "cpu", "queued")
+    assert job["params"] == {"reader_set_id": set_id, "method": method}
+    assert job["queue_position"] is not None and job["queue_position"] >= 1
+    assert job["message"] == "waiting in the queue"  # sent to the broker as maskloop.fuse
+    assert body["reader_set"]["id"] == set_id and body["reader_set"]["fusion_version_id"] is None
+    assert body["reader_set"]["status"] in ("complete", "adjudication")
+    assert body["reader_set"]["fusion_job"]["id"] == job["id"]
+    return dict(job)
+
+
+def _run_fusion(stack: Stack, job_id: int) -> dict[str, Any]:
+    """Run the fuse job's pipeline in this process (as a cpu worker would) and return the finished job."""
+    fuse_pipeline.run(job_id)
+    job = stack.job(job_id)
+    assert job["status"] == "succeeded", job
+    assert job["progress"] == 100.0 and job["result"]["label_version_id"]
+    return job
+
+
 def test_reader_set_blinding_agreement_adjudication_and_majority_fusion(
-    client: TestClient, db: Session, world: World, settings: Settings, labelled: dict[str, Any]
+    stack: Stack, stack_labelled: dict[str, Any]
 ) -> None:
+    client, labelled = stack.client, stack_labelled
     scan_id, base = labelled["scan"]["id"], labelled["version"]["id"]
-    other_id, other = _add_reader(db, world, settings, "reader2")
-    a_id, a = world.users["annotator"].id, world.headers["annotator"]
-    lead = world.headers["lead"]
-    denied = client.post(
-        f"/api/projects/{world.project.id}/reader-sets",
-        headers=a,
-        json={"scan_ids": [scan_id], "readers": [a_id, other_id]},
-    )
+    other_id, other = _stack_reader(stack, "reader2")
+    a_id, a = _stack_user_id(stack, "annotator"), stack.headers["annotator"]
+    lead = stack.headers["lead"]
+    url = f"/api/projects/{stack.project.id}/reader-sets"
+    denied = client.post(url, headers=a, json={"scan_ids": [scan_id], "readers": [a_id, other_id]})
     assert denied.status_code == 403
-    created = client.post(
-        f"/api/projects/{world.project.id}/reader-sets",
-        headers=lead,
-        json={"scan_ids": [scan_id], "readers": [a_id, other_id]},
-    )
+    created = client.post(url, headers=lead, json={"scan_ids": [scan_id], "readers": [a_id, other_id]})
     assert created.status_code == 201, created.text
     set_id = created.json()[0]["id"]
     assert created.json()[0]["status"] == "open" and created.json()[0]["base_version_id"] == base
-    again = client.post(
-        f"/api/projects/{world.project.id}/reader-sets",
-        headers=lead,
-        json={"scan_ids": [scan_id], "readers": [a_id, other_id]},
-    )
+    assert created.json()[0]["fusion_job"] is None
+    again = client.post(url, headers=lead, json={"scan_ids": [scan_id], "readers": [a_id, other_id]})
     assert again.status_code == 409
 
     version_a = _reader_save(client, a, scan_id, base, CORNER_A)
@@ -244,7 +301,7 @@ def test_reader_set_blinding_agreement_adjudication_and_majority_fusion(
     assert wrong.status_code == 422
     assert (
         client.post(
-            f"/api/reader-sets/{set_id}/submit", headers=world.headers["reviewer"], json={"version_id": base}
+            f"/api/reader-sets/{set_id}/submit", headers=stack.headers["viewer"], json={"version_id": base}
         ).status_code
         == 403
     )
@@ -253,8 +310,11 @@ def test_reader_set_blinding_agreement_adjudication_and_majority_fusion(
     seen_by_a = {m["user_id"]: m for m in submitted.json()["members"]}
     assert seen_by_a[a_id]["version_id"] == version_a and seen_by_a[other_id]["version_id"] is None
     assert submitted.json()["agreement"] is None
+    # Validation stays synchronous: a set still open is refused at once, and no job is queued.
     early = client.post(f"/api/reader-sets/{set_id}/fuse", headers=lead, json={"method": "majority"})
-    assert early.status_code == 409
+    assert early.status_code == 409 and "still open" in early.json()["detail"]
+    with stack.factory() as db:
+        assert db.scalar(select(func.count(Job.id)).where(Job.kind == "fuse")) == 0
 
     done = client.post(f"/api/reader-sets/{set_id}/submit", headers=other, json={"version_id": version_b})
     assert done.status_code == 200, done.text
@@ -265,20 +325,35 @@ def test_reader_set_blinding_agreement_adjudication_and_majority_fusion(
     assert body["agreement"][LESION]["dice"] == pytest.approx(2 * lesion / (2 * lesion + 512))
     assert body["agreement"]["liver"]["dice"] == 1.0
     assert body["below_threshold"] == [LESION] and body["status"] == "adjudication"
-    task = db.get(ScanTask, scan_id)
-    assert task is not None
-    db.refresh(task)
-    assert task.state == "adjudication"
-    transition = db.scalars(select(TaskTransition).where(TaskTransition.scan_id == scan_id)).all()[-1]
-    assert (transition.action, transition.to_state) == ("adjudicate", "adjudication")
-    assert db.scalar(select(AuditEvent).where(AuditEvent.action == "task.adjudicate", AuditEvent.scan_id == scan_id))
+    with stack.factory() as db:
+        task = db.get(ScanTask, scan_id)
+        assert task is not None and task.state == "adjudication"
+        transition = db.scalars(
+            select(TaskTransition).where(TaskTransition.scan_id == scan_id).order_by(TaskTransition.id)
+        ).all()[-1]
+        assert (transition.action, transition.to_state) == ("adjudicate", "adjudication")
+        assert db.scalar(
+            select(AuditEvent).where(AuditEvent.action == "task.adjudicate", AuditEvent.scan_id == scan_id)
+        )
     # Complete: blinding is over.
     assert client.get(f"/api/versions/{version_b}", headers=a).status_code == 200
 
-    assert client.post(f"/api/reader-sets/{set_id}/fuse", headers=a, json={"method": "majority"}).status_code == 403
-    fused = client.post(f"/api/reader-sets/{set_id}/fuse", headers=lead, json={"method": "majority"})
-    assert fused.status_code == 201, fused.text
-    version = fused.json()
+    fuse_url = f"/api/reader-sets/{set_id}/fuse"
+    assert client.post(fuse_url, headers=a, json={"method": "majority"}).status_code == 403
+    assert client.post(fuse_url, headers=lead, json={"method": "mean"}).status_code == 422
+    job = _queue_fusion(stack, set_id, "majority")
+    # While the job waits, the set shows it; a second fusion of the same set is refused.
+    waiting = client.get(f"/api/reader-sets/{set_id}", headers=a).json()
+    assert waiting["status"] == "adjudication" and waiting["fusion_version_id"] is None
+    assert waiting["fusion_job"]["id"] == job["id"] and waiting["fusion_job"]["status"] == "queued"
+    twice = client.post(fuse_url, headers=lead, json={"method": "staple"})
+    assert twice.status_code == 409 and twice.json()["job_id"] == job["id"]
+
+    finished = _run_fusion(stack, job["id"])
+    result = finished["result"]
+    assert result["reader_set_id"] == set_id and result["method"] == "majority" and result["is_head"]
+    assert result["structures_fused"] == 1  # only the lesion differs between the readers: the rest is inherited
+    version = client.get(f"/api/versions/{result['label_version_id']}", headers=lead).json()
     assert version["kind"] == "fusion" and version["parent_id"] == version_a and version["is_head"]
     assert str(version_a) in version["message"] and str(version_b) in version["message"]
     # Two readers: the strict majority is their intersection, i.e. the original lesion.
@@ -290,20 +365,34 @@ def test_reader_set_blinding_agreement_adjudication_and_majority_fusion(
     assert not rows["liver"]["changed"]
     view = client.get(f"/api/reader-sets/{set_id}", headers=a).json()
     assert view["status"] == "fused" and view["fusion_version_id"] == version["id"]
-    assert client.post(f"/api/reader-sets/{set_id}/fuse", headers=lead, json={"method": "staple"}).status_code == 409
+    assert view["fusion_job"]["id"] == job["id"] and view["fusion_job"]["status"] == "succeeded"
+    assert client.post(fuse_url, headers=lead, json={"method": "staple"}).status_code == 409
     lineage = client.get(f"/api/versions/{version['id']}/lineage", headers=lead).json()
     assert [v["id"] for v in lineage] == [version["id"], version_a, base]
 
+    # A redelivered job (its worker died after writing) returns the version it already wrote: no second fusion.
+    with stack.factory() as db:
+        row = db.get(Job, job["id"])
+        assert row is not None
+        row.status = "queued"
+        db.commit()
+    rerun = _run_fusion(stack, job["id"])
+    assert rerun["result"]["label_version_id"] == version["id"]
+    with stack.factory() as db:
+        fusions = db.scalar(
+            select(func.count(LabelVersion.id)).where(LabelVersion.scan_id == scan_id, LabelVersion.kind == "fusion")
+        )
+        assert fusions == 1
 
-def test_staple_fusion_matches_simpleitk(
-    client: TestClient, db: Session, world: World, settings: Settings, labelled: dict[str, Any]
-) -> None:
+
+def test_staple_fusion_matches_simpleitk(stack: Stack, stack_labelled: dict[str, Any]) -> None:
+    client, labelled = stack.client, stack_labelled
     scan_id, base = labelled["scan"]["id"], labelled["version"]["id"]
-    readers = [(world.users["annotator"].id, world.headers["annotator"])]
-    readers += [_add_reader(db, world, settings, f"reader{i}") for i in (2, 3)]
-    lead = world.headers["lead"]
+    readers = [(_stack_user_id(stack, "annotator"), stack.headers["annotator"])]
+    readers += [_stack_reader(stack, f"reader{i}") for i in (2, 3)]
+    lead = stack.headers["lead"]
     created = client.post(
-        f"/api/projects/{world.project.id}/reader-sets",
+        f"/api/projects/{stack.project.id}/reader-sets",
         headers=lead,
         json={"scan_ids": [scan_id], "readers": [uid for uid, _ in readers]},
     )
@@ -312,18 +401,66 @@ def test_staple_fusion_matches_simpleitk(
     versions = [_reader_save(client, h, scan_id, base, c) for (_, h), c in zip(readers, corners, strict=True)]
     for (_, h), vid in zip(readers, versions, strict=True):
         assert client.post(f"/api/reader-sets/{set_id}/submit", headers=h, json={"version_id": vid}).status_code == 200
-    fused = client.post(f"/api/reader-sets/{set_id}/fuse", headers=lead, json={"method": "staple"})
-    assert fused.status_code == 201, fused.text
+    job = _queue_fusion(stack, set_id, "staple")
+    fused_id = _run_fusion(stack, job["id"])["result"]["label_version_id"]
     inputs = [read_mask(client, lead, vid, LESION) for vid in versions]
     expected = sitk.GetArrayFromImage(
         sitk.STAPLE([sitk.GetImageFromArray(m.astype(np.uint8)) for m in inputs], 1.0, 1.0)
     )
-    fused_lesion = read_mask(client, lead, fused.json()["id"], LESION)
+    fused_lesion = read_mask(client, lead, fused_id, LESION)
     np.testing.assert_array_equal(fused_lesion, expected > 0.5)
     assert fused_lesion[CORNER_A[0] : CORNER_A[0] + 8, CORNER_A[1] : CORNER_A[1] + 8, 1:5].all()
     assert not fused_lesion[CORNER_B[0] : CORNER_B[0] + 8, CORNER_B[1] : CORNER_B[1] + 8, 1:5].any()
-    row = db.get(ReaderSet, set_id)
-    assert row is not None and row.fusion_method == "staple"
+    with stack.factory() as db:
+        row = db.get(ReaderSet, set_id)
+        assert row is not None and row.fusion_method == "staple" and row.fusion_version_id == fused_id
+        event = db.scalar(
+            select(AuditEvent).where(AuditEvent.action == "reader_set.fuse", AuditEvent.entity_id == str(set_id))
+        )
+        assert event is not None and len(event.details["staple_sensitivity"][LESION]) == 3
+
+
+def test_the_fuse_task_is_a_registered_cpu_task() -> None:
+    from backend.core import queue
+    from backend.jobs import service as jobs
+    from worker.tasks import app
+
+    assert queue.TASK_FUSE == "maskloop.fuse" and queue.TASK_FUSE in app.tasks
+    assert jobs.TASK_OF_KIND["fuse"] == queue.TASK_FUSE and jobs.QUEUE_OF_KIND["fuse"] == "cpu"
+
+
+def test_fuse_service_still_fuses_synchronously(
+    client: TestClient, db: Session, world: World, settings: Settings, blobs: LocalBlobStore, labelled: dict[str, Any]
+) -> None:
+    """The synchronous service (plan, compute, store) the pipeline is made of, in one rolled-back transaction."""
+    scan_id, base = labelled["scan"]["id"], labelled["version"]["id"]
+    other_id, other = _add_reader(db, world, settings, "reader2")
+    a_id, a = world.users["annotator"].id, world.headers["annotator"]
+    created = client.post(
+        f"/api/projects/{world.project.id}/reader-sets",
+        headers=world.headers["lead"],
+        json={"scan_ids": [scan_id], "readers": [a_id, other_id]},
+    )
+    set_id = created.json()[0]["id"]
+    version_a = _reader_save(client, a, scan_id, base, CORNER_A)
+    version_b = _reader_save(client, other, scan_id, base, CORNER_B)
+    reader_set = db.get(ReaderSet, set_id)
+    assert reader_set is not None
+    with pytest.raises(Conflict, match="still open"):
+        quality.fuse(db, blobs, reader_set, world.users["lead"], "majority")
+    for headers, vid in ((a, version_a), (other, version_b)):
+        assert (
+            client.post(f"/api/reader-sets/{set_id}/submit", headers=headers, json={"version_id": vid}).status_code
+            == 200
+        )
+    with pytest.raises(PermissionDenied):
+        quality.fuse(db, blobs, reader_set, world.users["annotator"], "majority")
+    with pytest.raises(InvalidInput, match="unknown fusion method"):
+        quality.fuse(db, blobs, reader_set, world.users["lead"], "mean")
+    version = quality.fuse(db, blobs, reader_set, world.users["lead"], "majority")
+    assert version.kind == "fusion" and version.parent_id == version_a and reader_set.status == "fused"
+    fused = read_mask(client, world.headers["lead"], version.id, LESION)
+    np.testing.assert_array_equal(fused, labelled["phantom"].masks[LESION])
 
 
 def test_reader_sets_by_sample_and_auto_picked_readers(

@@ -174,3 +174,64 @@ def test_attention_thresholds_are_project_settings(client: TestClient, world: Wo
     assert client.patch(url, headers=world.headers["lead"], json={"attention": {"std": 2}}).status_code == 422
     assert client.patch(url, headers=world.headers["lead"], json={"colour": "red"}).status_code == 422
     assert client.patch(url, headers=world.headers["annotator"], json={"attention": {"std": 0.3}}).status_code == 403
+
+
+def test_preannotation_skips_approved_scans_and_refuses_a_single_approved_one(
+    client: TestClient, world: World, db: Session, no_broker: list[tuple[str, int, str]]
+) -> None:
+    from sqlalchemy import func, select
+
+    from backend.models import ScanTask
+
+    def job_count() -> int:
+        return int(db.scalar(select(func.count(Job.id))) or 0)
+
+    lead = world.headers["lead"]
+    done, todo = (
+        upload_scan(client, lead, world.project.id, small_phantom(seed=i), case)["id"]
+        for i, case in enumerate(["approved-case", "open-case"])
+    )
+    task = db.get(ScanTask, done) or ScanTask(scan_id=done, project_id=world.project.id)
+    task.state = "approved"
+    db.add(task)
+    db.flush()
+    model = _create(client, world, name="seg", architecture="unet", structures=["liver"])
+    version = client.post(
+        f"/api/models/{model['id']}/versions",
+        headers=lead,
+        files={"weights": ("w.pt", b"w", "application/octet-stream")},
+    ).json()
+    client.post(f"/api/model-versions/{version['id']}/promote", headers=lead)
+    url = f"/api/projects/{world.project.id}/preannotate"
+
+    # The whole project: one job (the open scan), the approved scan skipped and counted in the headers.
+    launched = client.post(url, headers=lead, json={"model": "seg", "all": True})
+    assert launched.status_code == 201, launched.text
+    assert [j["scan_id"] for j in launched.json()] == [todo]
+    assert launched.headers["X-Skipped-Approved"] == "1"
+    assert launched.headers["X-Skipped-Approved-Scans"] == str(done)
+    assert [(name, q) for name, _, q in no_broker] == [("maskloop.preannotate", "gpu")]
+    explicit = client.post(url, headers=lead, json={"model": "seg", "scan_ids": [done, todo]})
+    assert [j["scan_id"] for j in explicit.json()] == [todo] and explicit.headers["X-Skipped-Approved"] == "1"
+    nothing_skipped = client.post(url, headers=lead, json={"model": "seg", "scan_ids": [todo]})
+    assert nothing_skipped.status_code == 201
+    assert (
+        nothing_skipped.headers["X-Skipped-Approved"] == "0"
+        and nothing_skipped.headers["X-Skipped-Approved-Scans"] == ""
+    )
+
+    # The single scan asked for is approved: a clear 409 at once, and no job.
+    jobs_before = job_count()
+    refused = client.post(url, headers=lead, json={"model": "seg", "scan_ids": [done]})
+    assert refused.status_code == 409, refused.text
+    body = refused.json()
+    assert body["error"] == "scan_approved" and body["skipped_approved"] == [done]
+    assert f"scan {done} (approved-case) is approved" in body["detail"]
+    assert "reopen" in body["detail"] and f"/api/scans/{done}/transitions" in body["detail"]
+    assert job_count() == jobs_before and len(no_broker) == 3
+
+    # Reopened (no longer approved): it can be pre-annotated again.
+    task.state = "annotating"
+    db.flush()
+    again = client.post(url, headers=lead, json={"model": "seg", "scan_ids": [done]})
+    assert again.status_code == 201 and [j["scan_id"] for j in again.json()] == [done]
