@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 
 from backend.audit.router import router as audit_router
 from backend.auth.router import router as auth_router
@@ -70,10 +70,25 @@ async def busy_database_handler(_request: Request, exc: Exception) -> JSONRespon
     )
 
 
+async def out_of_range_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """A value the database cannot hold (an id or page beyond its integer range, text too long) is the client's
+    error: 422 with a message, and the request's transaction is rolled back."""
+    assert isinstance(exc, DataError)
+    return JSONResponse(
+        status_code=422,
+        content={
+            "detail": "a value in the request is out of range for the database (an id, page or number too large, "
+            "or a text too long); nothing was changed",
+            "error": "out_of_range",
+        },
+    )
+
+
 def install(app: FastAPI, settings: Settings) -> None:
     """Mount every router and the error handling on an app."""
     app.add_exception_handler(DomainError, domain_error_handler)
     app.add_exception_handler(OperationalError, busy_database_handler)
+    app.add_exception_handler(DataError, out_of_range_handler)
 
     @app.middleware("http")
     async def refuse_oversized(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
