@@ -11,7 +11,8 @@ from backend.jobs.schemas import JobOut
 
 
 class ReaderSetCreate(BaseModel):
-    """Which scans (a list, or a seeded random fraction of the project) and which readers (ids, or a count)."""
+    """Which scans (a list, or a seeded random fraction of the project) and which readers (ids, or a count);
+    what is left out comes from the project's `workflow.multi_reader` setting (sample_fraction, readers, seed)."""
 
     scan_ids: list[int] | None = Field(default=None, min_length=1, max_length=10_000)
     sample_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
@@ -21,11 +22,11 @@ class ReaderSetCreate(BaseModel):
 
     @model_validator(mode="after")
     def _one_of_each(self) -> ReaderSetCreate:
-        """Exactly one way to choose the scans and exactly one way to choose the readers."""
-        if (self.scan_ids is None) == (self.sample_fraction is None):
-            raise ValueError("give either scan_ids or sample_fraction")
-        if (self.readers is None) == (self.n_readers is None):
-            raise ValueError("give either readers (user ids) or n_readers")
+        """At most one way to choose the scans and one way to choose the readers (the rest: project settings)."""
+        if self.scan_ids is not None and self.sample_fraction is not None:
+            raise ValueError("give either scan_ids or sample_fraction, not both")
+        if self.readers is not None and self.n_readers is not None:
+            raise ValueError("give either readers (user ids) or n_readers, not both")
         return self
 
 

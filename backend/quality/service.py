@@ -55,7 +55,7 @@ READER_ROLES = frozenset({"annotator", "reviewer", "lead", "admin"})
 BLINDED_STATUSES = ("open",)
 FUSION_METHODS = ("majority", "staple")
 
-_MULTI_READER_KEYS = {"agreement_threshold", "nsd_tolerance_mm"}
+_MULTI_READER_KEYS = {"agreement_threshold", "nsd_tolerance_mm", "sample_fraction", "readers", "seed"}
 _QA_NUMBER_KEYS = {
     "small_lesion_voxels": (1.0, 1e9),
     "pancreas_parts_ratio": (1.0, 1e6),
@@ -95,6 +95,17 @@ def _validate_multi_reader(value: Any) -> dict[str, Any]:
             out["agreement_threshold"] = _number(threshold, "multi_reader.agreement_threshold", 0.0, 1.0)
     if "nsd_tolerance_mm" in value:
         out["nsd_tolerance_mm"] = _number(value["nsd_tolerance_mm"], "multi_reader.nsd_tolerance_mm", 0.0, 100.0)
+    if "sample_fraction" in value:
+        fraction = _number(value["sample_fraction"], "multi_reader.sample_fraction", 0.0, 1.0)
+        if fraction == 0:
+            raise InvalidInput("multi_reader.sample_fraction must be above 0")
+        out["sample_fraction"] = fraction
+    for key, low, high in (("readers", 2, 20), ("seed", 0, 2**31 - 1)):
+        if key in value:
+            number = value[key]
+            if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+                raise InvalidInput(f"multi_reader.{key} must be a whole number within [{low}, {high}]")
+            out[key] = number
     return out
 
 
@@ -310,6 +321,21 @@ def create_reader_sets(
     taken, ties broken by a `seed`-ed shuffle (reproducible). Each set starts from the scan's head version.
     """
     require_lead(db, actor, project.id, "create reader sets")
+    # Whatever the request leaves out comes from the project's multi-reader setting (its study design).
+    configured = _quality_settings(project).get("multi_reader", {})
+    if scan_ids is None and sample_fraction is None:
+        sample_fraction = configured.get("sample_fraction")
+        seed = int(configured.get("seed", seed))
+        if sample_fraction is None:
+            raise InvalidInput(
+                "give scan_ids or sample_fraction, or set workflow.multi_reader.sample_fraction in the project settings"
+            )
+    if readers is None and n_readers is None:
+        n_readers = configured.get("readers")
+        if n_readers is None:
+            raise InvalidInput(
+                "give readers or n_readers, or set workflow.multi_reader.readers in the project settings"
+            )
     if (scan_ids is None) == (sample_fraction is None):
         raise InvalidInput("give either scan_ids or sample_fraction")
     if (readers is None) == (n_readers is None):

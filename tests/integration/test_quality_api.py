@@ -491,6 +491,41 @@ def test_reader_sets_by_sample_and_auto_picked_readers(
     assert [s["id"] for s in listed] == [sets[0]["id"]]
 
 
+def test_the_project_multi_reader_setting_is_the_default_study_design(
+    client: TestClient, db: Session, world: World, settings: Settings
+) -> None:
+    lead = world.headers["lead"]
+    for i in range(4):
+        upload_scan(client, lead, world.project.id, small_phantom(seed=i), f"d-{i}")
+    _add_reader(db, world, settings, "reader2")
+    url = f"/api/projects/{world.project.id}/reader-sets"
+    unset = client.post(url, headers=lead, json={})
+    assert unset.status_code == 422 and "multi_reader.sample_fraction" in unset.json()["detail"]
+    bad = client.patch(
+        f"/api/projects/{world.project.id}/settings",
+        headers=lead,
+        json={"workflow": {"multi_reader": {"sample_fraction": 0.5, "readers": 1}}},
+    )
+    assert bad.status_code == 422 and "multi_reader.readers" in bad.json()["detail"]
+    design = {"sample_fraction": 0.5, "readers": 2, "seed": 7}
+    changed = client.patch(
+        f"/api/projects/{world.project.id}/settings", headers=lead, json={"workflow": {"multi_reader": design}}
+    )
+    assert changed.status_code == 200, changed.text
+    made = client.post(url, headers=lead, json={})
+    assert made.status_code == 201, made.text
+    sets = made.json()
+    assert len(sets) == 2  # half of the four scans
+    assert all(len(s["members"]) == 2 for s in sets)
+    # Asked again, the setting samples half of the scans not yet in a set.
+    again = client.post(url, headers=lead, json={})
+    assert again.status_code == 201 and len(again.json()) == 1
+    assert {again.json()[0]["scan_id"]}.isdisjoint({s["scan_id"] for s in sets})
+    # A request may still override the design.
+    explicit = client.post(url, headers=lead, json={"sample_fraction": 1.0, "n_readers": 2})
+    assert explicit.status_code == 201 and len(explicit.json()) == 1
+
+
 # ------------------------------------------------------------------------------------------------------ settings
 
 
