@@ -1,6 +1,7 @@
 /**
- * Shared pieces of the lead pages (dashboard, audit log, evaluations): the project in the URL, who may see
- * which page, the top navigation (Worklist · Dashboard · Audit · Evaluations) and the "not allowed" panel.
+ * Shared pieces of the lead pages (dashboard, audit log, evaluations, exports): the project in the URL, who may
+ * see which page, the top navigation (Worklist · Dashboard · Audit · Evaluations · Exports) and the "not allowed"
+ * panel.
  *
  * Lead-page URLs carry their state in the hash query: `#/audit?project=1&action=task.submit&page=2`.
  */
@@ -11,13 +12,15 @@ import type { Project } from './types'
 
 const PROJECT_KEY = 'maskloop.project'
 
-export type LeadPage = 'worklist' | 'dashboard' | 'audit' | 'evaluations'
+export type LeadPage = 'worklist' | 'dashboard' | 'audit' | 'evaluations' | 'exports'
 
 /** Project roles that may read the audit log (backend PERMISSIONS: `read_audit`). */
 const AUDIT_ROLES = new Set(['lead', 'admin'])
 /** Project roles that see the dashboard and evaluation reports (lead/admin; reviewers read the dashboard too). */
 const DASHBOARD_ROLES = new Set(['lead', 'admin', 'reviewer'])
 const EVALUATION_ROLES = new Set(['lead', 'admin', 'reviewer'])
+/** Project roles that may start exports (backend PERMISSIONS: `run_jobs`). */
+const EXPORT_ROLES = new Set(['lead', 'admin'])
 
 export function canSee(page: LeadPage, project: Project | null): boolean {
   if (page === 'worklist') return true
@@ -25,6 +28,7 @@ export function canSee(page: LeadPage, project: Project | null): boolean {
   if (api.user?.is_admin) return true
   if (page === 'audit') return AUDIT_ROLES.has(project.role)
   if (page === 'dashboard') return DASHBOARD_ROLES.has(project.role)
+  if (page === 'exports') return EXPORT_ROLES.has(project.role)
   return EVALUATION_ROLES.has(project.role)
 }
 
@@ -71,6 +75,7 @@ const NAV: [LeadPage, string, string][] = [
   ['dashboard', 'Dashboard', '#/dashboard'],
   ['audit', 'Audit', '#/audit'],
   ['evaluations', 'Evaluations', '#/evaluations'],
+  ['exports', 'Exports', '#/exports'],
 ]
 
 /** The navigation links the caller may use in this project (only the worklist for annotators). */
@@ -136,7 +141,7 @@ export function accountControls(): HTMLElement[] {
 }
 
 export function leadHeader(active: LeadPage, projects: Project[], project: Project | null): HTMLElement {
-  const path = { worklist: '/', dashboard: '/dashboard', audit: '/audit', evaluations: '/evaluations' }[active]
+  const path = { worklist: '/', dashboard: '/dashboard', audit: '/audit', evaluations: '/evaluations', exports: '/exports' }[active]
   return h(
     'header',
     { class: 'topbar' },
@@ -165,7 +170,7 @@ export function leadHeader(active: LeadPage, projects: Project[], project: Proje
 /** The clear refusal shown on a direct URL to a page the caller's role may not see. */
 export function notAllowed(body: HTMLElement, what: string, project: Project | null, page: LeadPage = 'audit'): void {
   clear(body)
-  const who = page === 'audit' ? 'project leads and admins' : 'project leads, reviewers and admins'
+  const who = page === 'audit' || page === 'exports' ? 'project leads and admins' : 'project leads, reviewers and admins'
   body.append(
     h(
       'div',

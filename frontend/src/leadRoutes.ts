@@ -1,8 +1,9 @@
-/** Routes of the lead pages: #/dashboard, #/audit, #/evaluations and #/evaluations/{id} (query in the hash). */
+/** Routes of the lead pages: #/dashboard, #/audit, #/evaluations, #/evaluations/{id}, #/exports (query in the hash). */
 
 import { AuditLog } from './audit'
 import { Dashboard } from './dashboard'
 import { EvaluationList, EvaluationReport } from './evaluation'
+import { ExportsPage } from './exports'
 import { hashParts } from './lead'
 
 export { mountWorklistNav } from './lead'
@@ -17,6 +18,7 @@ export function leadPage(root: HTMLElement, hash: string): LeadPageView | null {
   if (path === '/audit') return new AuditLog(root)
   if (path === '/dashboard') return new Dashboard(root)
   if (path === '/evaluations') return new EvaluationList(root)
+  if (path === '/exports') return new ExportsPage(root)
   const run = /^\/evaluations\/(\d+)$/.exec(path)
   if (run) return new EvaluationReport(root, Number(run[1]))
   return null

@@ -1,5 +1,5 @@
 /**
- * Entry point: hash routes (#/login, #/ worklist, #/scan/{id}; lead pages #/dashboard, #/audit, #/evaluations in
+ * Entry point: hash routes (#/login, #/ worklist, #/scan/{id}; lead pages #/dashboard, #/audit, #/evaluations, #/exports in
  * leadRoutes.ts) and the `window.maskloop` test hook.
  */
 
@@ -12,6 +12,7 @@ import type { Layout } from './viewer'
 import { Workspace } from './workspace'
 import { Worklist, reauthDialog, renderLogin } from './worklist'
 import { leadPage, mountWorklistNav } from './leadRoutes'
+import { exportsHook } from './exports'
 
 const root = document.getElementById('app')!
 let workspace: Workspace | null = null
@@ -160,6 +161,17 @@ const hook = {
   /** Review workflow: report the active editing time now, renew the lease now. */
   flushActivity: () => ws().review.flushActivity(),
   heartbeat: () => ws().review.beat(),
+  /** The exports page: its jobs and the last archive a Download button fetched (name, size). */
+  exports() {
+    const p = exportsHook.page
+    return p ? { jobs: p.jobs.map((j) => ({ id: j.id, status: j.status })), lastDownload: p.lastDownload } : null
+  },
+  /** Review comments drawn on the image: place them now and list where (client px, per 2D plane). */
+  commentMarkers() {
+    const m = ws().review.markers
+    m.update()
+    return m.placed
+  },
 }
 
 declare global {

@@ -7,6 +7,7 @@
  */
 
 import { ApiError, OfflineError, api } from './api'
+import { CommentMarkers } from './commentMarkers'
 import { clear, fmtTime, h, toast } from './dom'
 import type { Vec3 } from './geometry'
 import type { CommentIn, CommentOut, FindingOut, ReaderSetOut, ReviewOut, TaskOut } from './types'
@@ -73,9 +74,16 @@ export class ReviewController {
   private leaseRequest: Promise<boolean> | null = null
   bar: HTMLElement
   body: HTMLElement
+  /** The comments drawn on the image ("Show comments on image"). */
+  readonly markers = new CommentMarkers()
 
   constructor(ws: Workspace) {
     this.ws = ws
+    this.markers.onResolve = (c, resolved) => {
+      this.setCommentResolved(c, resolved).catch((err) => toast((err as Error).message, 'error'))
+    }
+    this.markers.onGoTo = (c) => this.goTo(c)
+    this.markers.canResolve = () => this.role !== 'viewer'
     this.bar = h('div', { class: 'taskbar', 'data-testid': 'taskbar', hidden: true })
     this.body = h('div', { class: 'tab-body', 'data-testid': 'panel-review', hidden: true })
   }
@@ -148,6 +156,7 @@ export class ReviewController {
 
   private async loadComments(): Promise<void> {
     this.comments = await api.get<CommentOut[]>(`/api/scans/${this.ws.scanId}/comments`).catch(() => [])
+    this.markers.setComments(this.comments)
   }
 
   private async loadFindings(): Promise<void> {
@@ -399,6 +408,7 @@ export class ReviewController {
   async setCommentResolved(c: CommentOut, resolved: boolean): Promise<void> {
     await api.send('PATCH', `/api/comments/${c.id}`, { json: { resolved } })
     c.resolved = resolved
+    this.markers.setComments(this.comments)
     this.renderBody()
   }
 
@@ -503,7 +513,42 @@ export class ReviewController {
     }
     if (this.can('approve') || this.can('request_changes')) body.append(this.decisionForm())
     else if (this.can('comment')) body.append(this.commentForm())
-    body.append(this.commentList(), this.findingsList(), this.reviewList())
+    body.append(this.markerToggles(), this.commentList(), this.findingsList(), this.reviewList())
+  }
+
+  /** "Show comments on image" (unresolved only unless "include resolved" is ticked). */
+  private markerToggles(): HTMLElement {
+    const m = this.markers
+    return h(
+      'div',
+      { class: 'marker-toggles' },
+      h(
+        'label',
+        { class: 'check' },
+        h('input', {
+          type: 'checkbox',
+          checked: m.show,
+          'data-testid': 'comments-on-image',
+          onchange: (e: Event) => {
+            m.setShow((e.target as HTMLInputElement).checked)
+            this.renderBody()
+          },
+        }),
+        ' Show comments on image',
+      ),
+      h(
+        'label',
+        { class: 'check' },
+        h('input', {
+          type: 'checkbox',
+          checked: m.includeResolved,
+          disabled: !m.show,
+          'data-testid': 'comments-include-resolved',
+          onchange: (e: Event) => m.setShow(m.show, (e.target as HTMLInputElement).checked),
+        }),
+        ' include resolved',
+      ),
+    )
   }
 
   private decisionForm(): HTMLElement {

@@ -69,6 +69,8 @@ export class Viewer {
   window = { width: 400, level: 40 }
   onLocation: (() => void) | null = null
   onWindow: (() => void) | null = null
+  /** Called after every NiiVue redraw (slice, zoom, pan, layout, resize): overlays placed over the canvas follow. */
+  onDraw: (() => void) | null = null
   private gridCache: Grid | null = null
   private drawOpacity = 0.65
 
@@ -96,6 +98,12 @@ export class Viewer {
       logLevel: 'error',
     })
     this.nv.onLocationChange = () => this.onLocation?.()
+    const drawScene = this.nv.drawScene.bind(this.nv)
+    this.nv.drawScene = () => {
+      const out = drawScene()
+      this.onDraw?.()
+      return out
+    }
     this.nv.onIntensityChange = (volume: NVImage) => {
       if (volume !== this.ct || !this.ct) return
       const lo = this.ct.cal_min ?? 0

@@ -235,6 +235,8 @@ export class Workspace {
     this.viewer = new Viewer(this.el.canvas as HTMLCanvasElement)
     await this.viewer.attach()
     this.viewer.onLocation = () => this.updateReadout()
+    this.viewer.onDraw = () => this.review.markers.schedule()
+    this.review.markers.attach(this.viewer)
     this.viewer.onWindow = () => this.updateWindowInputs()
     const bytes = await api.download(`/api/scans/${this.scanId}/volume`, (got, total) => this.progress(got, total))
     if (this.disposed) return
@@ -323,6 +325,7 @@ export class Workspace {
       { class: 'stage', 'data-testid': 'viewer-stage' },
       canvas,
       h('div', { class: 'brush-cursor', hidden: true }),
+      this.review.markers.layer,
       h('div', { class: 'banner', hidden: true, 'data-testid': 'mode-banner' }),
       h(
         'div',
@@ -959,6 +962,7 @@ export class Workspace {
   private bindPointer(stage: HTMLElement): void {
     const down = (e: MouseEvent): void => {
       if (this.tool === 'navigate' || e.button !== 0 || e.ctrlKey || e.metaKey || !this.viewer?.ct) return
+      if ((e.target as HTMLElement | null)?.closest?.('.comment-layer')) return // a comment marker or its popup
       const hit = this.viewer.voxelAt(e.clientX, e.clientY)
       if (!hit) return
       e.stopPropagation()

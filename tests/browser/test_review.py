@@ -1,6 +1,7 @@
 """The review workflow in real Chromium: annotate → submit → request changes with a pinned comment → fix →
 resubmit → approve (then read-only), state checked through the API at each step; viewers read-only; someone
-else's edit lease locks the workspace; the first save of a scan without versions; the graded attention heat."""
+else's edit lease locks the workspace; the first save of a scan without versions; the graded attention heat; two
+review levels (junior, senior) approved by two different reviewers."""
 
 from __future__ import annotations
 
@@ -410,3 +411,90 @@ def test_multi_reader_saves_a_branch_and_submits_the_reading(page: Page, server:
     me = next(m for m in out["members"] if m["user_id"] == ids[ANNOTATOR])
     assert me["submitted"] and me["version_id"] == mine
     assert out["status"] == "open", "the other reader has not submitted yet"
+
+
+SENIOR = "senior-reviewer@maskloop.local"
+
+
+def create_member(server: Server, email: str, name: str, role: str) -> None:
+    """A demo account in the project, made with the CLI as an operator would (idempotent)."""
+    project = httpx.get(f"{server.base}/api/projects/{server.project_id}", headers=token(server, LEAD)).json()
+    env = {**os.environ, "MASKLOOP_DATA_DIR": str(server.data_dir)}
+    env.pop("MASKLOOP_DATABASE_URL", None)
+    command = [str(Path(sys.executable).parent / "maskloop"), "create-user", email, "--password", DEMO_PASSWORD]
+    made = subprocess.run(
+        [*command, "--name", name, "--project", project["slug"], "--role", role],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0 or "exists" in made.stdout + made.stderr, made.stdout + made.stderr
+
+
+def set_workflow(server: Server, workflow: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.patch(
+        f"{server.base}/api/projects/{server.project_id}/settings",
+        json={"workflow": workflow},
+        headers=token(server, LEAD),
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json()["settings"].get("workflow", {}))
+
+
+def test_two_review_levels_need_two_reviewers(page: Page, server: Server, make_scan: Any) -> None:
+    create_member(server, SENIOR, "Senior Reviewer", "reviewer")
+    project = httpx.get(f"{server.base}/api/projects/{server.project_id}", headers=token(server, LEAD)).json()
+    before = list(project["settings"].get("workflow", {}).get("review_levels") or ["review"])
+    assert set_workflow(server, {"review_levels": ["junior", "senior"]})["review_levels"] == ["junior", "senior"]
+    try:
+        labelled: LabelledScan = make_scan("RAS", seed=47)
+        sid = labelled.id
+        # The annotator submits the labelled version.
+        sign_in_with_token(page, server, ANNOTATOR)
+        open_scan(page, server, sid)
+        page.get_by_test_id("action-start").click()
+        expect(page.get_by_test_id("task-state")).to_have_attribute("data-state", "annotating")
+        page.get_by_test_id("action-submit").click()
+        expect(page.get_by_test_id("task-state")).to_have_attribute("data-state", "submitted")
+        assert task(server, sid)["submitted_version_id"] == labelled.head
+        # Level 1 (junior): the reviewer approves; the task stays in review at level 2.
+        switch_user(page, server, REVIEWER, sid)
+        expect(page.get_by_test_id("task-level")).to_contain_text("1/2")
+        page.get_by_test_id("action-start_review").click()
+        expect(page.get_by_test_id("task-state")).to_have_attribute("data-state", "in_review")
+        expect(page.get_by_test_id("task-level")).to_have_text("review 1/2 (junior)")
+        page.get_by_test_id("open-review").click()
+        expect(page.get_by_test_id("review-form")).to_contain_text("level 1")
+        page.get_by_test_id("review-message").fill("junior: fine")
+        page.get_by_test_id("review-approve").click()
+        expect(page.get_by_test_id("task-level")).to_have_text("review 2/2 (senior)")
+        expect(page.get_by_test_id("task-state")).to_have_attribute("data-state", "in_review")
+        api_task = task(server, sid)
+        assert api_task["state"] == "in_review" and api_task["review_level"] == 2
+        assert api_task["approved_version_id"] is None
+        # The level-1 approver may not approve level 2 as well.
+        assert "approve" not in task(server, sid, REVIEWER)["allowed_actions"]
+        approve = page.get_by_test_id("review-approve")
+        if approve.count():
+            expect(approve).to_be_disabled()
+        # Level 2 (senior): a second, different reviewer approves → approved.
+        switch_user(page, server, SENIOR, sid)
+        expect(page.get_by_test_id("task-level")).to_have_text("review 2/2 (senior)")
+        page.get_by_test_id("open-review").click()
+        expect(page.get_by_test_id("review-form")).to_contain_text("level 2")
+        page.get_by_test_id("review-message").fill("senior: approved")
+        page.get_by_test_id("review-approve").click()
+        expect(page.get_by_test_id("task-state")).to_have_attribute("data-state", "approved")
+        screenshot(page, "review-two-levels")
+        api_task = task(server, sid)
+        assert api_task["state"] == "approved" and api_task["approved_version_id"] == labelled.head
+        reviews = httpx.get(f"{server.base}/api/scans/{sid}/reviews", headers=token(server, LEAD)).json()
+        assert [(r["decision"], r["review_level"], r["review_level_name"]) for r in reviews] == [
+            ("approve", 1, "junior"),
+            ("approve", 2, "senior"),
+        ]
+        assert reviews[0]["reviewer"]["id"] != reviews[1]["reviewer"]["id"]
+    finally:
+        assert set_workflow(server, {"review_levels": before})["review_levels"] == before
