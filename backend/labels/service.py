@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -46,12 +49,20 @@ class _TrackingPut:
     blobs: BlobStore
     new_bytes: int = 0
     digests: list[str] = field(default_factory=list)
+    # Structures are encoded on several threads: each digest is written (and counted) by the first to claim it.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _claimed: set[str] = field(default_factory=set)
 
     def __call__(self, data: bytes) -> str:
         digest = sha256_hex(data)
+        with self._lock:
+            if digest in self._claimed:
+                return digest
+            self._claimed.add(digest)
         if not self.blobs.exists(digest):
             self.blobs.put_bytes(data)
-            self.new_bytes += len(data)
+            with self._lock:
+                self.new_bytes += len(data)
         return digest
 
 
@@ -213,6 +224,15 @@ def _existing_for_key(db: Session, scan: Scan, idempotency_key: str | None) -> L
     return existing
 
 
+def _build_manifests(masks: dict[int, np.ndarray], put: _TrackingPut) -> dict[int, MaskManifest]:
+    """Chunk and compress each structure's mask, several structures at once (zlib and numpy release the GIL)."""
+    if len(masks) < 2:
+        return {sid: chunks.build_manifest(mask, put) for sid, mask in masks.items()}
+    with ThreadPoolExecutor(max_workers=min(len(masks), os.cpu_count() or 1)) as pool:
+        futures = {sid: pool.submit(chunks.build_manifest, mask, put) for sid, mask in masks.items()}
+        return {sid: future.result() for sid, future in futures.items()}
+
+
 def create_version(
     db: Session,
     blobs: BlobStore,
@@ -251,9 +271,10 @@ def create_version(
             raise InvalidInput(f"mask of {name!r} has shape {list(mask.shape)}, the scan has {list(shape)}")
         given[structure.id] = mask
     missing_ids = {projects.find_structure(structures, name).id for name in missing}
+    built = _build_manifests(given, put)
     for structure in structures:
         if structure.id in given:
-            manifest = chunks.build_manifest(given[structure.id], put)
+            manifest = built[structure.id]
             entries[structure.id] = ("present", put(manifest.to_bytes()), manifest.voxel_count)
         elif structure.id in missing_ids or structure.id not in inherited:
             entries[structure.id] = ("missing", None, 0)
