@@ -168,6 +168,8 @@ def test_annotate_submit_request_changes_fix_and_approve(page: Page, server: Ser
     page.evaluate("window.maskloop.moveTo([10, 10, 5])")
     page.get_by_test_id(f"comment-goto-{comment['id']}").click()
     page.wait_for_function("(v) => window.maskloop.crosshair().join() === v.join()", arg=pinned_ras)
+    # Switching the active structure loads its mask first, so it lands a moment after the crosshair.
+    page.wait_for_function("() => window.maskloop.state().active === 'spleen'")
     assert state(page)["active"] == "spleen"
     # Fix, save, resubmit.
     paint_stroke(page, "spleen", 48)
