@@ -181,13 +181,11 @@ def validate_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _quality_settings(project: Project) -> dict[str, Any]:
-    """The project's quality settings: `settings["workflow"]` first, top-level keys as a fallback."""
-    stored = project.settings or {}
-    raw = stored.get("workflow")
+    """The project's quality settings, from its `settings["workflow"]` section."""
+    raw = (project.settings or {}).get("workflow")
     section: dict[str, Any] = raw if isinstance(raw, dict) else {}
     keys = ("multi_reader", "qa", "plausible_volume_ml")
-    merged: dict[str, Any] = {key: stored[key] for key in keys if key in stored}
-    merged.update({key: section[key] for key in keys if key in section})
+    merged: dict[str, Any] = {key: section[key] for key in keys if key in section}
     # Settings stored before validation existed (or written directly) must not break QA: a bad section is
     # ignored and its defaults apply.
     valid: dict[str, Any] = {}

@@ -26,7 +26,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, sync_
 
 from backend.cli import DEMO_PASSWORD
 from backend.imaging.phantom import Phantom, generate_phantom
-from tests.factories import read_mask, upload_masks, upload_scan
+from tests.factories import post_patch, read_mask, upload_masks, upload_scan
 
 ROOT = Path(__file__).resolve().parents[2]
 # A helper building its own copy of the workspace may point the tests at it; CI uses frontend/dist.
@@ -73,6 +73,15 @@ class Server:
         response = httpx.get(self.base + path, headers=self.headers(email), timeout=60)
         assert response.status_code == 200, response.text
         return response.json()
+
+    def patch(
+        self, scan_id: int, base: int, boxes: list[tuple[str, tuple[int, int, int], np.ndarray]], message: str
+    ) -> int:
+        """Save a patch as the lead through the API (another person's concurrent edit); returns the version id."""
+        with self.client() as client:
+            response = post_patch(client, self.headers(LEAD), scan_id, base, boxes, message=message)  # type: ignore[arg-type]
+        assert response.status_code == 201, response.text
+        return int(response.json()["id"])
 
     def mask(self, version_id: int, structure: str) -> np.ndarray:
         with self.client() as client:

@@ -23,7 +23,6 @@ from tests.browser.conftest import (
     state,
     wait_ready,
 )
-from tests.factories import post_patch
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -249,17 +248,12 @@ def test_conflict_rebase_and_branch_keep_both_edits(page: Page, server: Server, 
     # back the edit lease the annotator's edit took: the workflow refuses saves under someone else's lease).
     theirs_box = np.ones((3, 3, 2), dtype=bool)
     force_release_lease(server, labelled.id)
-    with server.client() as client:
-        response = post_patch(
-            client,  # type: ignore[arg-type]
-            server.headers(LEAD),
-            labelled.id,
-            labelled.head,
-            [("liver", (80, 80, 5), theirs_box), ("spleen", (2, 2, 2), theirs_box)],
-            message="lead fixes the spleen",
-        )
-    assert response.status_code == 201, response.text
-    theirs = response.json()["id"]
+    theirs = server.patch(
+        labelled.id,
+        labelled.head,
+        [("liver", (80, 80, 5), theirs_box), ("spleen", (2, 2, 2), theirs_box)],
+        message="lead fixes the spleen",
+    )
     page.get_by_test_id("save").click()
     page.get_by_test_id("save-message").fill("my liver edit")
     page.get_by_test_id("save-confirm").click()
@@ -285,17 +279,7 @@ def test_conflict_rebase_and_branch_keep_both_edits(page: Page, server: Server, 
     mine2 = [[i, 20, 31] for i in range(40, 46)]
     page.evaluate("(v) => window.maskloop.paintNative('liver', v, 1)", mine2)
     force_release_lease(server, labelled.id)
-    with server.client() as client:
-        response = post_patch(
-            client,  # type: ignore[arg-type]
-            server.headers(LEAD),
-            labelled.id,
-            rebased,
-            [("aorta", (30, 30, 30), theirs_box)],
-            message="lead widens the aorta",
-        )
-    assert response.status_code == 201, response.text
-    theirs2 = response.json()["id"]
+    theirs2 = server.patch(labelled.id, rebased, [("aorta", (30, 30, 30), theirs_box)], message="lead widens the aorta")
     page.get_by_test_id("save").click()
     page.get_by_test_id("save-message").fill("my branch")
     page.get_by_test_id("save-confirm").click()
@@ -355,17 +339,9 @@ def test_compare_view_reports_the_api_dice(page: Page, server: Server, make_scan
     labelled: LabelledScan = make_scan("RAS", seed=25)
     box = np.zeros((12, 10, 4), dtype=bool)
     box[2:10, 2:8, :] = True
-    with server.client() as client:
-        response = post_patch(
-            client,  # type: ignore[arg-type]
-            server.headers(LEAD),
-            labelled.id,
-            labelled.head,
-            [("liver", (20, 30, 20), box), ("stomach", (50, 50, 22), box)],
-            message="reader two",
-        )
-    assert response.status_code == 201, response.text
-    b = response.json()["id"]
+    b = server.patch(
+        labelled.id, labelled.head, [("liver", (20, 30, 20), box), ("stomach", (50, 50, 22), box)], message="reader two"
+    )
     api_diff = server.get(f"/api/versions/{b}/diff?against={labelled.head}")
     sign_in_with_token(page, server)
     open_scan(page, server, labelled.id)
