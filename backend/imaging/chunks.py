@@ -1,6 +1,6 @@
 """Chunked, content-addressed binary masks: the storage format that makes a label edit cost O(edit).
 
-A structure's mask is cut into fixed chunks (64³ voxels). Each non-empty chunk is bit-packed, zlib-compressed
+A structure's mask is cut into fixed chunks (64³ voxels). Each non-empty chunk is bit-packed, zstd-compressed
 and stored as a blob under its sha256; a small *manifest* lists (chunk index, voxel count, digest) for the
 non-empty chunks. Two versions that share a chunk share its blob; a patch touches only the chunks its box
 overlaps, so a brush stroke stores a manifest and one or two chunks, never the whole mask.
@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import gzip
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import product
+from typing import cast
 
 import numpy as np
+import zstandard
 
 from backend.core.errors import InvalidInput
 
 CHUNK_SHAPE: tuple[int, int, int] = (64, 64, 64)
 _MANIFEST_MAGIC = b"MLMANIF1"
-_CHUNK_TAG_PACKBITS_ZLIB = b"\x01"
+_CHUNK_TAG_PACKBITS_ZLIB = b"\x01"  # written before zstd; still read
+_CHUNK_TAG_PACKBITS_ZSTD = b"\x02"
 _HEADER = struct.Struct("<8s3I3HI")
 _ENTRY = struct.Struct("<II32s")
 
@@ -110,18 +114,44 @@ def chunk_slices(flat_index: int, shape: Shape3, chunk: Shape3) -> tuple[slice, 
     )
 
 
+_ZSTD_LEVEL = 3
+# zstd contexts are not thread-safe; label versions encode several structures on threads, so one per thread.
+_codecs = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    if not hasattr(_codecs, "compressor"):
+        _codecs.compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+        _codecs.decompressor = zstandard.ZstdDecompressor()
+    return cast(zstandard.ZstdCompressor, _codecs.compressor)
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    _compressor()
+    return cast(zstandard.ZstdDecompressor, _codecs.decompressor)
+
+
 def encode_chunk(block: np.ndarray) -> bytes:
-    """Bit-pack (C order) and compress one chunk of a boolean mask."""
+    """Bit-pack (C order) and compress one chunk of a boolean mask (zstd).
+
+    zstd level 3 packs anatomy as tightly as zlib level 6 and a speckled mask (an untrained or very unsure model)
+    as tightly as zlib level 1, at a tenth of zlib's CPU in both cases; decoding is ~3x faster too.
+    """
     packed = np.packbits(np.ascontiguousarray(block, dtype=bool).ravel())
-    return _CHUNK_TAG_PACKBITS_ZLIB + zlib.compress(packed.tobytes(), 6)
+    return _CHUNK_TAG_PACKBITS_ZSTD + _compressor().compress(packed.tobytes())
 
 
 def decode_chunk(data: bytes, block_shape: tuple[int, ...]) -> np.ndarray:
-    """Inverse of encode_chunk for a chunk of the given shape."""
-    if data[:1] != _CHUNK_TAG_PACKBITS_ZLIB:
+    """Inverse of encode_chunk for a chunk of the given shape (also reads the zlib chunks of earlier versions)."""
+    tag = data[:1]
+    if tag == _CHUNK_TAG_PACKBITS_ZSTD:
+        raw = _decompressor().decompress(data[1:])
+    elif tag == _CHUNK_TAG_PACKBITS_ZLIB:
+        raw = zlib.decompress(data[1:])
+    else:
         raise ValueError("unknown chunk encoding")
     size = int(np.prod(block_shape))
-    packed = np.frombuffer(zlib.decompress(data[1:]), dtype=np.uint8)
+    packed = np.frombuffer(raw, dtype=np.uint8)
     return np.unpackbits(packed, count=size).astype(bool).reshape(block_shape)
 
 

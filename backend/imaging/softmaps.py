@@ -9,6 +9,11 @@ shrinks and would cost ~17 ms of CPU per MB for nothing.
 
 The entropy map is not stored: it is a fixed function of the quantised probability (``ENTROPY_OF_QUANTISED``),
 so it is derived on read without any loss.
+
+NIfTI stores voxels x-fastest. A network's output is C-ordered (z fastest), and transposing it costs more than
+quantising it, so a C-ordered map is stored with its voxel axes reversed: a NIfTI image of shape (Z, Y, X) whose
+affine has the matching columns swapped, still a correct image for any NIfTI reader; ``axes: "zyx"`` in the row
+tells ``decode_soft_map`` to turn it back. The transposition then happens on read, off the pre-annotation job.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ __all__ = [
 ]
 
 FORMAT = "u8-crop-1"
+REVERSED_AXES = "zyx"
 MAP_KINDS = ("probability", "entropy")
 # Store gzip only when a sample shrinks to at most this fraction of its size.
 _GZIP_WORTH_IT = 0.75
@@ -71,16 +77,20 @@ class EncodedMap:
     shape: tuple[int, int, int]
     scan_shape: tuple[int, int, int]
     gzipped: bool
+    axes_reversed: bool = False
 
     def meta(self) -> dict[str, Any]:
         """The JSON kept next to the blob digest in the prediction row."""
-        return {
+        meta: dict[str, Any] = {
             "format": FORMAT,
             "origin": list(self.origin),
             "shape": list(self.shape),
             "scan_shape": list(self.scan_shape),
             "gzip": self.gzipped,
         }
+        if self.axes_reversed:
+            meta["axes"] = REVERSED_AXES
+        return meta
 
 
 def nonzero_box(volume: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -126,11 +136,16 @@ def encode_soft_map(quantised: np.ndarray, affine: np.ndarray) -> EncodedMap:
     box = volume[tuple(slice(o, o + s) for o, s in zip(origin, size, strict=True))]
     box_affine = np.array(affine, dtype=np.float64)
     box_affine[:3, 3] = box_affine[:3, :3] @ np.asarray(origin, dtype=np.float64) + box_affine[:3, 3]
-    raw = _nifti_u8(box, box_affine)
+    # A C-ordered map is written as its transpose (x-fastest already in memory, so no reordering copy).
+    reversed_axes = not volume.flags.f_contiguous and volume.flags.c_contiguous
+    if reversed_axes:
+        raw = _nifti_u8(np.asfortranarray(box.T), box_affine[:, [2, 1, 0, 3]])
+    else:
+        raw = _nifti_u8(box, box_affine)
     gzipped = _gzip_pays(raw)
     data = gzip.compress(raw, compresslevel=1, mtime=0) if gzipped else raw
     scan_shape = (int(volume.shape[0]), int(volume.shape[1]), int(volume.shape[2]))
-    return EncodedMap(data, origin, size, scan_shape, gzipped)
+    return EncodedMap(data, origin, size, scan_shape, gzipped, reversed_axes)
 
 
 def _image_of(data: bytes) -> nib.Nifti1Image:
@@ -154,6 +169,8 @@ def _decode(image: nib.Nifti1Image, meta: dict[str, Any] | None) -> np.ndarray:
     box = np.asarray(image.dataobj, dtype=np.uint8)
     if not meta or meta.get("format") != FORMAT:
         return box
+    if meta.get("axes") == REVERSED_AXES:
+        box = box.T
     origin = tuple(int(v) for v in meta["origin"])
     scan_shape = tuple(int(v) for v in meta["scan_shape"])
     if box.ndim != 3 or any(o < 0 or o + s > n for o, s, n in zip(origin, box.shape, scan_shape, strict=True)):
@@ -170,6 +187,8 @@ def full_grid_nifti_gz(data: bytes, meta: dict[str, Any] | None, kind: str) -> b
     image = _image_of(data)
     volume = _decode(image, meta)
     affine = np.array(image.affine, dtype=np.float64)
+    if meta and meta.get("axes") == REVERSED_AXES:  # the stored image's voxel axes are (z, y, x)
+        affine = affine[:, [2, 1, 0, 3]]
     if meta and meta.get("format") == FORMAT:  # the box's affine, moved back to the grid's first voxel
         affine[:3, 3] -= affine[:3, :3] @ np.asarray(meta["origin"], dtype=np.float64)
     out = entropy_u8(volume) if kind == "entropy" else volume

@@ -49,6 +49,23 @@ def test_manifest_round_trip_is_exact(shape: tuple[int, int, int]) -> None:
     assert chunks.MaskManifest.from_bytes(manifest.to_bytes()) == manifest
 
 
+def test_chunks_are_zstd_and_chunks_written_with_zlib_are_still_read() -> None:
+    import zlib
+
+    smooth = np.zeros((64, 64, 64), dtype=bool)
+    smooth[10:50, 5:40, 3:60] = True
+    speckled = np.random.default_rng(4).random((64, 64, 40)) < 0.5
+    for block in (smooth, speckled):
+        encoded = chunks.encode_chunk(block)
+        assert encoded[:1] == b"\x02"
+        assert np.array_equal(chunks.decode_chunk(encoded, block.shape), block)
+        legacy = b"\x01" + zlib.compress(np.packbits(block.ravel()).tobytes(), 6)  # before zstd
+        assert np.array_equal(chunks.decode_chunk(legacy, block.shape), block)
+    assert len(chunks.encode_chunk(smooth)) < 200  # a box of anatomy is a few runs
+    with pytest.raises(ValueError, match="unknown chunk encoding"):
+        chunks.decode_chunk(b"\x07junk", smooth.shape)
+
+
 def test_empty_mask_stores_no_chunks() -> None:
     blobs = MemoryBlobs()
     manifest = chunks.build_manifest(np.zeros((100, 100, 50), dtype=bool), blobs.put)

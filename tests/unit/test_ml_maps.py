@@ -52,7 +52,7 @@ AFFINE = np.array([[-2.0, 0, 0, 30.0], [0, -1.5, 0, 20.0], [0, 0, 3.0, -40.0], [
 def test_soft_maps_are_cropped_losslessly_to_their_non_zero_box() -> None:
     from backend.imaging.softmaps import FORMAT, decode_soft_map, encode_soft_map
 
-    q = _confident_map()
+    q = np.asfortranarray(_confident_map())  # x-fastest, as NIfTI stores it (C order: see the reversed-axes test)
     encoded = encode_soft_map(q, AFFINE)
     assert encoded.origin == (9, 8, 5) and encoded.shape == (17, 22, 10) and encoded.scan_shape == q.shape
     assert encoded.gzipped and len(encoded.data) < q.size // 20
@@ -104,13 +104,39 @@ def test_the_api_and_the_worker_share_one_entropy_table() -> None:
     assert np.array_equal(API_SIDE, WORKER_SIDE)
 
 
-def test_quantising_for_nifti_gives_the_same_values_laid_out_x_fastest() -> None:
-    from worker.models.maps import quantise_for_nifti
+def test_quantising_a_stack_on_torch_threads_gives_the_same_values() -> None:
+    from worker.models.maps import masks_of, quantise_stack
 
-    probs = np.random.default_rng(2).random((2, 11, 9, 7), dtype=np.float32)
-    probs[0, 0, 0, 0], probs[0, 1, 0, 0] = -0.2, 1.3  # out of range values clip like quantise_probabilities
-    out = quantise_for_nifti(probs[0])
-    assert out.dtype == np.uint8 and out.flags.f_contiguous and out.shape == (11, 9, 7)
-    assert np.array_equal(out, quantise_probabilities(probs[0]))
-    with pytest.raises(ValueError):
-        quantise_for_nifti(probs)
+    probs = np.random.default_rng(2).random((3, 11, 9, 7), dtype=np.float32)
+    probs[0, 0, 0, 0], probs[0, 1, 0, 0], probs[1, 0, 0, 0] = -0.2, 1.3, 0.5
+    probs[2, 0, 0, 0] = 0.5 / 255.0  # exactly half a step: rounds half to even, like numpy
+    expected_masks = probs > 0.5
+    expected = quantise_probabilities(probs)
+    out = quantise_stack(probs)
+    assert out.dtype == np.uint8 and out.flags.c_contiguous and out.shape == probs.shape
+    assert np.array_equal(out, expected)
+    assert np.array_equal(masks_of(probs), expected_masks) and not masks_of(probs)[1, 0, 0, 0]
+    assert np.array_equal(quantise_stack(probs, overwrite=True), expected)
+    assert probs.max() > 1.0  # overwritten: the stack was used as scratch
+
+
+def test_c_ordered_maps_are_stored_with_reversed_axes_and_read_back_in_place() -> None:
+    from backend.imaging.softmaps import decode_soft_map, encode_soft_map, full_grid_nifti_gz
+
+    q = np.ascontiguousarray(_confident_map())
+    q[12, 20, 7] = 77  # one voxel that would land elsewhere if the axes were mixed up
+    encoded = encode_soft_map(q, AFFINE)
+    meta = encoded.meta()
+    assert meta["axes"] == "zyx" and encoded.origin == (9, 8, 5) and encoded.shape == (17, 22, 10)
+    assert np.array_equal(decode_soft_map(encoded.data, meta), q)
+    # Any NIfTI reader sees a correct image: the stored voxel (z, y, x) sits where the grid's (x, y, z) does.
+    image = nib.Nifti1Image.from_bytes(gzip.decompress(encoded.data))
+    assert image.shape == (10, 22, 17)
+    stored = np.asarray(image.dataobj)
+    assert stored[7 - 5, 20 - 8, 12 - 9] == 77
+    np.testing.assert_allclose(image.affine @ [2, 12, 3, 1], AFFINE @ [12, 20, 7, 1], atol=1e-4)
+    full = nib.Nifti1Image.from_bytes(gzip.decompress(full_grid_nifti_gz(encoded.data, meta, "probability")))
+    assert np.array_equal(np.asarray(full.dataobj), q)
+    np.testing.assert_allclose(full.affine, AFFINE, atol=1e-4)
+    fortran = encode_soft_map(np.asfortranarray(q), AFFINE)  # already x-fastest: stored as is
+    assert "axes" not in fortran.meta() and np.array_equal(decode_soft_map(fortran.data, fortran.meta()), q)

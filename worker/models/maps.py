@@ -1,10 +1,17 @@
-"""Compact soft maps: probabilities and their binary entropy quantised to uint8 (pure numpy)."""
+"""Compact soft maps: probabilities and their binary entropy quantised to uint8 (numpy; torch for threads)."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-__all__ = ["ENTROPY_OF_QUANTISED", "entropy_u8", "quantise_for_nifti", "quantise_probabilities"]
+__all__ = [
+    "ENTROPY_OF_QUANTISED",
+    "entropy_u8",
+    "masks_of",
+    "quantise_probabilities",
+    "quantise_stack",
+]
 
 
 def _entropy_table() -> np.ndarray:
@@ -28,28 +35,23 @@ def quantise_probabilities(probs: np.ndarray) -> np.ndarray:
     return np.rint(scaled, out=scaled).astype(np.uint8)
 
 
-_SLAB = 4  # x-planes per step of ``quantise_for_nifti``: a float32 slab of a 512x512 slice stays cache-sized
+def quantise_stack(probs: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
+    """``quantise_probabilities`` of a whole float32 stack, C-ordered, on torch's intra-op threads.
 
-
-def quantise_for_nifti(probs: np.ndarray) -> np.ndarray:
-    """``quantise_probabilities`` of one (X, Y, Z) map, laid out x-fastest (Fortran order) as NIfTI stores voxels.
-
-    A C-ordered network output would otherwise be transposed when written, a cache-hostile copy that costs more
-    than the quantisation itself; here each slab of a few x-planes is quantised and transposed while cache-hot.
+    numpy runs each elementwise pass on one core; after inference the worker's other cores are idle, and this step
+    sits between the sliding window and the committed version. Same product, clipping and rounding (half to even)
+    as ``quantise_probabilities``, so the values are identical. ``overwrite`` lets it use ``probs`` as scratch
+    (no second float32 stack to allocate).
     """
-    if probs.ndim != 3:
-        raise ValueError(f"expected one (X, Y, Z) map, got shape {probs.shape}")
-    nx, ny, nz = probs.shape
-    transposed = np.empty((nz, ny, nx), dtype=np.uint8)
-    scratch = np.empty((min(_SLAB, nx), ny, nz), dtype=np.float32)
-    for start in range(0, nx, _SLAB):
-        slab = probs[start : start + _SLAB]
-        scaled = scratch[: slab.shape[0]]
-        np.multiply(slab, np.float32(255.0), out=scaled, dtype=np.float32)
-        np.clip(scaled, 0.0, 255.0, out=scaled)
-        np.rint(scaled, out=scaled)
-        transposed[:, :, start : start + _SLAB] = scaled.T
-    return transposed.T
+    tensor = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))
+    scaled = tensor.mul_(255.0) if overwrite else tensor.mul(255.0)
+    return np.asarray(scaled.clamp_(0.0, 255.0).round_().to(torch.uint8).numpy())
+
+
+def masks_of(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Boolean masks ``probs > threshold`` of a float32 stack, on torch's intra-op threads (numpy uses one core)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))
+    return np.asarray(tensor.gt(threshold).numpy())
 
 
 def entropy_u8(quantised: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from backend.models import LabelVersion, Scan
 from backend.projects import service as projects
 from backend.registry import service as registry
 from backend.scans import service as scans
-from worker.models.maps import quantise_for_nifti
+from worker.models.maps import masks_of, quantise_stack
 from worker.pipelines import common
 from worker.pipelines.predictors import ModelSpec, predict
 
@@ -65,7 +65,14 @@ def _run(claimed: common.Claimed) -> None:
         )
     timings["inference_s"] = time.perf_counter() - clock - timings["load_s"]
     reporter.update(92, "writing the version", force=True)
-    masks = probs > 0.5
+    # Thresholding and quantising every voxel of every structure are elementwise passes: torch runs them on all
+    # the worker's threads, where numpy would use one core while the others idle.
+    # The uint8 maps stay C-ordered: ``encode_soft_map`` stores such a map with its voxel axes reversed rather
+    # than paying for a transposing copy here.
+    masks = masks_of(probs)
+    quantised = quantise_stack(probs, overwrite=True)
+    del probs
+    timings["maps_s"] = time.perf_counter() - clock - timings["load_s"] - timings["inference_s"]
     affine = loaded.geometry.affine
     # The soft maps are written on other threads (numpy, zlib and file writes release the GIL) while this thread
     # encodes the version's mask chunks, whose fsynced writes go to I/O threads; every write is finished before
@@ -73,7 +80,7 @@ def _run(claimed: common.Claimed) -> None:
     # this thread leaves (on 2 cores one map thread: two would make three CPU-bound threads share them).
     map_threads = max(1, min(4, (os.cpu_count() or 2) - 1))
     with ThreadPoolExecutor(max_workers=map_threads) as pool, _WriteBehind(blobs) as behind:
-        futures = {name: pool.submit(_write_map, blobs, probs[i], affine) for i, name in enumerate(spec.structures)}
+        futures = {name: pool.submit(_write_map, blobs, quantised[i], affine) for i, name in enumerate(spec.structures)}
         with session_scope() as db:
             job = common.owned_job(db, claimed)
             scan = scans.get_scan(db, job.scan_id or 0)
@@ -104,12 +111,12 @@ def _run(claimed: common.Claimed) -> None:
             )
 
 
-def _write_map(blobs: BlobStore, probability: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
+def _write_map(blobs: BlobStore, quantised: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
     """Store one structure's uint8 probability map, cropped to its non-zero box; returns its digest and box.
 
     The entropy map is derived from it on read (``softmaps.entropy_u8``), so it is not stored twice.
     """
-    encoded = softmaps.encode_soft_map(quantise_for_nifti(probability), affine)
+    encoded = softmaps.encode_soft_map(quantised, affine)
     return {"probability": blobs.put_bytes(encoded.data), **encoded.meta()}
 
 
