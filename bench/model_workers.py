@@ -49,7 +49,7 @@ SPACING = (1.5, 1.5, 1.5)
 STRUCTURES = ["liver", "spleen", "kidney_left", "kidney_right", "aorta", "postcava", "stomach", "pancreas"]
 NETWORK = {"channels": [16, 32, 64, 128], "num_res_units": 1}
 THREADS = 2
-WARM_RUNS = 5
+WARM_RUNS = 6
 
 
 def _log(message: str) -> None:
