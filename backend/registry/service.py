@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,34 @@ DEFAULT_INFERENCE = {"roi_size": [96, 96, 96], "overlap": 0.25, "mode": "gaussia
 
 
 PROMOTION_POLICIES = ("manual", "auto")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def validate_inference(settings: dict[str, Any]) -> dict[str, Any]:
+    """Check a model's sliding-window settings at registration, so a typo fails there and not in every job."""
+    unknown = sorted(set(settings) - {"roi_size", "overlap", "mode", "sw_batch_size", "device", "amp"})
+    if unknown:
+        raise InvalidInput(f"unknown inference settings {unknown}; use roi_size, overlap, mode, sw_batch_size, device, amp")
+    roi = settings.get("roi_size", [96, 96, 96])
+    if not isinstance(roi, list | tuple) or len(roi) != 3 or not all(_positive_int(v) for v in roi):
+        raise InvalidInput(f"roi_size must be three positive integers, got {roi!r}")
+    overlap = settings.get("overlap", 0.25)
+    if isinstance(overlap, bool) or not isinstance(overlap, int | float) or not 0.25 <= overlap < 1:
+        raise InvalidInput("sliding-window overlap must be at least 0.25 and below 1")
+    if settings.get("mode", "gaussian") not in ("gaussian", "constant"):
+        raise InvalidInput("mode must be 'gaussian' or 'constant'")
+    if not _positive_int(settings.get("sw_batch_size", 1)):
+        raise InvalidInput("sw_batch_size must be a positive integer")
+    device = settings.get("device")
+    if device is not None and not (isinstance(device, str) and _DEVICE.match(device)):
+        raise InvalidInput(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if not isinstance(settings.get("amp", True), bool):
+        raise InvalidInput("amp must be true or false")
+    return dict(settings)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def validate_promotion(value: Any) -> dict[str, Any]:
@@ -111,9 +140,7 @@ def create_model(
         raise InvalidInput("a structure is listed twice")
     if db.scalar(select(Model.id).where(Model.project_id == project_id, Model.name == name)) is not None:
         raise Conflict(f"a model named {name!r} already exists in this project")
-    overlap = inference or {}
-    if float(overlap.get("overlap", 0.25)) < 0.25:
-        raise InvalidInput("sliding-window overlap must be at least 0.25")
+    overlap = validate_inference(inference or {})
     model = Model(
         project_id=project_id,
         name=name,

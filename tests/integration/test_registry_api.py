@@ -41,6 +41,22 @@ def test_model_registration_validates_against_the_schema(client: TestClient, wor
         json={"name": "m", "architecture": "unet", "structures": ["liver"], "inference": {"overlap": 0.1}},
     )
     assert bad.status_code == 422 and "0.25" in bad.json()["detail"]
+    for inference, word in (
+        ({"roi_size": [96, 96]}, "roi_size"),
+        ({"roi_size": [96, 0, 96]}, "roi_size"),
+        ({"overlap": "half"}, "overlap"),
+        ({"mode": "median"}, "mode"),
+        ({"sw_batch_size": 0}, "sw_batch_size"),
+        ({"device": "tpu"}, "device"),
+        ({"amp": "yes"}, "amp"),
+        ({"windows": 3}, "unknown"),
+    ):
+        body = {"name": "m", "architecture": "unet", "structures": ["liver"], "inference": inference}
+        bad = client.post(url, headers=lead, json=body)
+        assert bad.status_code == 422 and word in bad.json()["detail"], inference
+    on_gpu = {"name": "g", "architecture": "unet", "structures": ["liver"], "inference": {"device": "cuda:1"}}
+    created = client.post(url, headers=lead, json=on_gpu)
+    assert created.status_code == 201 and created.json()["inference"]["device"] == "cuda:1"
     model = _create(client, world, name="m", architecture="unet", structures=["liver", "ivc"])
     assert model["structures"] == ["liver", "postcava"]  # aliases resolve to schema names
     assert model["preprocessing"]["target_spacing"] == [1.5, 1.5, 1.5]

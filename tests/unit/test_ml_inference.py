@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -61,7 +62,10 @@ def test_build_network_rejects_unknown_architecture() -> None:
 def test_inference_shape_range_and_progress(phantom_small: tuple[np.ndarray, np.ndarray]) -> None:
     volume, affine = phantom_small
     seen: list[float] = []
-    probs = predict_probabilities(_tiny(), volume, affine, PREP, CFG, progress=seen.append)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    probs = predict_probabilities(_tiny(), volume, affine, PREP, CFG, progress=seen.append, timings=timings)
+    assert 0 < timings["sliding_window_s"] < time.perf_counter() - started  # MONAI's call alone, inside the whole
     assert probs.shape == (3, *volume.shape)
     assert probs.dtype == np.float32
     assert float(probs.min()) >= 0.0 and float(probs.max()) <= 1.0

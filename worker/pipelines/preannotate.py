@@ -61,7 +61,13 @@ def _run(claimed: common.Claimed) -> None:
         raise InvalidInput(f"scan {case_id} of shape {list(loaded.geometry.shape)} is too thin for 3D inference")
     with common.BackgroundProgress(reporter, 5, 90, f"{spec.name} v{spec.number}: sliding window") as progress:
         probs = predict(
-            spec, blobs, loaded.data, loaded.geometry.affine, progress=progress, should_stop=reporter.should_stop
+            spec,
+            blobs,
+            loaded.data,
+            loaded.geometry.affine,
+            progress=progress,
+            should_stop=reporter.should_stop,
+            timings=timings,
         )
     timings["inference_s"] = time.perf_counter() - clock - timings["load_s"]
     reporter.update(92, "writing the version", force=True)

@@ -107,6 +107,7 @@ def predict(
     affine: np.ndarray,
     progress: Progress | None = None,
     should_stop: Stop | None = None,
+    timings: dict[str, float] | None = None,
 ) -> np.ndarray:
     """Soft probabilities (C, X, Y, Z) in the scan's own geometry for the model's structures."""
     _configure_threads()
@@ -128,4 +129,5 @@ def predict(
         inference_config(spec),
         progress=progress,
         should_stop=should_stop,
+        timings=timings,
     )
