@@ -3,9 +3,9 @@
 A probability map quantised to uint8 (round(p * 255)) is exactly zero far from the structure, so the stored blob is
 the map's bounding box of non-zero voxels (lossless: every voxel outside it is 0) as a NIfTI-1 image whose affine
 places the box in the scan's world space; the box origin and the scan shape are also kept in the prediction row.
-The blob is gzip-compressed (level 1) only when that pays (a sample shrinks by more than a quarter): a map of a
-confident model is mostly 0 and 255 and compresses tenfold, while the speckled map of an undecided one barely
-shrinks and would cost ~17 ms of CPU per MB for nothing.
+The blob is zstd-compressed (level 1; ``zstd -d`` gives the .nii): a map of a confident model is mostly 0 and 255
+and shrinks tenfold or more, while zstd passes the speckled map of an undecided one through at memory speed (gzip
+cost ~20 ms of CPU per MB for it). Blobs written earlier as .nii.gz or raw .nii are still read.
 
 The entropy map is not stored: it is a fixed function of the quantised probability (``ENTROPY_OF_QUANTISED``),
 so it is derived on read without any loss.
@@ -18,13 +18,13 @@ tells ``decode_soft_map`` to turn it back. The transposition then happens on rea
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+import zstandard
 
 from backend.core.errors import InvalidInput
 from backend.imaging import nifti
@@ -45,9 +45,8 @@ __all__ = [
 FORMAT = "u8-crop-1"
 REVERSED_AXES = "zyx"
 MAP_KINDS = ("probability", "entropy")
-# Store gzip only when a sample shrinks to at most this fraction of its size.
-_GZIP_WORTH_IT = 0.75
-_SAMPLE_BYTES = 1 << 17
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_ZSTD_LEVEL = 1
 
 
 def _entropy_table() -> np.ndarray:
@@ -76,7 +75,6 @@ class EncodedMap:
     origin: tuple[int, int, int]
     shape: tuple[int, int, int]
     scan_shape: tuple[int, int, int]
-    gzipped: bool
     axes_reversed: bool = False
 
     def meta(self) -> dict[str, Any]:
@@ -86,7 +84,7 @@ class EncodedMap:
             "origin": list(self.origin),
             "shape": list(self.shape),
             "scan_shape": list(self.scan_shape),
-            "gzip": self.gzipped,
+            "compression": "zstd",
         }
         if self.axes_reversed:
             meta["axes"] = REVERSED_AXES
@@ -117,18 +115,8 @@ def _nifti_u8(data: np.ndarray, affine: np.ndarray) -> bytes:
     return bytes(image.to_bytes())
 
 
-def _gzip_pays(raw: bytes) -> bool:
-    """Whether level-1 compression shrinks a middle sample of the bytes by more than a quarter."""
-    if len(raw) <= _SAMPLE_BYTES:
-        sample = raw
-    else:
-        start = (len(raw) - _SAMPLE_BYTES) // 2
-        sample = raw[start : start + _SAMPLE_BYTES]
-    return len(zlib.compress(sample, 1)) <= _GZIP_WORTH_IT * len(sample)
-
-
 def encode_soft_map(quantised: np.ndarray, affine: np.ndarray) -> EncodedMap:
-    """Crop a uint8 (X, Y, Z) map to its non-zero box and encode it as NIfTI (gzip when it pays)."""
+    """Crop a uint8 (X, Y, Z) map to its non-zero box and encode it as zstd-compressed NIfTI."""
     volume = np.asarray(quantised)
     if volume.ndim != 3 or volume.dtype != np.uint8:
         raise InvalidInput(f"a soft map must be a 3D uint8 array, got {volume.dtype} {list(volume.shape)}")
@@ -142,16 +130,21 @@ def encode_soft_map(quantised: np.ndarray, affine: np.ndarray) -> EncodedMap:
         raw = _nifti_u8(np.asfortranarray(box.T), box_affine[:, [2, 1, 0, 3]])
     else:
         raw = _nifti_u8(box, box_affine)
-    gzipped = _gzip_pays(raw)
-    data = gzip.compress(raw, compresslevel=1, mtime=0) if gzipped else raw
+    # A compressor per call: zstd contexts are not thread-safe and maps are encoded on several threads.
+    data = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(raw)
     scan_shape = (int(volume.shape[0]), int(volume.shape[1]), int(volume.shape[2]))
-    return EncodedMap(data, origin, size, scan_shape, gzipped, reversed_axes)
+    return EncodedMap(data, origin, size, scan_shape, reversed_axes)
 
 
 def _image_of(data: bytes) -> nib.Nifti1Image:
     """The NIfTI image stored in a soft-map blob (.nii or .nii.gz)."""
     try:
-        raw = zlib.decompress(data, wbits=31) if data.startswith(GZIP_MAGIC) else data
+        if data.startswith(ZSTD_MAGIC):
+            raw = zstandard.ZstdDecompressor().decompress(data)
+        elif data.startswith(GZIP_MAGIC):  # maps written before zstd
+            raw = zlib.decompress(data, wbits=31)
+        else:
+            raw = data
         return nib.Nifti1Image.from_bytes(raw)
     except Exception as exc:  # zlib and nibabel raise several types for damaged data
         raise InvalidInput(f"a stored soft map is not a readable NIfTI image ({exc})") from exc

@@ -54,7 +54,9 @@ def validate_inference(settings: dict[str, Any]) -> dict[str, Any]:
     """Check a model's sliding-window settings at registration, so a typo fails there and not in every job."""
     unknown = sorted(set(settings) - {"roi_size", "overlap", "mode", "sw_batch_size", "device", "amp"})
     if unknown:
-        raise InvalidInput(f"unknown inference settings {unknown}; use roi_size, overlap, mode, sw_batch_size, device, amp")
+        raise InvalidInput(
+            f"unknown inference settings {unknown}; use roi_size, overlap, mode, sw_batch_size, device, amp"
+        )
     roi = settings.get("roi_size", [96, 96, 96])
     if not isinstance(roi, list | tuple) or len(roi) != 3 or not all(_positive_int(v) for v in roi):
         raise InvalidInput(f"roi_size must be three positive integers, got {roi!r}")

@@ -7,6 +7,7 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
+import zstandard
 
 from backend.core.errors import InvalidInput
 from worker.models.inference import binary_entropy, dequantise_unit, quantise_unit
@@ -55,12 +56,12 @@ def test_soft_maps_are_cropped_losslessly_to_their_non_zero_box() -> None:
     q = np.asfortranarray(_confident_map())  # x-fastest, as NIfTI stores it (C order: see the reversed-axes test)
     encoded = encode_soft_map(q, AFFINE)
     assert encoded.origin == (9, 8, 5) and encoded.shape == (17, 22, 10) and encoded.scan_shape == q.shape
-    assert encoded.gzipped and len(encoded.data) < q.size // 20
+    assert encoded.data.startswith(b"\x28\xb5\x2f\xfd") and len(encoded.data) < q.size // 20  # zstd
     meta = encoded.meta()
     assert meta["format"] == FORMAT and meta["origin"] == [9, 8, 5]
     assert np.array_equal(decode_soft_map(encoded.data, meta), q)
     # The box's own affine places it in world space: its first voxel is the grid's voxel (9, 8, 5).
-    image = nib.Nifti1Image.from_bytes(gzip.decompress(encoded.data))
+    image = nib.Nifti1Image.from_bytes(zstandard.ZstdDecompressor().decompress(encoded.data))
     assert image.shape == (17, 22, 10)
     np.testing.assert_allclose(image.affine[:3, 3], (AFFINE @ [9, 8, 5, 1])[:3], atol=1e-4)
 
@@ -70,7 +71,7 @@ def test_incompressible_maps_are_stored_raw_and_empty_maps_as_one_voxel() -> Non
 
     speckled = np.random.default_rng(1).integers(1, 256, size=(30, 20, 10), dtype=np.uint8)
     encoded = encode_soft_map(speckled, AFFINE)
-    assert not encoded.gzipped and encoded.shape == (30, 20, 10)
+    assert encoded.shape == (30, 20, 10) and encoded.meta()["compression"] == "zstd"
     assert np.array_equal(decode_soft_map(encoded.data, encoded.meta()), speckled)
     empty = encode_soft_map(np.zeros((30, 20, 10), dtype=np.uint8), AFFINE)
     assert empty.shape == (1, 1, 1)
@@ -93,6 +94,10 @@ def test_full_grid_maps_for_the_viewer_and_rows_written_before_cropping() -> Non
         full_grid_nifti_gz(encoded.data, encoded.meta(), "variance")
     legacy = to_nifti_gz(q, AFFINE)  # whole-grid .nii.gz, no box in the row
     assert np.array_equal(decode_soft_map(legacy, {"probability": "d", "entropy": "e"}), q)
+    cropped_gzip = gzip.compress(zstandard.ZstdDecompressor().decompress(encoded.data), mtime=0)  # before zstd
+    assert np.array_equal(decode_soft_map(cropped_gzip, encoded.meta()), q)
+    cropped_raw = zstandard.ZstdDecompressor().decompress(encoded.data)
+    assert np.array_equal(decode_soft_map(cropped_raw, encoded.meta()), q)
     with pytest.raises(InvalidInput):
         decode_soft_map(b"not a nifti at all" * 40, encoded.meta())
 
@@ -130,7 +135,7 @@ def test_c_ordered_maps_are_stored_with_reversed_axes_and_read_back_in_place() -
     assert meta["axes"] == "zyx" and encoded.origin == (9, 8, 5) and encoded.shape == (17, 22, 10)
     assert np.array_equal(decode_soft_map(encoded.data, meta), q)
     # Any NIfTI reader sees a correct image: the stored voxel (z, y, x) sits where the grid's (x, y, z) does.
-    image = nib.Nifti1Image.from_bytes(gzip.decompress(encoded.data))
+    image = nib.Nifti1Image.from_bytes(zstandard.ZstdDecompressor().decompress(encoded.data))
     assert image.shape == (10, 22, 17)
     stored = np.asarray(image.dataobj)
     assert stored[7 - 5, 20 - 8, 12 - 9] == 77
