@@ -34,8 +34,7 @@ def _set_out(db: DbSession, reader_set: ReaderSet, viewer: User) -> ReaderSetOut
     """Serialise a set as the viewer may see it (other readers' versions and agreement hidden while open)."""
     members = service.members_of(db, reader_set)
     users = service.users_by_id(db, [m.user_id for m in members])
-    lead = service.is_lead(db, viewer, reader_set.project_id)
-    blinded = reader_set.status in service.BLINDED_STATUSES and not lead
+    blinded = service.is_blinded(reader_set, members, viewer, service.is_lead(db, viewer, reader_set.project_id))
     fusion_job = jobs.fusion_job_of(db, reader_set)
     positions = jobs.queue_positions(db, [fusion_job]) if fusion_job is not None else {}
     return ReaderSetOut(
@@ -51,7 +50,7 @@ def _set_out(db: DbSession, reader_set: ReaderSet, viewer: User) -> ReaderSetOut
                 display_name=users[m.user_id].display_name if m.user_id in users else "",
                 submitted=m.version_id is not None,
                 submitted_at=m.submitted_at,
-                version_id=service.visible_member_version(db, reader_set, m, viewer, lead),
+                version_id=service.visible_member_version(m, viewer, blinded),
             )
             for m in members
         ],

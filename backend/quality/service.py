@@ -436,11 +436,21 @@ def users_by_id(db: Session, ids: Iterable[int]) -> dict[int, User]:
     return {user.id: user for user in db.scalars(select(User).where(User.id.in_(wanted)))}
 
 
-def visible_member_version(
-    db: Session, reader_set: ReaderSet, member: ReaderSetMember, viewer: User, viewer_is_lead: bool
-) -> int | None:
+def is_blinded(reader_set: ReaderSet, members: Sequence[ReaderSetMember], viewer: User, viewer_is_lead: bool) -> bool:
+    """Whether the viewer must not see the other readers' work of this set yet.
+
+    While a set is open its readers are blinded from each other, whatever their role: a lead who reads too is a
+    reader first (seeing the others' masks would bias the reading the study measures). A lead who does not read
+    oversees the set and sees everything.
+    """
+    if reader_set.status not in BLINDED_STATUSES:
+        return False
+    return not viewer_is_lead or any(m.user_id == viewer.id for m in members)
+
+
+def visible_member_version(member: ReaderSetMember, viewer: User, blinded: bool) -> int | None:
     """A member's submitted version id as the viewer may see it (hidden from other readers while blinded)."""
-    if reader_set.status in BLINDED_STATUSES and not viewer_is_lead and member.user_id != viewer.id:
+    if blinded and member.user_id != viewer.id:
         return None
     return member.version_id
 
@@ -772,21 +782,24 @@ def _make_head(db: Session, scan: Scan, version: LabelVersion, expected_head: in
 def hidden_version_ids(db: Session, scan_id: int, user: User) -> set[int]:
     """Versions of a scan the user may not see: other readers' versions while a set on the scan is open.
 
-    A reader's versions are those they saved on the scan after the set's base version. Leads and admins see
-    everything; every other user sees only their own readers' work until the set is complete.
+    A reader's versions are those they saved on the scan after the set's base version. Leads and admins who do not
+    read in a set see everything of it; everyone else (a reading lead included) sees only their own reading until
+    the set is complete.
     """
     open_sets = list(
         db.scalars(select(ReaderSet).where(ReaderSet.scan_id == scan_id, ReaderSet.status.in_(BLINDED_STATUSES)))
     )
-    if not open_sets or is_lead(db, user, open_sets[0].project_id):
+    if not open_sets:
         return set()
+    lead = is_lead(db, user, open_sets[0].project_id)
     hidden: set[int] = set()
     for reader_set in open_sets:
-        others = [
-            uid
-            for uid in db.scalars(select(ReaderSetMember.user_id).where(ReaderSetMember.reader_set_id == reader_set.id))
-            if uid != user.id
-        ]
+        readers = list(
+            db.scalars(select(ReaderSetMember.user_id).where(ReaderSetMember.reader_set_id == reader_set.id))
+        )
+        if lead and user.id not in readers:
+            continue
+        others = [uid for uid in readers if uid != user.id]
         if not others:
             continue
         query = select(LabelVersion.id).where(LabelVersion.scan_id == scan_id, LabelVersion.author_user_id.in_(others))

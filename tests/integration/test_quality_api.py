@@ -385,6 +385,37 @@ def test_reader_set_blinding_agreement_adjudication_and_majority_fusion(
         assert fusions == 1
 
 
+def test_a_lead_who_reads_is_blinded_like_any_reader(stack: Stack, stack_labelled: dict[str, Any]) -> None:
+    client, labelled = stack.client, stack_labelled
+    scan_id, base = labelled["scan"]["id"], labelled["version"]["id"]
+    a_id, a = _stack_user_id(stack, "annotator"), stack.headers["annotator"]
+    lead_id, lead = _stack_user_id(stack, "lead"), stack.headers["lead"]
+    admin = stack.headers["admin"]
+    url = f"/api/projects/{stack.project.id}/reader-sets"
+    created = client.post(url, headers=lead, json={"scan_ids": [scan_id], "readers": [a_id, lead_id]})
+    assert created.status_code == 201, created.text
+    set_id = created.json()[0]["id"]
+    version_a = _reader_save(client, a, scan_id, base, CORNER_A)
+    version_lead = _reader_save(client, lead, scan_id, base, CORNER_B)
+    submitted = client.post(f"/api/reader-sets/{set_id}/submit", headers=a, json={"version_id": version_a})
+    assert submitted.status_code == 200
+    # The reading lead sees neither the annotator's version nor its id in the set, like any reader ...
+    assert client.get(f"/api/versions/{version_a}", headers=lead).status_code == 404
+    assert version_a not in {v["id"] for v in client.get(f"/api/scans/{scan_id}/versions", headers=lead).json()}
+    as_lead = client.get(f"/api/reader-sets/{set_id}", headers=lead).json()
+    assert {m["user_id"]: m["version_id"] for m in as_lead["members"]}[a_id] is None
+    assert as_lead["agreement"] is None
+    assert client.get(f"/api/versions/{version_lead}", headers=lead).status_code == 200
+    # ... and the annotator does not see the lead's; an admin who does not read oversees both.
+    assert client.get(f"/api/versions/{version_lead}", headers=a).status_code == 404
+    assert client.get(f"/api/versions/{version_a}", headers=admin).status_code == 200
+    as_admin = client.get(f"/api/reader-sets/{set_id}", headers=admin).json()
+    assert {m["user_id"]: m["version_id"] for m in as_admin["members"]}[a_id] == version_a
+    done = client.post(f"/api/reader-sets/{set_id}/submit", headers=lead, json={"version_id": version_lead})
+    assert done.status_code == 200 and done.json()["status"] in ("complete", "adjudication")
+    assert client.get(f"/api/versions/{version_a}", headers=lead).status_code == 200  # the set is done
+
+
 def test_staple_fusion_matches_simpleitk(stack: Stack, stack_labelled: dict[str, Any]) -> None:
     client, labelled = stack.client, stack_labelled
     scan_id, base = labelled["scan"]["id"], labelled["version"]["id"]
