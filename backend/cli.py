@@ -87,6 +87,16 @@ def _worker_command(queues: str, concurrency: int, pool: str | None) -> list[str
     ]
 
 
+def _die_with_parent() -> None:
+    """In the embedded worker, before exec: have Linux send it SIGTERM when `maskloop serve` dies, however it dies
+    (a SIGKILL skips every cleanup), so no orphaned worker keeps polling a database that may be gone."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _resend_unsent_jobs() -> None:
     """Send queued jobs that never reached the broker (it was down when they were created)."""
     from backend.jobs import service as jobs
@@ -120,7 +130,9 @@ def serve(
     migrations.upgrade(settings.resolved_database_url)
     start_worker = worker if worker is not None else settings.resolved_broker_url.startswith("sqla+sqlite")
     _resend_unsent_jobs()
-    child = subprocess.Popen(_worker_command("gpu,cpu", 1, "solo")) if start_worker else None
+    child = (
+        subprocess.Popen(_worker_command("gpu,cpu", 1, "solo"), preexec_fn=_die_with_parent) if start_worker else None
+    )
     try:
         uvicorn.run("backend.main:app", host=host or settings.api_host, port=port or settings.api_port, reload=reload)
     finally:

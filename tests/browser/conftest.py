@@ -153,7 +153,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield Server(base=base, data_dir=data, project_id=projects[0]["id"], tokens=tokens)
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # its embedded worker follows it (parent-death signal)
+            proc.kill()
+            proc.wait(timeout=10)
         log.close()
 
 

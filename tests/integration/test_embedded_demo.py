@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import signal
@@ -118,3 +119,55 @@ def test_demo_data_and_serve_on_the_embedded_default(demo_server: tuple[str, Pat
     ).json()
     liver = next(row for row in diff["structures"] if row["structure"] == "liver")
     assert liver["dice"] > 0.8, liver
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of a process (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's wait is missing
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_the_embedded_worker_goes_when_serve_is_killed(tmp_path: Path) -> None:
+    env = {**os.environ, "MASKLOOP_DATA_DIR": str(tmp_path / "data")}
+    env.pop("MASKLOOP_DATABASE_URL", None)
+    env.pop("MASKLOOP_BROKER_URL", None)
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [str(BIN / "maskloop"), "serve", "--port", str(_free_port())],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (workers := _children(server.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert workers, "maskloop serve started no embedded worker"
+        time.sleep(2)  # let the worker get past its imports
+        server.kill()  # SIGKILL: no finally block of `serve` runs
+        server.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in workers), (tmp_path / "serve.log").read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
