@@ -557,6 +557,21 @@ def measure(base: str, url: str, seeded: Seeded, n: int = REQUESTS) -> dict[str,
                 max(n, len(filters) * 6),
                 "worklist",
             )
+            # Deep in the list (row ~30,000 of the priority order): page numbers (OFFSET) against a cursor.
+            deep = {"sort": "priority", "page_size": 100}
+            page = min(300, max(1, seeded.scans // 100 - 1))
+            cursor = client.get(f"/api/projects/{pid}/worklist", params={**deep, "page": page - 1}, headers=lead)
+            out["worklist-deep-page"] = _timed(
+                lambda: client.get(f"/api/projects/{pid}/worklist", params={**deep, "page": page}, headers=lead),
+                n,
+                "worklist deep page",
+            )
+            after = {**deep, "after": cursor.json()["next_cursor"]}
+            out["worklist-deep-cursor"] = _timed(
+                lambda: client.get(f"/api/projects/{pid}/worklist", params=after, headers=lead),
+                n,
+                "worklist deep cursor",
+            )
         else:
             _log("GET /api/projects/{pid}/worklist is not there yet: skipped")
         if any(p.endswith("/next-task") for p in paths):

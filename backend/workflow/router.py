@@ -175,16 +175,22 @@ def worklist(
     assignee: Annotated[str | None, Query(description="'me', 'none' or a user id")] = None,
     q: Annotated[str | None, Query(max_length=200, description="case id prefix")] = None,
     sort: Annotated[str, Query(pattern="^(priority|updated|case)$")] = "priority",
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=10_000_000)] = 1,
     page_size: Annotated[int, Query(ge=1, le=500)] = 50,
+    after: Annotated[
+        str | None, Query(max_length=500, description="`next_cursor` of the previous page (instead of `page`)")
+    ] = None,
 ) -> TaskPage:
     """The project's tasks, filtered and sorted, with what the caller may do with each."""
     flt = service.parse_filter(state=state, site=site, phase=phase, tumor=tumor, assignee=assignee, q=q)
     rows, total = service.worklist(
-        db, access.project, access.user, flt, sort=sort, offset=(page - 1) * page_size, limit=page_size
+        db, access.project, access.user, flt, sort=sort, offset=(page - 1) * page_size, limit=page_size, after=after
     )
     ctx = service.context_for(db, access.project, access.user, access.role, rows)
-    return TaskPage(items=[task_out(r, ctx) for r in rows], total=total, page=page, page_size=page_size)
+    next_cursor = service.encode_cursor(sort, rows[-1]) if len(rows) == page_size else None
+    return TaskPage(
+        items=[task_out(r, ctx) for r in rows], total=total, page=page, page_size=page_size, next_cursor=next_cursor
+    )
 
 
 @router.post(

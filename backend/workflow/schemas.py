@@ -64,6 +64,9 @@ class TaskPage(BaseModel):
     total: int
     page: int
     page_size: int
+    next_cursor: str | None = Field(
+        default=None, description="pass as `after` for the next page (keyset paging); null on the last page"
+    )
 
 
 class TransitionIn(BaseModel):

@@ -6,13 +6,15 @@ directly, so a label save can ask `check_can_save` and report `on_version_create
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, Table, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -1172,10 +1174,69 @@ def _apply_filter(query: AnySelect, user_id: int, flt: WorklistFilter) -> AnySel
     return query
 
 
+def encode_cursor(sort: str, row: TaskRow) -> str:
+    """An opaque token for the page after ``row`` in the given order (the sort keys of the last row)."""
+    key: list[Any]
+    if sort == "priority":
+        key = [row.task.priority, row.task.scan_id]
+    elif sort == "updated":
+        key = [_aware(row.task.updated_at).isoformat(), row.task.scan_id]
+    else:
+        key = [row.case_id]
+    raw = json.dumps({"sort": sort, "key": key}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, sort: str) -> list[Any]:
+    """The sort keys of a cursor; InvalidInput if it is damaged or was made for another order."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        key = list(data["key"])
+        made_for = str(data["sort"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidInput("the worklist cursor is not one this server issued") from exc
+    if made_for != sort:
+        raise InvalidInput(f"the cursor pages the {made_for!r} order; ask with sort={made_for} or without it")
+    kinds = {"priority": (float | int, int), "updated": (str, int), "case": (str,)}[sort]
+    if len(key) != len(kinds) or not all(
+        isinstance(value, kind) and not isinstance(value, bool) for value, kind in zip(key, kinds, strict=True)
+    ):
+        raise InvalidInput("the worklist cursor is not one this server issued")
+    if sort == "updated":
+        try:
+            key[0] = _aware(datetime.fromisoformat(key[0]))
+        except ValueError as exc:
+            raise InvalidInput("the worklist cursor is not one this server issued") from exc
+    return key
+
+
+def _after(sort: str, key: list[Any]) -> Any:
+    """Rows strictly after the cursor's row in the order (keyset paging: an index seek, not an OFFSET scan)."""
+    if sort == "priority":
+        priority, scan_id = float(key[0]), int(key[1])
+        return or_(ScanTask.priority < priority, and_(ScanTask.priority == priority, ScanTask.scan_id > scan_id))
+    if sort == "updated":
+        moment, scan_id = key[0], int(key[1])
+        return or_(ScanTask.updated_at < moment, and_(ScanTask.updated_at == moment, ScanTask.scan_id < scan_id))
+    return Scan.case_id > str(key[0])
+
+
 def worklist(
-    db: Session, project: Project, user: User, flt: WorklistFilter, *, sort: str, offset: int, limit: int
+    db: Session,
+    project: Project,
+    user: User,
+    flt: WorklistFilter,
+    *,
+    sort: str,
+    offset: int,
+    limit: int,
+    after: str | None = None,
 ) -> tuple[list[TaskRow], int]:
-    """One page of a project's tasks with the scan columns, and the total matching the filter."""
+    """One page of a project's tasks with the scan columns, and the total matching the filter.
+
+    ``after`` (a cursor from ``encode_cursor``) starts the page after that row instead of at ``offset``: deep
+    pages then cost what the first does, and rows inserted or moved meanwhile neither repeat nor go missing.
+    """
     if sort not in WORKLIST_SORTS:
         raise InvalidInput(f"sort must be one of {list(WORKLIST_SORTS)}")
     order: tuple[Any, ...]
@@ -1186,7 +1247,11 @@ def worklist(
         order = (ScanTask.updated_at.desc(), ScanTask.scan_id.desc())
     else:
         order = (Scan.case_id,)  # unique within a project
-    rows = db.execute(_worklist_query(project.id, user.id, flt).order_by(*order).offset(offset).limit(limit)).all()
+    query = _worklist_query(project.id, user.id, flt)
+    if after is not None:
+        query = query.where(_after(sort, _decode_cursor(after, sort)))
+        offset = 0
+    rows = db.execute(query.order_by(*order).offset(offset).limit(limit)).all()
     needs_scans = bool(flt.site or flt.phase or flt.tumor is not None or flt.q)
     count = select(func.count()).select_from(ScanTask).where(ScanTask.project_id == project.id)
     if needs_scans:

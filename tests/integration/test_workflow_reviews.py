@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -293,3 +294,35 @@ def _counting(db: Session) -> Iterator[list[str]]:
         yield statements
     finally:
         event.remove(target, "before_cursor_execute", before)
+
+
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"], indirect=True)
+@pytest.mark.parametrize("sort", ["priority", "updated", "case"])
+def test_worklist_cursor_pages_walk_the_same_order_as_page_numbers(
+    client: TestClient, world: World, listed: dict[str, int], sort: str
+) -> None:
+    whole = _cases(_page(client, world, sort=sort, page_size=50))
+    walked: list[str] = []
+    page = _page(client, world, sort=sort, page_size=4)
+    while True:
+        walked += _cases(page)
+        if page["next_cursor"] is None:
+            break
+        page = _page(client, world, sort=sort, page_size=4, after=page["next_cursor"])
+    assert walked == whole and len(whole) == 6
+    filtered = _page(client, world, sort=sort, page_size=1, state="new")
+    rest = _page(client, world, sort=sort, page_size=5, state="new", after=filtered["next_cursor"])
+    assert _cases(filtered) + _cases(rest) == _cases(_page(client, world, sort=sort, state="new"))
+    assert rest["next_cursor"] is None and rest["total"] == 2
+
+
+def test_worklist_refuses_damaged_or_foreign_cursors(client: TestClient, world: World, listed: dict[str, int]) -> None:
+    url = f"/api/projects/{world.project.id}/worklist"
+    lead = world.headers["lead"]
+    cursor = _page(client, world, sort="case", page_size=2)["next_cursor"]
+    foreign = client.get(url, headers=lead, params={"sort": "priority", "after": cursor})
+    assert foreign.status_code == 422 and "sort=case" in foreign.json()["detail"]
+    forged = base64.urlsafe_b64encode(b'{"sort":"priority","key":["x",1]}').decode()
+    for bad in ("not-a-cursor", "e30", forged, "A" * 501):
+        response = client.get(url, headers=lead, params={"sort": "priority", "after": bad})
+        assert response.status_code == 422, (bad, response.text)
