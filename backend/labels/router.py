@@ -38,8 +38,14 @@ router = APIRouter(tags=["labels"])
 NIFTI_MEDIA = "application/octet-stream"
 
 
-def version_out(version: LabelVersion, scan: Scan, structures: list[Structure], authors: dict[int, User]) -> VersionOut:
-    """Serialise a version with its per-structure rows in schema order."""
+def version_out(
+    version: LabelVersion,
+    scan: Scan,
+    structures: list[Structure],
+    authors: dict[int, User],
+    inputs: dict[int, list[int]] | None = None,
+) -> VersionOut:
+    """Serialise a version with its per-structure rows in schema order (and a fusion's input versions)."""
     by_id = {s.id: s for s in structures}
     author = authors.get(version.author_user_id) if version.author_user_id else None
     rows = sorted(version.structures, key=lambda e: by_id[e.structure_id].position)
@@ -69,11 +75,17 @@ def version_out(version: LabelVersion, scan: Scan, structures: list[Structure], 
             )
             for e in rows
         ],
+        input_version_ids=(inputs or {}).get(version.id, []),
     )
 
 
+def _fusion_inputs(db: DbSession, versions: list[LabelVersion]) -> dict[int, list[int]]:
+    return quality.fusion_inputs(db, [v.id for v in versions if v.kind == "fusion"])
+
+
 def _one_out(db: DbSession, version: LabelVersion, scan: Scan) -> VersionOut:
-    return version_out(version, scan, projects.structures_of(db, scan.project_id), service.authors_of(db, [version]))
+    structures = projects.structures_of(db, scan.project_id)
+    return version_out(version, scan, structures, service.authors_of(db, [version]), _fusion_inputs(db, [version]))
 
 
 def _kind_for(user: User, kind: str) -> str:
@@ -90,8 +102,8 @@ def list_versions(db: DbSession, access: ScanAccess = require_scan("read")) -> l
     hidden = quality.hidden_version_ids(db, access.scan.id, access.user)
     versions = [v for v in service.list_versions(db, access.scan) if v.id not in hidden]
     structures = projects.structures_of(db, access.scan.project_id)
-    authors = service.authors_of(db, versions)
-    return [version_out(v, access.scan, structures, authors) for v in versions]
+    authors, inputs = service.authors_of(db, versions), _fusion_inputs(db, versions)
+    return [version_out(v, access.scan, structures, authors, inputs) for v in versions]
 
 
 @router.post("/api/scans/{scan_id}/versions", response_model=VersionOut, status_code=status.HTTP_201_CREATED)
@@ -256,8 +268,8 @@ def get_lineage(db: DbSession, access: VersionAccess = require_version("read")) 
     """The chain from this version back to the first one, newest first."""
     chain = service.lineage(db, access.version)
     structures = projects.structures_of(db, access.scan.project_id)
-    authors = service.authors_of(db, chain)
-    return [version_out(v, access.scan, structures, authors) for v in chain]
+    authors, inputs = service.authors_of(db, chain), _fusion_inputs(db, chain)
+    return [version_out(v, access.scan, structures, authors, inputs) for v in chain]
 
 
 @router.get("/api/versions/{version_id}/masks/{structure}", response_class=Response)

@@ -41,6 +41,9 @@ class VersionOut(BaseModel):
     is_branch: bool
     new_bytes: int
     structures: list[VersionStructureOut]
+    input_version_ids: list[int] = Field(
+        default_factory=list, description="a fusion's input versions, the readers' order (parent_id is the first)"
+    )
 
 
 class PatchBox(BaseModel):

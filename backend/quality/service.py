@@ -428,6 +428,22 @@ def reader_sets_of_scan(db: Session, scan: Scan) -> list[ReaderSet]:
     return list(db.scalars(select(ReaderSet).where(ReaderSet.scan_id == scan.id).order_by(ReaderSet.id)))
 
 
+def fusion_inputs(db: Session, version_ids: Iterable[int]) -> dict[int, list[int]]:
+    """For each of these versions that fused a reader set: every reader version it fused, in the readers' order.
+
+    A version has one ``parent_id`` (the first input); this gives a fusion's whole lineage.
+    """
+    wanted = set(version_ids)
+    if not wanted:
+        return {}
+    fused = db.scalars(select(ReaderSet).where(ReaderSet.fusion_version_id.in_(wanted)))
+    return {
+        int(s.fusion_version_id): [m.version_id for m in members_of(db, s) if m.version_id is not None]
+        for s in fused
+        if s.fusion_version_id is not None
+    }
+
+
 def users_by_id(db: Session, ids: Iterable[int]) -> dict[int, User]:
     """Users by id (for display names)."""
     wanted = set(ids)

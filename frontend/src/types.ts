@@ -103,6 +103,8 @@ export interface Version {
   id: number
   scan_id: number
   parent_id: number | null
+  /** a fusion's input versions, in the readers' order (parent_id is the first) */
+  input_version_ids?: number[]
   kind: string
   author: { user_id: number | null; display_name: string | null; model_version_id: number | null }
   message: string

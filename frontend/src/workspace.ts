@@ -39,6 +39,13 @@ export interface Timings {
 }
 
 /** A retry-safe key for a save (62 bits of randomness is plenty per scan and user). */
+/** Where a version came from: its parent, or every reader version a fusion combined. */
+function lineageText(v: Version): string {
+  const inputs = v.input_version_ids ?? []
+  if (inputs.length > 1) return ` · fusion of ${inputs.map((id) => `#${id}`).join(', ')}`
+  return v.parent_id ? ` · from #${v.parent_id}` : ''
+}
+
 function randomKey(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(8))
   return Array.from(bytes, (b) => b.toString(36).padStart(2, '0')).join('').slice(0, 12)
@@ -1543,7 +1550,7 @@ export class Workspace {
               'View',
             ),
           ),
-          h('div', { class: 'vmeta' }, `${who} · ${fmtTime(v.created_at)}${v.parent_id ? ` · from #${v.parent_id}` : ''}`),
+          h('div', { class: 'vmeta' }, `${who} · ${fmtTime(v.created_at)}${lineageText(v)}`),
           v.message ? h('div', { class: 'vmsg' }, v.message) : null,
           h(
             'div',

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from tests.browser.conftest import (
     state,
     wait_ready,
 )
-from tests.factories import upload_scan
+from tests.factories import post_patch, upload_scan
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -413,6 +414,33 @@ def test_multi_reader_saves_a_branch_and_submits_the_reading(page: Page, server:
     me = next(m for m in out["members"] if m["user_id"] == ids[ANNOTATOR])
     assert me["submitted"] and me["version_id"] == mine
     assert out["status"] == "open", "the other reader has not submitted yet"
+
+    # The second reader saves and submits through the API; the lead fuses (a cpu job on the embedded worker), and
+    # the version panel names both readings as the fusion's inputs.
+    with server.client() as client:
+        reading = post_patch(
+            client,  # type: ignore[arg-type]
+            token(server, REVIEWER),
+            sid,
+            labelled.head,
+            [("spleen", (30, 40, 20), np.ones((2, 2, 2), dtype=bool))],
+            message="second reading",
+            branch=True,
+        )
+    assert reading.status_code == 201, reading.text
+    other = int(reading.json()["id"])
+    set_url = f"{server.base}/api/reader-sets/{reader_set['id']}"
+    handed = httpx.post(f"{set_url}/submit", json={"version_id": other}, headers=token(server, REVIEWER))
+    assert handed.status_code == 200, handed.text
+    fusing = httpx.post(f"{set_url}/fuse", json={"method": "majority"}, headers=token(server, LEAD))
+    assert fusing.status_code == 202, fusing.text
+    deadline = time.monotonic() + 90
+    while (fused := httpx.get(set_url, headers=token(server, LEAD)).json())["fusion_version_id"] is None:
+        assert time.monotonic() < deadline, fused
+        time.sleep(0.5)
+    switch_user(page, server, LEAD, sid)
+    page.get_by_test_id("tab-versions").click()
+    expect(page.get_by_test_id(f"version-{fused['fusion_version_id']}")).to_contain_text(f"fusion of #{mine}, #{other}")
 
 
 SENIOR = "senior-reviewer@maskloop.local"

@@ -369,6 +369,11 @@ def test_reader_set_blinding_agreement_adjudication_and_majority_fusion(
     assert client.post(fuse_url, headers=lead, json={"method": "staple"}).status_code == 409
     lineage = client.get(f"/api/versions/{version['id']}/lineage", headers=lead).json()
     assert [v["id"] for v in lineage] == [version["id"], version_a, base]
+    # One parent, but every input: the fusion lists both readings; other versions list none.
+    assert version["input_version_ids"] == [version_a, version_b]
+    assert lineage[0]["input_version_ids"] == [version_a, version_b] and lineage[1]["input_version_ids"] == []
+    listed = {v["id"]: v for v in client.get(f"/api/scans/{scan_id}/versions", headers=lead).json()}
+    assert listed[version["id"]]["input_version_ids"] == [version_a, version_b]
 
     # A redelivered job (its worker died after writing) returns the version it already wrote: no second fusion.
     with stack.factory() as db:
