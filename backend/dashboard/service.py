@@ -351,9 +351,11 @@ _tables_lock = threading.Lock()
 
 
 def clear_structure_cache() -> None:
-    """Forget every in-memory volume table (tests, or after bulk imports)."""
+    """Forget every in-memory volume table and turnaround answer (tests, or after bulk imports)."""
     with _tables_lock:
         _tables.clear()
+    with _turnaround_lock:
+        _turnaround_cache.clear()
 
 
 def _marks(db: Session) -> tuple[int, int]:
@@ -717,6 +719,22 @@ def turnaround(db: Session, project: Project, weeks: int = 12) -> schemas.Turnar
     if not _is_pg(db):
         first, approved = _turnaround_pairs_python(db, project.id, since_at)
         return _turnaround_out(project.id, since, first, approved)
+    # Every figure hangs on a decision in the window, and transitions are only ever appended (a new one comes
+    # after every decision already there), so the count and newest id of the window's decisions (an index-only
+    # probe) say exactly when the answer changes.
+    count, newest = db.execute(
+        select(func.count(), func.max(TaskTransition.id)).where(
+            TaskTransition.project_id == project.id,
+            TaskTransition.action.in_(("approve", "request_changes")),
+            TaskTransition.at >= since_at,
+        )
+    ).one()
+    bind = db.get_bind()
+    key = (str(bind.engine.url), project.id, since, int(count), newest)
+    with _turnaround_lock:
+        cached = _turnaround_cache.get(key)
+    if cached is not None:
+        return cached.model_copy(deep=True)
     # Thousands of cheap index probes: JIT compilation would cost more than it saves (this transaction only).
     db.execute(text("SET LOCAL jit = off"))
     stats: dict[tuple[str, date | None], schemas.DurationStats] = {}
@@ -726,7 +744,17 @@ def turnaround(db: Session, project: Project, weeks: int = 12) -> schemas.Turnar
         stats[(str(kind), week)] = schemas.DurationStats(
             count=int(n), mean_s=_opt(mean), median_s=_opt(median), p90_s=_opt(p90)
         )
-    return _turnaround_from_stats(project.id, since, stats)
+    out = _turnaround_from_stats(project.id, since, stats)
+    with _turnaround_lock:
+        if len(_turnaround_cache) >= _TURNAROUND_CACHE_SIZE:
+            _turnaround_cache.clear()
+        _turnaround_cache[key] = out.model_copy(deep=True)
+    return out
+
+
+_TURNAROUND_CACHE_SIZE = 256
+_turnaround_cache: dict[tuple[str, int, date, int, int | None], schemas.TurnaroundOut] = {}
+_turnaround_lock = threading.Lock()
 
 
 # One pass over the decisions in the window (index (project_id, action, at)); per decision one backward probe

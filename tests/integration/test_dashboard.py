@@ -411,6 +411,39 @@ def test_turnaround_medians(client: TestClient, world: World, built: Built) -> N
     assert all(date.fromisoformat(w["week"]).weekday() == 0 for w in out["weeks"])
 
 
+def test_turnaround_is_recomputed_exactly_when_a_decision_arrives(
+    client: TestClient, world: World, built: Built, db: Session
+) -> None:
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    engine = db.get_bind().engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        first = _get(client, world, "turnaround", weeks=12)
+        again = _get(client, world, "turnaround", weeks=12)
+        assert again == first
+        assert sum("WITH decisions" in q for q in statements) == 1  # the second answer came from the cache
+        s6 = built.scans["s6"]
+        db.add(
+            TaskTransition(
+                project_id=world.project.id, scan_id=s6.id, action="request_changes", from_state="in_review",
+                to_state="changes_requested", actor_user_id=world.users["reviewer"].id, at=built.now,
+            )
+        )  # fmt: skip
+        db.flush()
+        after = _get(client, world, "turnaround", weeks=12)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert sum("WITH decisions" in q for q in statements) == 2
+    # S6's last event before this decision was its submission 2 h ago: one more first review.
+    assert after["first_review"]["count"] == first["first_review"]["count"] + 1
+
+
 @pytest.mark.sqlite
 @both_databases
 def test_agreement_histogram_and_adjudication(client: TestClient, world: World, built: Built) -> None:
