@@ -593,12 +593,28 @@ def measure(base: str, url: str, seeded: Seeded, n: int = REQUESTS) -> dict[str,
                 "structures after a save",
                 before=lambda: _simulate_save(conn, rng.randint(1, seeded.scans), rng.randrange(28)),
             )
+            # The turnaround answer is cached until a review decision arrives: time it after one, every time.
+            out["dashboard_turnaround_after_decision"] = _timed(
+                lambda: client.get(f"/api/projects/{pid}/dashboard/turnaround", headers=lead),
+                n,
+                "turnaround after a decision",
+                before=lambda: _simulate_decision(conn, pid, rng.randint(1, seeded.scans)),
+            )
         out["dashboard_structures_fresh"] = _timed(
             lambda: client.get(f"/api/projects/{pid}/dashboard/structures", params={"fresh": "true"}, headers=lead),
             max(5, n // 8),
             "structures fresh",
         )
     return out
+
+
+def _simulate_decision(conn: psycopg.Connection[Any], project_id: int, scan_id: int) -> None:
+    """A review decision as the workflow records it: a `request_changes` transition, now."""
+    conn.execute(
+        "INSERT INTO task_transitions (project_id, scan_id, action, from_state, to_state, review_level, at) "
+        "VALUES (%s, %s, 'request_changes', 'in_review', 'changes_requested', 1, now())",
+        (project_id, scan_id),
+    )
 
 
 def _simulate_save(conn: psycopg.Connection[Any], scan_id: int, edited: int) -> None:

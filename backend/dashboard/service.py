@@ -719,51 +719,79 @@ def turnaround(db: Session, project: Project, weeks: int = 12) -> schemas.Turnar
     if not _is_pg(db):
         first, approved = _turnaround_pairs_python(db, project.id, since_at)
         return _turnaround_out(project.id, since, first, approved)
-    # Every figure hangs on a decision in the window, and transitions are only ever appended (a new one comes
-    # after every decision already there), so the count and newest id of the window's decisions (an index-only
-    # probe) say exactly when the answer changes.
+    # Every duration hangs on one decision in the window and only on transitions before it, and transitions are
+    # only ever appended; so the (kind, week, seconds) pairs of decisions already seen never change. Each process
+    # keeps them and, when the count and newest id of the window's decisions (an index-only probe) move on, asks
+    # the database only for the new decisions' pairs.
+    count, newest = _decision_marks(db, project.id, since_at)
+    key = (str(db.get_bind().engine.url), project.id, since)
+    with _turnaround_lock:
+        entry = _turnaround_cache.get(key)
+    if entry is None or entry.count > count or (entry.newest or 0) > (newest or 0):
+        entry = _TurnaroundPairs(0, None, [])  # first request, or decisions were deleted: from scratch
+    if (entry.count, entry.newest) != (count, newest):
+        added, pairs = _new_decision_pairs(db, project.id, since_at, entry.newest or 0)
+        entry = _TurnaroundPairs(entry.count + added, newest, entry.pairs + pairs)
+        if entry.count != count:  # decisions came and went meanwhile: recount everything
+            added, pairs = _new_decision_pairs(db, project.id, since_at, 0)
+            entry = _TurnaroundPairs(added, newest, pairs)
+        with _turnaround_lock:
+            if len(_turnaround_cache) >= _TURNAROUND_CACHE_SIZE:
+                _turnaround_cache.clear()
+            _turnaround_cache[key] = entry
+    grouped: dict[tuple[str, date | None], list[float]] = defaultdict(list)
+    for kind, week, seconds in entry.pairs:
+        grouped[(kind, week)].append(seconds)
+        grouped[(kind, None)].append(seconds)
+    return _turnaround_from_stats(project.id, since, {k: duration_stats(v) for k, v in grouped.items()})
+
+
+@dataclass(frozen=True)
+class _TurnaroundPairs:
+    """The decisions of a window seen so far (how many, the newest id) and their (kind, week, seconds) pairs."""
+
+    count: int
+    newest: int | None
+    pairs: list[tuple[str, date, float]]
+
+
+def _decision_marks(db: Session, project_id: int, since_at: datetime) -> tuple[int, int | None]:
+    """How many review decisions the window holds and the newest one's id."""
     count, newest = db.execute(
         select(func.count(), func.max(TaskTransition.id)).where(
-            TaskTransition.project_id == project.id,
+            TaskTransition.project_id == project_id,
             TaskTransition.action.in_(("approve", "request_changes")),
             TaskTransition.at >= since_at,
         )
     ).one()
-    bind = db.get_bind()
-    key = (str(bind.engine.url), project.id, since, int(count), newest)
-    with _turnaround_lock:
-        cached = _turnaround_cache.get(key)
-    if cached is not None:
-        return cached.model_copy(deep=True)
+    return int(count), None if newest is None else int(newest)
+
+
+def _new_decision_pairs(
+    db: Session, project_id: int, since_at: datetime, after_id: int
+) -> tuple[int, list[tuple[str, date, float]]]:
+    """The decisions of the window with an id above ``after_id``: how many, and their duration pairs."""
     # Thousands of cheap index probes: JIT compilation would cost more than it saves (this transaction only).
     db.execute(text("SET LOCAL jit = off"))
-    stats: dict[tuple[str, date | None], schemas.DurationStats] = {}
-    for kind, week, n, mean, median, p90 in db.execute(
-        _TURNAROUND_STATS_SQL, {"project_id": project.id, "since": since_at}
-    ):
-        stats[(str(kind), week)] = schemas.DurationStats(
-            count=int(n), mean_s=_opt(mean), median_s=_opt(median), p90_s=_opt(p90)
-        )
-    out = _turnaround_from_stats(project.id, since, stats)
-    with _turnaround_lock:
-        if len(_turnaround_cache) >= _TURNAROUND_CACHE_SIZE:
-            _turnaround_cache.clear()
-        _turnaround_cache[key] = out.model_copy(deep=True)
-    return out
+    rows = db.execute(_TURNAROUND_PAIRS_SQL, {"project_id": project_id, "since": since_at, "after_id": after_id}).all()
+    decisions = {int(r.decision_id) for r in rows}
+    pairs = [(str(r.kind), r.week, float(r.s)) for r in rows if r.kind is not None]
+    return len(decisions), pairs
 
 
 _TURNAROUND_CACHE_SIZE = 256
-_turnaround_cache: dict[tuple[str, int, date, int, int | None], schemas.TurnaroundOut] = {}
+_turnaround_cache: dict[tuple[str, int, date], _TurnaroundPairs] = {}
 _turnaround_lock = threading.Lock()
 
 
 # One pass over the decisions in the window (index (project_id, action, at)); per decision one backward probe
-# of the scan's history for the event before it, and for approvals the first submission after the previous
-# approval. Ties in time are broken by row id.
+# of the scan's history for the event before it (a decision with none keeps a row of nulls), and for approvals
+# the first submission after the previous approval. Ties in time are broken by row id.
 _TURNAROUND_SQL = """
-    SELECT d.at AS decided_at, last_event.action AS last_action, last_event.at AS last_at, cycle.at AS cycle_at
+    SELECT d.id AS decision_id, d.at AS decided_at, last_event.action AS last_action, last_event.at AS last_at,
+           cycle.at AS cycle_at
     FROM task_transitions d
-    JOIN LATERAL (
+    LEFT JOIN LATERAL (
         SELECT p.action, p.at FROM task_transitions p
         WHERE p.scan_id = d.scan_id AND p.action IN ('submit', 'approve', 'request_changes')
           AND (p.at, p.id) < (d.at, d.id)
@@ -779,22 +807,21 @@ _TURNAROUND_SQL = """
               '-infinity'::timestamptz)
     ) AS cycle ON true
     WHERE d.project_id = :project_id AND d.action IN ('approve', 'request_changes') AND d.at >= :since
+      AND d.id > :after_id
 """
-# Durations and their statistics per kind, per (kind, ISO week of the decision) and per kind overall, in SQL:
-# only a few dozen rows come back.
-_TURNAROUND_STATS_SQL = text(
+# Each decision's durations (none, one or two rows; a decision with none still answers one row of nulls, so the
+# caller can count the decisions it has seen) with the ISO week of the decision.
+_TURNAROUND_PAIRS_SQL = text(
     f"""
-    WITH decisions AS ({_TURNAROUND_SQL}),
-    pairs AS (
-        SELECT 'first_review' AS kind, decided_at, extract(epoch FROM decided_at - last_at)::float8 AS s
-        FROM decisions WHERE last_action = 'submit'
+    WITH decisions AS ({_TURNAROUND_SQL})
+    SELECT d.decision_id, p.kind, date_trunc('week', d.decided_at AT TIME ZONE 'UTC')::date AS week, p.s
+    FROM decisions d
+    LEFT JOIN LATERAL (
+        SELECT 'first_review' AS kind, extract(epoch FROM d.decided_at - d.last_at)::float8 AS s
+        WHERE d.last_action = 'submit'
         UNION ALL
-        SELECT 'approval', decided_at, extract(epoch FROM decided_at - cycle_at)::float8
-        FROM decisions WHERE cycle_at IS NOT NULL
-    )
-    SELECT kind, date_trunc('week', decided_at AT TIME ZONE 'UTC')::date AS week, count(*), avg(s),
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY s), percentile_cont(0.9) WITHIN GROUP (ORDER BY s)
-    FROM pairs GROUP BY GROUPING SETS ((kind, week), (kind))
+        SELECT 'approval', extract(epoch FROM d.decided_at - d.cycle_at)::float8 WHERE d.cycle_at IS NOT NULL
+    ) AS p ON true
     """
 )
 

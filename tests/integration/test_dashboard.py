@@ -417,9 +417,11 @@ def test_turnaround_is_recomputed_exactly_when_a_decision_arrives(
     from sqlalchemy import event
 
     statements: list[str] = []
+    parameters: list[Any] = []
 
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    def record(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
         statements.append(statement)
+        parameters.append(params)
 
     engine = db.get_bind().engine
     event.listen(engine, "before_cursor_execute", record)
@@ -439,9 +441,13 @@ def test_turnaround_is_recomputed_exactly_when_a_decision_arrives(
         after = _get(client, world, "turnaround", weeks=12)
     finally:
         event.remove(engine, "before_cursor_execute", record)
-    assert sum("WITH decisions" in q for q in statements) == 2
+    pair_queries = [params for q, params in zip(statements, parameters, strict=True) if "WITH decisions" in q]
+    assert len(pair_queries) == 2
+    assert pair_queries[0]["after_id"] == 0 and pair_queries[1]["after_id"] > 0  # only the new decision was asked
     # S6's last event before this decision was its submission 2 h ago: one more first review.
     assert after["first_review"]["count"] == first["first_review"]["count"] + 1
+    service.clear_structure_cache()
+    assert _get(client, world, "turnaround", weeks=12) == after  # the same as from scratch
 
 
 @pytest.mark.sqlite
