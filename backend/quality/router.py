@@ -34,7 +34,8 @@ def _set_out(db: DbSession, reader_set: ReaderSet, viewer: User) -> ReaderSetOut
     """Serialise a set as the viewer may see it (other readers' versions and agreement hidden while open)."""
     members = service.members_of(db, reader_set)
     users = service.users_by_id(db, [m.user_id for m in members])
-    blinded = service.is_blinded(reader_set, members, viewer, service.is_lead(db, viewer, reader_set.project_id))
+    lead = service.is_lead(db, viewer, reader_set.project_id)
+    blinded = service.is_blinded(reader_set, [m.user_id for m in members], viewer, lead)
     fusion_job = jobs.fusion_job_of(db, reader_set)
     positions = jobs.queue_positions(db, [fusion_job]) if fusion_job is not None else {}
     return ReaderSetOut(

@@ -452,7 +452,7 @@ def users_by_id(db: Session, ids: Iterable[int]) -> dict[int, User]:
     return {user.id: user for user in db.scalars(select(User).where(User.id.in_(wanted)))}
 
 
-def is_blinded(reader_set: ReaderSet, members: Sequence[ReaderSetMember], viewer: User, viewer_is_lead: bool) -> bool:
+def is_blinded(reader_set: ReaderSet, reader_ids: Iterable[int], viewer: User, viewer_is_lead: bool) -> bool:
     """Whether the viewer must not see the other readers' work of this set yet.
 
     While a set is open its readers are blinded from each other, whatever their role: a lead who reads too is a
@@ -461,7 +461,7 @@ def is_blinded(reader_set: ReaderSet, members: Sequence[ReaderSetMember], viewer
     """
     if reader_set.status not in BLINDED_STATUSES:
         return False
-    return not viewer_is_lead or any(m.user_id == viewer.id for m in members)
+    return not viewer_is_lead or viewer.id in set(reader_ids)
 
 
 def visible_member_version(member: ReaderSetMember, viewer: User, blinded: bool) -> int | None:
@@ -813,7 +813,7 @@ def hidden_version_ids(db: Session, scan_id: int, user: User) -> set[int]:
         readers = list(
             db.scalars(select(ReaderSetMember.user_id).where(ReaderSetMember.reader_set_id == reader_set.id))
         )
-        if lead and user.id not in readers:
+        if not is_blinded(reader_set, readers, user, lead):
             continue
         others = [uid for uid in readers if uid != user.id]
         if not others:

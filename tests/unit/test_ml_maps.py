@@ -10,8 +10,9 @@ import pytest
 import zstandard
 
 from backend.core.errors import InvalidInput
+from backend.imaging.softmaps import entropy_u8
 from worker.models.inference import binary_entropy, dequantise_unit, quantise_unit
-from worker.models.maps import entropy_u8, quantise_probabilities
+from worker.models.maps import quantise_probabilities
 
 
 def test_quantisation_matches_the_reference_and_bounds_the_error() -> None:
@@ -100,13 +101,6 @@ def test_full_grid_maps_for_the_viewer_and_rows_written_before_cropping() -> Non
     assert np.array_equal(decode_soft_map(cropped_raw, encoded.meta()), q)
     with pytest.raises(InvalidInput):
         decode_soft_map(b"not a nifti at all" * 40, encoded.meta())
-
-
-def test_the_api_and_the_worker_share_one_entropy_table() -> None:
-    from backend.imaging.softmaps import ENTROPY_OF_QUANTISED as API_SIDE
-    from worker.models.maps import ENTROPY_OF_QUANTISED as WORKER_SIDE
-
-    assert np.array_equal(API_SIDE, WORKER_SIDE)
 
 
 def test_quantising_a_stack_on_torch_threads_gives_the_same_values() -> None:
