@@ -50,3 +50,23 @@ class PayloadTooLarge(DomainError):
     """An upload exceeds the configured limit (maps to 413)."""
 
     code = "payload_too_large"
+
+
+class TooManyRequests(DomainError):
+    """The caller must slow down (login throttling); maps to 429 with Retry-After."""
+
+    code = "too_many_requests"
+
+
+class ServiceUnavailable(DomainError):
+    """A dependency (database, broker) is briefly unreachable; nothing was changed. Maps to 503 with Retry-After."""
+
+    code = "unavailable"
+
+
+def error_body(detail: str, error: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one JSON error body of every 4xx/5xx answer: a readable message, a machine code, optional details."""
+    body: dict[str, Any] = {"detail": detail, "error": error}
+    if details:
+        body["details"] = details
+    return body

@@ -1,0 +1,21 @@
+"""logins throttled, token lifetimes, refresh sessions, revocation
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-06 00:30:00.000000
+"""
+
+from collections.abc import Sequence
+
+revision: str = "0007"
+down_revision: str | None = "0006"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    """Apply this revision (empty until its change lands)."""
+
+
+def downgrade() -> None:
+    """Revert this revision."""

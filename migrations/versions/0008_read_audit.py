@@ -1,0 +1,21 @@
+"""append-only read log of volumes, masks and export downloads
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-06 00:30:00.000000
+"""
+
+from collections.abc import Sequence
+
+revision: str = "0008"
+down_revision: str | None = "0007"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    """Apply this revision (empty until its change lands)."""
+
+
+def downgrade() -> None:
+    """Revert this revision."""
