@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from celery import Task
+from celery.exceptions import Retry
 
 from backend.core.queue import TASK_ATTENTION, TASK_EVALUATE, TASK_EXPORT, TASK_FUSE, TASK_PREANNOTATE, TASK_TRAIN
 from worker.celery_app import app
@@ -10,7 +14,7 @@ from worker.pipelines import attention, preannotate, training
 from worker.pipelines import evaluate as evaluate_pipeline
 from worker.pipelines import export as export_pipeline
 from worker.pipelines import fuse as fuse_pipeline
-from worker.pipelines.common import TransientError
+from worker.pipelines.common import JobBusy, TransientError
 
 RETRY: dict[str, Any] = {
     "autoretry_for": (TransientError,),
@@ -18,40 +22,55 @@ RETRY: dict[str, Any] = {
     "retry_backoff_max": 120,
     "max_retries": 5,
     "acks_late": True,
+    "bind": True,
 }
 
 
+def _run(task: Task, pipeline: Callable[[int], None], job_id: int) -> None:
+    """Run a pipeline; a job another live worker holds is delivered again later, never acknowledged and dropped.
+
+    The copy is published before this delivery is acknowledged (as ``Task.retry`` does), with the retry count
+    unchanged: waiting for a live worker is not a failure and must never exhaust the transient-error retries.
+    """
+    try:
+        pipeline(job_id)
+    except JobBusy as busy:
+        again = task.signature_from_request(countdown=busy.retry_in_s)
+        again.apply_async()
+        raise Retry(str(busy), when=busy.retry_in_s, sig=again) from None
+
+
 @app.task(name=TASK_PREANNOTATE, **RETRY)
-def preannotate_task(job_id: int) -> None:
+def preannotate_task(self: Task, job_id: int) -> None:
     """Pre-annotate one scan with one model version."""
-    preannotate.run(job_id)
+    _run(self, preannotate.run, job_id)
 
 
 @app.task(name=TASK_ATTENTION, **RETRY)
-def attention_task(job_id: int) -> None:
+def attention_task(self: Task, job_id: int) -> None:
     """Compute a scan's attention maps and priorities from ≥ 2 model predictions."""
-    attention.run(job_id)
+    _run(self, attention.run, job_id)
 
 
 @app.task(name=TASK_TRAIN, **RETRY)
-def train_task(job_id: int) -> None:
+def train_task(self: Task, job_id: int) -> None:
     """Fine-tune a model and decide on promotion."""
-    training.run(job_id)
+    _run(self, training.run, job_id)
 
 
 @app.task(name=TASK_EXPORT, **RETRY)
-def export_task(job_id: int) -> None:
+def export_task(self: Task, job_id: int) -> None:
     """Write a dataset export (PanTS, nnU-Net, MSD, DICOM SEG) and store its archive."""
-    export_pipeline.run(job_id)
+    _run(self, export_pipeline.run, job_id)
 
 
 @app.task(name=TASK_EVALUATE, **RETRY)
-def evaluate_task(job_id: int) -> None:
+def evaluate_task(self: Task, job_id: int) -> None:
     """Score an evaluation run's predictions against approved ground truth."""
-    evaluate_pipeline.run(job_id)
+    _run(self, evaluate_pipeline.run, job_id)
 
 
 @app.task(name=TASK_FUSE, **RETRY)
-def fuse_task(job_id: int) -> None:
+def fuse_task(self: Task, job_id: int) -> None:
     """Fuse a reader set's versions (majority vote or STAPLE) into a `fusion` label version."""
-    fuse_pipeline.run(job_id)
+    _run(self, fuse_pipeline.run, job_id)

@@ -48,8 +48,8 @@ def client() -> Celery:
     return app
 
 
-def send(task_name: str, job_id: int, queue: str, attempt: int = 0) -> str:
-    """Enqueue a task for a job; the task id is deterministic so a resend is recognisable."""
+def send(task_name: str, job_id: int, queue: str, attempt: int | str = 0) -> str:
+    """Enqueue a task for a job; the task id (`job-<id>-<attempt>`) tells a first send from a re-send."""
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}")
     task_id = f"job-{job_id}-{attempt}"

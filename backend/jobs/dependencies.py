@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fastapi import Depends
 
 from backend.auth.dependencies import CurrentUser, DbSession
+from backend.core.ids import PathId
 from backend.jobs import service
 from backend.models import Job, User
 from backend.projects.dependencies import authorize_or_404
@@ -25,7 +26,7 @@ class JobAccess:
 def job_access(permission: str) -> Callable[..., JobAccess]:
     """A dependency that loads job {job_id} and checks the caller's permission on its project."""
 
-    def dependency(job_id: int, db: DbSession, user: CurrentUser) -> JobAccess:
+    def dependency(job_id: PathId, db: DbSession, user: CurrentUser) -> JobAccess:
         job = service.get_job(db, job_id)
         role = authorize_or_404(db, user, job.project_id, permission, f"job {job_id}")
         return JobAccess(job=job, user=user, role=role)

@@ -8,10 +8,20 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from backend.auth.dependencies import DbSession
+from backend.core.config import get_settings
 from backend.core.errors import NotFound
+from backend.core.ids import PathId
 from backend.jobs import service
 from backend.jobs.dependencies import JobAccess, require_job
-from backend.jobs.schemas import AttentionRequest, JobOut, JobPage, PreannotateRequest, ScanFilterIn, TrainRequest
+from backend.jobs.schemas import (
+    AttentionRequest,
+    FailRequest,
+    JobOut,
+    JobPage,
+    PreannotateRequest,
+    ScanFilterIn,
+    TrainRequest,
+)
 from backend.models import Job
 from backend.projects.dependencies import ProjectAccess, require_project
 from backend.registry import service as registry
@@ -112,7 +122,7 @@ def attention(
 
 @router.post("/api/projects/{project_id}/models/{model_id}/train", response_model=JobOut, status_code=201)
 def train(
-    model_id: int, body: TrainRequest, db: DbSession, access: ProjectAccess = require_project("run_jobs")
+    model_id: PathId, body: TrainRequest, db: DbSession, access: ProjectAccess = require_project("run_jobs")
 ) -> JobOut:
     """Queue fine-tuning of a model on the given label versions (default: the approved ones), with a held-out split."""
     model = registry.get_model(db, model_id)
@@ -159,7 +169,22 @@ def get_job(db: DbSession, access: JobAccess = require_job("read")) -> JobOut:
 
 @router.post("/api/jobs/{job_id}/cancel", response_model=JobOut, status_code=status.HTTP_200_OK)
 def cancel(db: DbSession, access: JobAccess = require_job("run_jobs")) -> JobOut:
-    """Cancel a queued job, or ask a running one to stop at its next progress report."""
-    job = service.request_cancel(db, access.job, access.user.id)
+    """Cancel a queued job, or ask a running one to stop at its next progress report.
+
+    A running job whose worker is gone (heartbeat older than `job_stale_after_s`) is cancelled at once; one whose
+    worker dies after the request is cancelled by the workers' reaper.
+    """
+    job = service.request_cancel(db, access.job, access.user.id, get_settings().job_stale_after_s)
+    db.commit()
+    return _outs(db, [job])[0]
+
+
+@router.post("/api/jobs/{job_id}/fail", response_model=JobOut, status_code=status.HTTP_200_OK)
+def force_fail(db: DbSession, body: FailRequest | None = None, access: JobAccess = require_job("run_jobs")) -> JobOut:
+    """End a stuck queued or running job as failed at once (project lead or admin); 409 when it is already final.
+
+    A worker still on it stops at its next heartbeat and writes nothing.
+    """
+    job = service.force_fail(db, access.job, access.user.id, body.reason if body else None)
     db.commit()
     return _outs(db, [job])[0]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
+
+from backend.core.ids import Id
 
 
 class ScanFilterIn(BaseModel):
@@ -14,7 +16,7 @@ class ScanFilterIn(BaseModel):
     site: str | None = None
     phase: str | None = None
     sex: str | None = None
-    tumor: bool | None = None
+    tumor: StrictBool | None = None
     manufacturer: str | None = None
     split: str | None = None
     age_min: int | None = None
@@ -26,29 +28,35 @@ class PreannotateRequest(BaseModel):
     """Pre-annotate one scan, a filtered set, or the whole project with a model (its promoted version)."""
 
     model: str | None = None
-    model_version_id: int | None = None
-    scan_ids: list[int] | None = Field(default=None, max_length=50_000)
+    model_version_id: Id | None = None
+    scan_ids: list[Id] | None = Field(default=None, max_length=50_000)
     filter: ScanFilterIn | None = None
-    all: bool = False
+    all: StrictBool = False
 
 
 class AttentionRequest(BaseModel):
     """Compute attention maps from the newest predictions of ≥ 2 model versions."""
 
-    scan_ids: list[int] | None = Field(default=None, max_length=50_000)
+    scan_ids: list[Id] | None = Field(default=None, max_length=50_000)
     filter: ScanFilterIn | None = None
-    all: bool = False
-    model_version_ids: list[int] | None = None
+    all: StrictBool = False
+    model_version_ids: list[Id] | None = None
 
 
 class TrainRequest(BaseModel):
     """Fine-tune a model on label versions (default: the project's approved versions) with a held-out split."""
 
-    label_version_ids: list[int] | None = Field(default=None, min_length=2, max_length=50_000)
+    label_version_ids: list[Id] | None = Field(default=None, min_length=2, max_length=50_000)
     epochs: int = Field(default=20, ge=1, le=1000)
     heldout_fraction: float = Field(default=0.25, gt=0, lt=1)
     seed: int = 0
     init: str = Field(default="promoted", description="'promoted': fine-tune the promoted weights; 'scratch'")
+
+
+class FailRequest(BaseModel):
+    """Why a lead ends a stuck job as failed (kept in the job's error and the audit log)."""
+
+    reason: str | None = Field(default=None, max_length=2000)
 
 
 class JobOut(BaseModel):

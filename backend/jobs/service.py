@@ -215,16 +215,44 @@ def mark_cancelled(db: Session, job_id: int) -> None:
         _finalise(db, job, "cancelled", message="cancelled")
 
 
-def request_cancel(db: Session, job: Job, actor_user_id: int) -> Job:
-    """Cancel a queued job at once; ask a running one to stop at its next progress report."""
+def request_cancel(db: Session, job: Job, actor_user_id: int, stale_after_s: float | None = None) -> Job:
+    """Cancel a queued job at once; ask a running one to stop at its next progress report.
+
+    A running job whose heartbeat is already older than stale_after_s has lost its worker: it is cancelled now
+    (were the worker only slow, its next heartbeat finds the job no longer running and it stops without writing).
+    """
     if job.status in FINAL:
         raise Conflict(f"job {job.id} already {job.status}", status=job.status)
     job.cancel_requested = True
+    beat = job.heartbeat_at
+    lost = stale_after_s is not None and (beat is None or beat < _now() - timedelta(seconds=stale_after_s))
     if job.status == "queued":
         _finalise(db, job, "cancelled", message=f"cancelled by user {actor_user_id}")
+    elif lost:
+        _finalise(db, job, "cancelled", message=f"cancelled by user {actor_user_id} (its worker was lost)")
     else:
         job.message = "cancelling"
         db.flush()
+    return job
+
+
+def force_fail(db: Session, job: Job, actor_user_id: int, reason: str | None) -> Job:
+    """A lead ends a stuck job as failed at once; a worker still on it stops at its next heartbeat."""
+    if job.status in FINAL:
+        raise Conflict(f"job {job.id} already {job.status}", status=job.status)
+    job.cancel_requested = True  # a live worker sees the request and writes nothing
+    error = f"failed by user {actor_user_id}" + (f": {reason}" if reason else "")
+    _finalise(db, job, "failed", message=f"failed by user {actor_user_id}", error=error)
+    audit.record(
+        db,
+        actor_user_id=actor_user_id,
+        action="job.force_fail",
+        entity_type="job",
+        entity_id=job.id,
+        project_id=job.project_id,
+        scan_id=job.scan_id,
+        details={"kind": job.kind, "reason": reason, "worker": job.worker},
+    )
     return job
 
 
@@ -554,17 +582,20 @@ def launch_fusion(db: Session, reader_set: ReaderSet, actor: User, method: str) 
     )
 
 
-def dispatch(db: Session, jobs: Sequence[Job]) -> None:
+def dispatch(db: Session, jobs: Sequence[Job], *, resend: bool = False) -> None:
     """Send committed jobs to the broker (called after the request's commit, so a task always finds its row).
 
-    A broker that cannot be reached leaves the job queued with a message; `maskloop jobs --requeue` resends it.
+    A broker that cannot be reached leaves the job queued with a message; the workers' reaper (or
+    `maskloop jobs --requeue`) resends it. A re-send gets a new task id (`job-<id>-r<attempts>-<time>`).
     """
     for job in jobs:
+        attempt: int | str = f"r{job.attempts}-{int(_now().timestamp() * 1000)}" if resend else 0
         try:
-            queue.send(TASK_OF_KIND[job.kind], job.id, job.queue)
+            queue.send(TASK_OF_KIND[job.kind], job.id, job.queue, attempt)
         except Exception as exc:
             job.message = f"{UNSENT_PREFIX} to the {job.queue} queue: {type(exc).__name__}: {exc}"[:500]
         else:
+            job.sent_at = _now()  # the reaper re-sends a queued job whose message was lost long after this
             if job.message.startswith(UNSENT_PREFIX):
                 job.message = "waiting in the queue"
     db.flush()

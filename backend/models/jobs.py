@@ -52,3 +52,5 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # When its message last went to the broker: the reaper re-sends a queued job whose message was lost.
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -1,14 +1,16 @@
-"""What every pipeline shares: claiming a job, reporting progress, failing cleanly, transient errors."""
+"""What every pipeline shares: claiming a job, a heartbeat, reporting progress, failing cleanly, transient errors."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
@@ -16,10 +18,17 @@ from sqlalchemy.orm import Session
 from backend.core.config import get_settings
 from backend.core.db import session_scope
 from backend.core.errors import DomainError
+from backend.jobs import recovery
 from backend.jobs import service as jobs
 from backend.models import Job
 from worker.models.inference import InferenceCancelled
 from worker.models.training import TrainingCancelled
+
+log = logging.getLogger(__name__)
+
+# Test hook: seconds a worker started with this variable waits after each claim (heartbeating), so a test can kill
+# it mid-job with a tiny, fast job. Never set in a deployment.
+HOLD_AFTER_CLAIM_ENV = "MASKLOOP_TEST_HOLD_AFTER_CLAIM_S"
 
 
 class TransientError(Exception):
@@ -28,6 +37,14 @@ class TransientError(Exception):
 
 class JobAbandoned(Exception):
     """The job was cancelled or taken over by another worker; stop without writing anything."""
+
+
+class JobBusy(Exception):
+    """Another worker holds the job with a fresh heartbeat: deliver this message again in retry_in_s seconds."""
+
+    def __init__(self, job_id: int, retry_in_s: float) -> None:
+        super().__init__(f"job {job_id} is held by a live worker; trying again in {retry_in_s:.1f} s")
+        self.retry_in_s = retry_in_s
 
 
 def worker_name() -> str:
@@ -41,6 +58,8 @@ class Claimed:
 
     job_id: int
     worker: str
+    # Set by the heartbeat thread when the job was cancelled, failed by a lead or taken over: stop, write nothing.
+    lost: threading.Event = field(default_factory=threading.Event)
 
 
 def claim(job_id: int) -> Claimed | None:
@@ -96,8 +115,45 @@ class Reporter:
         return lambda fraction: self.update(start + (end - start) * fraction, message)
 
     def should_stop(self) -> bool:
-        """Whether the job was cancelled or taken over (checked at the last report)."""
-        return self._stop
+        """Whether the job was cancelled or taken over (seen at the last report or by the heartbeat thread)."""
+        return self._stop or self.claimed.lost.is_set()
+
+
+class Heartbeat:
+    """A side thread that refreshes the job's heartbeat every `job_heartbeat_s` for the whole claimed period.
+
+    A live worker's job never looks stale, however long one computation takes without reporting progress, and a
+    dead worker's job looks stale after `job_stale_after_s`, so the reaper can re-send it quickly. The thread
+    also notices a cancel request or a takeover (``Claimed.lost``). A failed beat is only logged: should the
+    database stay away, the job goes stale and is re-sent, and the owned-job check keeps this worker from writing.
+    """
+
+    def __init__(self, claimed: Claimed, interval_s: float) -> None:
+        self.claimed = claimed
+        self.interval_s = interval_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"job-{claimed.job_id}-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.interval_s):
+            try:
+                with session_scope() as db:
+                    ours, cancel = recovery.beat(db, self.claimed.job_id, self.claimed.worker)
+            except Exception as exc:
+                log.warning("heartbeat of job %s failed: %s", self.claimed.job_id, exc)
+                continue
+            if cancel or not ours:
+                self.claimed.lost.set()
+            if not ours:
+                return
 
 
 class BackgroundProgress:
@@ -105,7 +161,7 @@ class BackgroundProgress:
 
     Calling it only records the fraction, so the computation never waits for the heartbeat's database round trip;
     the thread writes the first fraction at once, then the newest one at most once per interval, and only when it
-    advanced (a computation that hangs stops the heartbeat, as before, and its job can be re-claimed). A
+    advanced (the job's liveness is the ``Heartbeat`` thread's; a hung computation ends at the task time limit). A
     cancellation noticed by the thread is seen by ``Reporter.should_stop``; a transient database error in the
     thread is raised in the caller at its next report or at the end.
     """
@@ -189,16 +245,39 @@ def release(claimed: Claimed) -> None:
             job.status = "queued"
             job.worker = None
             job.message = "retrying after a transient error"
+            job.sent_at = datetime.now(UTC)  # the retry's message is on its way
+
+
+def _busy(job_id: int) -> None:
+    """After a failed claim: JobBusy while the job is still active elsewhere; return when it is finished."""
+    settings = get_settings()
+    with _transient(), session_scope() as db:
+        retry_in = recovery.busy_retry_in(db, job_id, settings.job_stale_after_s)
+    if retry_in is not None:
+        raise JobBusy(job_id, retry_in)
+
+
+def _hold_for_tests(claimed: Claimed) -> None:
+    """The test hook: wait (heartbeating) after the claim while HOLD_AFTER_CLAIM_ENV is set."""
+    hold = float(os.environ.get(HOLD_AFTER_CLAIM_ENV) or 0)
+    deadline = time.monotonic() + hold
+    while time.monotonic() < deadline and not claimed.lost.is_set():
+        time.sleep(0.05)
 
 
 def run_claimed(job_id: int, body: Callable[[Claimed], None]) -> None:
-    """Claim a job and run a pipeline body on it: transient failures release it for a retry, cancellation ends it
-    as cancelled, and any other error is recorded on the job (its outputs were never committed)."""
+    """Claim a job and run a pipeline body on it, with a heartbeat thread for the whole claimed period: transient
+    failures release it for a retry, cancellation ends it as cancelled, and any other error is recorded on the job
+    (its outputs were never committed). A job another live worker holds raises JobBusy (deliver again later); a
+    finished one returns (its message is acknowledged)."""
     claimed = claim(job_id)
     if claimed is None:
+        _busy(job_id)
         return
     try:
-        body(claimed)
+        with Heartbeat(claimed, get_settings().resolved_job_heartbeat_s):
+            _hold_for_tests(claimed)
+            body(claimed)
     except TransientError:
         release(claimed)
         raise

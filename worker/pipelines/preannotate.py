@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -11,7 +12,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from sqlalchemy.orm import Session
 
-from backend.core.blobstore import BlobStore, get_blob_store, sha256_hex
+from backend.core.blobstore import BlobInfo, BlobStore, get_blob_store, sha256_hex
 from backend.core.db import session_scope
 from backend.core.errors import Conflict, InvalidInput
 from backend.imaging import nifti, softmaps
@@ -184,6 +185,18 @@ class _WriteBehind:
         """Block until every queued write is durable; a failed write raises here, before anything commits."""
         for future in self._pending.values():
             future.result()
+
+    def iter_blobs(self) -> Iterator[BlobInfo]:
+        """The underlying store's blobs (housekeeping; not used while writing)."""
+        return self._blobs.iter_blobs()
+
+    def delete(self, digest: str, *, older_than: float | None = None) -> bool:
+        """Delete from the underlying store (housekeeping; not used while writing)."""
+        return self._blobs.delete(digest, older_than=older_than)
+
+    def remove_stale_temp(self, max_age_s: float) -> tuple[int, int]:
+        """Clean the underlying store's temp files (housekeeping; not used while writing)."""
+        return self._blobs.remove_stale_temp(max_age_s)
 
 
 def _write_version(
