@@ -21,6 +21,7 @@ import numpy as np
 import zstandard
 
 from backend.core.errors import InvalidInput
+from backend.imaging import bounded
 
 CHUNK_SHAPE: tuple[int, int, int] = (64, 64, 64)
 _MANIFEST_MAGIC = b"MLMANIF1"
@@ -299,14 +300,9 @@ def decode_box(data: bytes, size: Shape3, encoding: str) -> np.ndarray:
     expected = (voxels + 7) // 8 if bits else voxels
     raw = data
     if encoding.endswith("+gzip"):
-        # Bound the output so a small gzip bomb cannot allocate more than the box needs.
-        try:
-            inflater = zlib.decompressobj(wbits=31)
-            raw = inflater.decompress(data, expected + 1)
-            if not inflater.eof and len(raw) <= expected:
-                raise InvalidInput("patch data is a truncated gzip stream")
-        except zlib.error as exc:
-            raise InvalidInput(f"patch data is not valid gzip: {exc}") from exc
+        # Bounded: a small gzip bomb never decodes past what the box needs (concatenated members are fine,
+        # trailing garbage and truncated or corrupt streams are refused).
+        raw = bounded.gunzip_exact(data, expected, "patch data", f"a box of {list(size)}")
     if len(raw) != expected:
         raise InvalidInput(f"patch data holds {len(raw)} bytes after decoding; a box of {list(size)} needs {expected}")
     buffer = np.frombuffer(raw, dtype=np.uint8)

@@ -13,8 +13,12 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from backend.core.errors import InvalidInput
+from backend.core import decode_limits
+from backend.core.errors import InvalidInput, PayloadTooLarge
+from backend.imaging import bounded
 from backend.imaging.nifti import Geometry, LoadedVolume
 
 # Objects that carry no CT image even when they share a folder with one.
@@ -27,6 +31,12 @@ _INT16_MIN = int(np.iinfo(np.int16).min)
 _INT16_MAX = int(np.iinfo(np.int16).max)
 _INT32_MIN = int(np.iinfo(np.int32).min)
 _INT32_MAX = int(np.iinfo(np.int32).max)
+# A deflated (1.2.840.10008.1.2.1.99) slice inflates to its whole dataset; a CT slice is well under 1 MiB, so
+# this is generous, and it keeps a deflate bomb from ever being inflated in memory.
+_MAX_INFLATED_FILE_BYTES = 256 * 1024**2
+# Values larger than this (the pixel data) stay on disk until their slice is decoded: one slice in memory at a
+# time instead of the whole series.
+_DEFER_SIZE = "64 KB"
 
 
 @dataclass
@@ -60,12 +70,33 @@ def _collect_files(files: Sequence[Path] | Path) -> list[Path]:
     return paths
 
 
+def _check_deflated(path: Path) -> bool:
+    """True when the file is deflate-compressed DICOM, after checking that it inflates within the bound.
+
+    pydicom inflates such a dataset whole and unbounded, so its size is counted here first, piece by piece.
+    """
+    meta = read_file_meta_info(path)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return False
+    group_length = meta.get("FileMetaInformationGroupLength")
+    if not isinstance(group_length, int):
+        raise InvalidInput(f"{path.name}: deflated DICOM without a file meta group length", file=path.name)
+    # Preamble (128) + "DICM" (4) + the group length element itself (12, explicit VR) + the rest of the group.
+    start = 128 + 4 + 12 + group_length
+    bounded.inflated_size(path.read_bytes()[start:], -15, _MAX_INFLATED_FILE_BYTES, path.name)
+    return True
+
+
 def _read(path: Path) -> Dataset | None:
     """Read one file; None when it is not DICOM at all, InvalidInput when it is broken DICOM."""
     try:
-        return pydicom.dcmread(path, force=False)
+        deflated = _check_deflated(path)
+        # A deflated dataset lives in memory once inflated: nothing to defer to.
+        return pydicom.dcmread(path, force=False, defer_size=None if deflated else _DEFER_SIZE)
     except InvalidDicomError:
         return None
+    except (InvalidInput, PayloadTooLarge):
+        raise
     except Exception as exc:
         raise InvalidInput(f"{path.name}: unreadable DICOM file ({exc})", file=path.name) from exc
 
@@ -143,8 +174,33 @@ def _pixels(ds: Dataset, path: Path) -> np.ndarray:
     return arr
 
 
-def load_dicom_series(files: Sequence[Path] | Path) -> LoadedVolume:
-    """Load one DICOM CT series (a folder, searched recursively, or a list of files) as a HU volume."""
+def _check_size(rows: int, cols: int, n: int, bits: int, max_voxels: int | None, max_bytes: int | None) -> None:
+    """Refuse (413) a series whose declared size passes the limits, before any pixel is decoded."""
+    limits = decode_limits.current()
+    max_voxels = limits.max_scan_voxels if max_voxels is None else max_voxels
+    max_bytes = limits.max_decoded_bytes if max_bytes is None else max_bytes
+    voxels = rows * cols * n
+    if voxels > max_voxels:
+        raise PayloadTooLarge(
+            f"the series declares {n} slices of {rows}x{cols} = {voxels} voxels; a scan may hold at most {max_voxels}",
+            declared_voxels=voxels,
+            limit_voxels=max_voxels,
+        )
+    # The volume is assembled as int32/float32 (4 bytes a voxel) whatever the stored bit depth.
+    declared = voxels * max(4, (bits + 7) // 8)
+    bounded.check_declared(
+        "DICOM series", declared, max_bytes, f"{n} slices of {rows}x{cols} voxels", by="Rows x Columns x slices"
+    )
+
+
+def load_dicom_series(
+    files: Sequence[Path] | Path, *, max_voxels: int | None = None, max_bytes: int | None = None
+) -> LoadedVolume:
+    """Load one DICOM CT series (a folder, searched recursively, or a list of files) as a HU volume.
+
+    Its size (slices x Rows x Columns) is checked against `max_voxels` and `max_bytes` (default: the settings)
+    before any pixel data is decoded; slices are decoded one at a time into the preallocated volume.
+    """
     paths = _collect_files(files)
     datasets: list[tuple[Path, Dataset]] = []
     for path in paths:
@@ -250,7 +306,9 @@ def load_dicom_series(files: Sequence[Path] | Path) -> LoadedVolume:
     affine = affine_lps.copy()
     affine[:2, :] *= -1.0  # LPS -> RAS
 
-    volume, source_dtype = _assemble(slices, rows, cols)
+    _check_size(rows, cols, n, int(first.get("BitsAllocated", 16) or 16), max_voxels, max_bytes)
+    with decode_limits.heavy_decode(f"DICOM series of {n} slices"):
+        volume, source_dtype = _assemble(slices, rows, cols)
     geometry = Geometry.from_affine(volume.shape, affine)
     return LoadedVolume(
         data=volume,
@@ -259,6 +317,13 @@ def load_dicom_series(files: Sequence[Path] | Path) -> LoadedVolume:
         header_pixdim=geometry.spacing,
         slice_thickness=thickness if thickness and thickness > 0 else None,
     )
+
+
+def _drop_pixels(ds: Dataset) -> None:
+    """Forget a decoded slice's pixel data (and pydicom's cached array): one slice in memory at a time."""
+    for tag in _PIXEL_DATA_TAGS:
+        if tag in ds:
+            delattr(ds, tag)
 
 
 def _assemble(slices: list[_Slice], rows: int, cols: int) -> tuple[np.ndarray, str]:
@@ -303,6 +368,7 @@ def _assemble(slices: list[_Slice], rows: int, cols: int) -> tuple[np.ndarray, s
                     file=s.path.name,
                 )
         volume[:, :, k] = hu.T
+        _drop_pixels(s.ds)
     if volume.dtype == np.int32:
         if lo >= _INT16_MIN and hi <= _INT16_MAX:
             return volume.astype(np.int16), source_dtype

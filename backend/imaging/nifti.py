@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,9 +13,11 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from backend.core.errors import InvalidInput
+from backend.core import decode_limits
+from backend.core.errors import InvalidInput, PayloadTooLarge
+from backend.imaging import bounded
 
-GZIP_MAGIC = b"\x1f\x8b"
+GZIP_MAGIC = bounded.GZIP_MAGIC
 _NIFTI1_HEADER_SIZE = 348
 _NIFTI2_HEADER_SIZE = 540
 _INT16_MIN = int(np.iinfo(np.int16).min)
@@ -139,30 +141,8 @@ class _Raw:
     header_pixdim: tuple[float, float, float]
 
 
-# Largest uncompressed NIfTI accepted: a 1024x1024x1500 float16 or 512x512x3000 float32 study fits; a gzip bomb
-# (a small upload that inflates to tens of GB) is refused before it can exhaust memory.
-MAX_UNCOMPRESSED_BYTES = 3 * 1024**3
-
-
-def _decompress(data: bytes, name: str, limit: int | None = None) -> bytes:
-    """Gunzip `data` if it carries the gzip magic, bounded in size, mapping corruption to InvalidInput."""
-    if not data.startswith(GZIP_MAGIC):
-        return data
-    limit = MAX_UNCOMPRESSED_BYTES if limit is None else limit
-    try:
-        inflater = zlib.decompressobj(wbits=31)
-        out = inflater.decompress(data, limit + 1)
-        if len(out) > limit:
-            raise InvalidInput(f"{name}: decompresses to more than {limit // 1024**2} MiB; refusing it", file=name)
-        if not inflater.eof:
-            raise InvalidInput(f"{name}: gzip stream is truncated", file=name)
-        rest = inflater.unused_data
-        # Concatenated gzip members are legal; fall back to the standard reader for them.
-        return out if not rest else gzip.decompress(data)
-    except EOFError as exc:
-        raise InvalidInput(f"{name}: gzip stream is truncated ({exc})", file=name) from exc
-    except (OSError, zlib.error) as exc:
-        raise InvalidInput(f"{name}: corrupt gzip stream ({exc})", file=name) from exc
+# Header extensions (between the header and vox_offset) are metadata: a few KiB in practice.
+_MAX_EXTENSION_BYTES = 16 * 1024**2
 
 
 def _header_kind(data: bytes, name: str) -> type[nib.Nifti1Image] | type[nib.Nifti2Image]:
@@ -192,26 +172,94 @@ def _header_kind(data: bytes, name: str) -> type[nib.Nifti1Image] | type[nib.Nif
     raise InvalidInput(f"{name}: not a NIfTI file (no NIfTI header found)", file=name)
 
 
-def _read_raw(data: bytes, name: str) -> _Raw:
-    """Parse NIfTI bytes (.nii or .nii.gz) into an unscaled 3D array, scaling and geometry."""
+@dataclass(frozen=True, eq=False)
+class _Header:
+    """A parsed NIfTI header whose voxel data is still compressed: what it declares, checked before decoding."""
+
+    stream: bounded.ByteStream
+    name: str
+    shape: tuple[int, int, int]
+    dtype: np.dtype[Any]
+    slope: float
+    inter: float
+    geometry: Geometry
+    header_pixdim: tuple[float, float, float]
+
+    @property
+    def voxels(self) -> int:
+        """Number of voxels the header declares."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Decoded size of the voxel data the header declares."""
+        return self.voxels * self.dtype.itemsize
+
+    def check_size(self, max_bytes: int | None) -> None:
+        """Refuse (413) voxel data larger than `max_bytes` (default: the settings' max_decoded_mb) once decoded."""
+        # Default 3 GiB: a 512x512x3000 float32 or a 1024x1024x1500 int16 study fits.
+        limit = decode_limits.current().max_decoded_bytes if max_bytes is None else max_bytes
+        bounded.check_declared(self.name, self.nbytes, limit, f"{self.shape} {self.dtype.name} voxels")
+
+    def read(self) -> _Raw:
+        """Decode exactly the declared voxel data into one preallocated array (call inside a decode slot)."""
+        flat = bounded.read_array(self.stream, self.dtype, self.voxels)
+        if not self.dtype.isnative:
+            # Swap in place: a big-endian file costs no second copy of the volume.
+            flat = flat.byteswap(inplace=True).view(self.dtype.newbyteorder("="))
+        raw = flat.reshape(self.shape, order="F")
+        if self.dtype.kind == "f":
+            bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
+            if bad:
+                raise InvalidInput(f"{self.name}: volume contains {bad} NaN or infinite voxel(s)", file=self.name)
+        return _Raw(raw, self.slope, self.inter, self.geometry, self.dtype.name, self.header_pixdim)
+
+
+def _open_header(data: bytes, name: str) -> _Header:
+    """Read and check a NIfTI header from the first decoded bytes of .nii/.nii.gz data; no voxel is decoded.
+
+    Only the header (and its extensions) is decompressed here, so what it declares (shape, type, grid) can be
+    checked against the limits before any voxel is inflated or allocated.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidInput(f"{name}: expected bytes, got {type(data).__name__}")
-    data = bytes(data)
     if len(data) == 0:
         raise InvalidInput(f"{name}: the file is empty", file=name)
-    payload = _decompress(data, name)
-    image_cls = _header_kind(payload, name)
+    stream = bounded.open_stream(data, name)
+    prefix = stream.read(_NIFTI1_HEADER_SIZE)
+    if len(prefix) >= 4 and _NIFTI2_HEADER_SIZE in {struct.unpack(f"{e}i", prefix[:4])[0] for e in "<>"}:
+        prefix += stream.read(_NIFTI2_HEADER_SIZE - len(prefix))
+    image_cls = _header_kind(prefix, name)
+    header_cls = image_cls.header_class
     try:
-        img = image_cls.from_bytes(payload)
-        header = img.header
-        shape = tuple(int(s) for s in header.get_data_shape())
-        dtype = np.dtype(header.get_data_dtype())
-        proxy: Any = img.dataobj
-        offset = int(proxy.offset)
-    except InvalidInput:
-        raise
+        # A first parse without extensions gives vox_offset; the extensions (up to it) are then read bounded.
+        bare = header_cls.from_fileobj(io.BytesIO(prefix), check=False)
+        offset = int(bare.get_data_offset())
     except Exception as exc:
         raise InvalidInput(f"{name}: invalid NIfTI header ({exc})", file=name) from exc
+    if offset < len(prefix) or offset > len(prefix) + _MAX_EXTENSION_BYTES:
+        raise InvalidInput(
+            f"{name}: invalid NIfTI header (vox_offset {offset} must lie between {len(prefix)} and "
+            f"{len(prefix) + _MAX_EXTENSION_BYTES})",
+            file=name,
+        )
+    prefix += stream.read(offset - len(prefix))
+    if len(prefix) < offset:
+        raise InvalidInput(
+            f"{name}: file is truncated: voxel data starts at byte {offset}, the file holds {len(prefix)}", file=name
+        )
+    try:
+        header = header_cls.from_fileobj(io.BytesIO(prefix))
+        shape = tuple(int(s) for s in header.get_data_shape())
+        dtype = np.dtype(header.get_data_dtype())
+        slope_or_none, inter_or_none = header.get_slope_inter()
+        affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+        pixdim = tuple(float(v) for v in header["pixdim"][1:4])
+    except Exception as exc:
+        raise InvalidInput(f"{name}: invalid NIfTI header ({exc})", file=name) from exc
+    # As nibabel's array proxy: no valid scaling in the header means none at all.
+    slope = 1.0 if slope_or_none is None else float(slope_or_none)
+    inter = 0.0 if inter_or_none is None else float(inter_or_none)
 
     if any(s < 1 for s in shape):
         raise InvalidInput(f"{name}: every dimension must be >= 1, got shape {shape}", file=name)
@@ -223,35 +271,15 @@ def _read_raw(data: bytes, name: str) -> _Raw:
         raise InvalidInput(f"{name}: expected a 3D volume, got shape {shape}", file=name, shape=list(shape))
     if dtype.fields is not None or dtype.kind not in "biuf":
         raise InvalidInput(f"{name}: unsupported voxel type {dtype} (need integer or real)", file=name)
-
-    expected_end = offset + math.prod(shape) * dtype.itemsize
-    if len(payload) < expected_end:
-        raise InvalidInput(
-            f"{name}: file is truncated: voxel data needs {expected_end} bytes, the file holds {len(payload)}",
-            file=name,
-        )
-
-    try:
-        raw = np.asarray(proxy.get_unscaled())
-        slope = float(proxy.slope)
-        inter = float(proxy.inter)
-        affine = np.asarray(img.affine, dtype=np.float64)
-        pixdim = tuple(float(v) for v in header["pixdim"][1:4])
-    except Exception as exc:
-        raise InvalidInput(f"{name}: cannot read voxel data ({exc})", file=name) from exc
     if not (np.isfinite(slope) and np.isfinite(inter)):
         raise InvalidInput(f"{name}: invalid scl_slope/scl_inter ({slope}, {inter})", file=name)
-    raw = raw.reshape(shape3, order="F") if raw.ndim != 3 else raw
-    if dtype.kind == "f":
-        bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
-        if bad:
-            raise InvalidInput(f"{name}: volume contains {bad} NaN or infinite voxel(s)", file=name)
     try:
         geometry = Geometry.from_affine(shape3, affine)
     except InvalidInput as exc:
         raise InvalidInput(f"{name}: {exc.message}", file=name) from exc
     px: tuple[float, float, float] = (pixdim[0], pixdim[1], pixdim[2])
-    return _Raw(raw, slope, inter, geometry, dtype.name, px)
+    s3: tuple[int, int, int] = (shape3[0], shape3[1], shape3[2])
+    return _Header(stream, name, s3, dtype, slope, inter, geometry, px)
 
 
 def _scale(raw: np.ndarray, slope: float, inter: float, name: str) -> np.ndarray:
@@ -285,10 +313,27 @@ def _scale(raw: np.ndarray, slope: float, inter: float, name: str) -> np.ndarray
     return out
 
 
-def load_nifti_bytes(data: bytes, name: str = "volume.nii.gz") -> LoadedVolume:
-    """Load a 3D NIfTI volume from .nii or .nii.gz bytes (gzip detected by magic bytes)."""
-    parsed = _read_raw(data, name)
-    values = _scale(parsed.raw, parsed.slope, parsed.inter, name)
+def load_nifti_bytes(
+    data: bytes, name: str = "volume.nii.gz", *, max_bytes: int | None = None, max_voxels: int | None = None
+) -> LoadedVolume:
+    """Load a 3D NIfTI volume from .nii or .nii.gz bytes (gzip detected by magic bytes).
+
+    The header is checked first: more than `max_voxels` voxels (413) or `max_bytes` of decoded voxel data (413)
+    is refused before anything is decompressed; the data is then decoded into an array of exactly that size.
+    """
+    header = _open_header(data, name)
+    if max_voxels is not None and header.voxels > max_voxels:
+        raise PayloadTooLarge(
+            f"{name}: the header declares {header.shape} = {header.voxels} voxels; a scan may hold at most "
+            f"{max_voxels}",
+            file=name,
+            declared_voxels=header.voxels,
+            limit_voxels=max_voxels,
+        )
+    header.check_size(max_bytes)
+    with decode_limits.heavy_decode(name):
+        parsed = header.read()
+        values = _scale(parsed.raw, parsed.slope, parsed.inter, name)
     return LoadedVolume(
         data=values,
         geometry=parsed.geometry,
@@ -312,9 +357,8 @@ def load_nifti_path(path: Path) -> LoadedVolume:
     return load_nifti_bytes(data, name=path.name)
 
 
-def _check_grid(parsed: _Raw, expected: Geometry, name: str, atol_mm: float = 1e-3) -> None:
-    """Raise InvalidInput when a mask's grid differs from the scan's."""
-    got = parsed.geometry
+def _check_grid(got: Geometry, expected: Geometry, name: str, atol_mm: float = 1e-3) -> None:
+    """Raise InvalidInput when a mask's grid (read from its header) differs from the scan's."""
     if got.shape != expected.shape:
         raise InvalidInput(
             f"{name}: mask shape {got.shape} does not match the scan shape {expected.shape}",
@@ -351,10 +395,23 @@ class MaskValues:
         return self.off_binary_voxels == 0
 
 
-def load_mask_with_values(data: bytes, expected: Geometry, name: str) -> tuple[np.ndarray, MaskValues]:
-    """Load a binary mask (values > 0.5 are inside) and report values off {0, 1} (for the import QA rule)."""
-    parsed = _read_raw(data, name)
-    _check_grid(parsed, expected, name)
+def load_mask_with_values(
+    data: bytes, expected: Geometry, name: str, *, max_bytes: int | None = None
+) -> tuple[np.ndarray, MaskValues]:
+    """Load a binary mask (values > 0.5 are inside) and report values off {0, 1} (for the import QA rule).
+
+    The grid is checked from the header alone: a mask whose shape or affine differs from the scan's is refused
+    before any voxel is decompressed.
+    """
+    header = _open_header(data, name)
+    _check_grid(header.geometry, expected, name)
+    header.check_size(max_bytes)
+    with decode_limits.heavy_decode(name):
+        return _mask_values(header.read())
+
+
+def _mask_values(parsed: _Raw) -> tuple[np.ndarray, MaskValues]:
+    """Binarise a decoded mask and summarise its stored values."""
     raw = parsed.raw
     values: np.ndarray
     if (parsed.slope, parsed.inter) == (1.0, 0.0):
@@ -371,15 +428,22 @@ def load_mask_with_values(data: bytes, expected: Geometry, name: str) -> tuple[n
     return np.asarray(mask, dtype=bool), MaskValues(parsed.source_dtype, off, lo, hi)
 
 
-def load_mask_bytes(data: bytes, expected: Geometry, name: str) -> np.ndarray:
+def load_mask_bytes(data: bytes, expected: Geometry, name: str, *, max_bytes: int | None = None) -> np.ndarray:
     """Load a binary mask (values > 0.5 are inside) whose grid must match `expected`."""
-    return load_mask_with_values(data, expected, name)[0]
+    return load_mask_with_values(data, expected, name, max_bytes=max_bytes)[0]
 
 
-def load_label_map_bytes(data: bytes, expected: Geometry, name: str) -> np.ndarray:
-    """Load an integer label map (uint8/uint16/uint32) whose grid must match `expected`."""
-    parsed = _read_raw(data, name)
-    _check_grid(parsed, expected, name)
+def load_label_map_bytes(data: bytes, expected: Geometry, name: str, *, max_bytes: int | None = None) -> np.ndarray:
+    """Load an integer label map (uint8/uint16/uint32) whose grid must match `expected` (checked from the header)."""
+    header = _open_header(data, name)
+    _check_grid(header.geometry, expected, name)
+    header.check_size(max_bytes)
+    with decode_limits.heavy_decode(name):
+        return _label_values(header.read(), name)
+
+
+def _label_values(parsed: _Raw, name: str) -> np.ndarray:
+    """Check a decoded label map's values and narrow it to the smallest unsigned type."""
     values: np.ndarray
     if parsed.raw.dtype.kind in "biu" and (parsed.slope, parsed.inter) == (1.0, 0.0):
         values = parsed.raw

@@ -12,9 +12,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.audit import service as audit
+from backend.core import decode_limits
 from backend.core.blobstore import BlobStore
 from backend.core.errors import Conflict, InvalidInput, NotFound
-from backend.imaging import chunks, softmaps
+from backend.imaging import bounded, chunks, softmaps
 from backend.models import (
     AttentionMap,
     LabelVersion,
@@ -48,6 +49,7 @@ DEFAULT_INFERENCE = {"roi_size": [96, 96, 96], "overlap": 0.25, "mode": "gaussia
 
 PROMOTION_POLICIES = ("manual", "auto")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format (its legacy pickle format holds nothing compressed)
 
 
 def validate_inference(settings: dict[str, Any]) -> dict[str, Any]:
@@ -242,6 +244,10 @@ def add_version(
     """Store weights (blob first) and register them as the model's next version."""
     if model.architecture != "classical" and not weights:
         raise InvalidInput(f"model {model.name!r} ({model.architecture}) needs a weights file")
+    if weights and weights.startswith(_ZIP_MAGIC):
+        # The API never unpacks weights (it has no torch), but a worker will: refuse a zip bomb now, from the
+        # sizes its central directory declares (torch's loader allocates exactly those).
+        bounded.check_zip_declared(weights, "weights", decode_limits.current().max_decoded_bytes)
     digest = blobs.put_bytes(weights) if weights else None
     number = (db.scalar(select(func.max(ModelVersion.number)).where(ModelVersion.model_id == model.id)) or 0) + 1
     version = ModelVersion(

@@ -13,8 +13,10 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from backend.audit import service as audit
+from backend.core import decode_limits
 from backend.core.blobstore import BlobStore
 from backend.core.errors import Conflict, InvalidInput, NotFound
+from backend.core.filenames import clean_file_name
 from backend.imaging import dicom, nifti, pants
 from backend.labels import service as labels
 from backend.models import LabelVersion, Project, Scan, User
@@ -164,7 +166,11 @@ def import_nifti(
     """Import one NIfTI volume; the stored file keeps the original header (geometry, scaling) byte for byte."""
     case_id = check_case_id(case_id or case_id_from_filename(filename))
     _ensure_new_case(db, project, case_id)
-    volume = nifti.load_nifti_bytes(data, filename)
+    # Checked from the header before anything is decompressed: the scan's voxel count and decoded size.
+    limits = decode_limits.current()
+    volume = nifti.load_nifti_bytes(
+        data, filename, max_bytes=limits.max_decoded_bytes, max_voxels=limits.max_scan_voxels
+    )
     stored = nifti.ensure_gzip(data)
     digest = blobs.put_bytes(stored)
     return _create_scan(
@@ -176,7 +182,7 @@ def import_nifti(
         image_bytes=len(stored),
         volume=volume,
         source_format="nifti",
-        source_name=filename,
+        source_name=clean_file_name(filename),  # the client's name: base name only, no '..' or control chars
         split=split,
         raw_metadata=raw_metadata,
     )

@@ -442,8 +442,8 @@ def test_geometry_matches_tolerance_and_json_validation() -> None:
 
 
 def test_gzip_bomb_is_refused_before_inflating_it_all() -> None:
-    from backend.imaging import nifti as nifti_module
+    from backend.core.errors import PayloadTooLarge
 
-    bomb = gzip.compress(b"\0" * (8 * 1024 * 1024))
-    with pytest.raises(InvalidInput, match="decompresses to more than"):
-        nifti_module._decompress(bomb, "bomb.nii.gz", limit=1024 * 1024)
+    bomb = gzip.compress(_nifti_bytes(np.zeros((128, 128, 64), np.int16), gz=False))
+    with pytest.raises(PayloadTooLarge, match="declares"):
+        load_nifti_bytes(bomb, "bomb.nii.gz", max_bytes=1024 * 1024)
