@@ -1,10 +1,18 @@
-"""Reading uploaded files within the configured size limit."""
+"""Reading uploaded files and bodies within their size limits; multipart forms parsed after authorisation."""
 
 from __future__ import annotations
 
-from typing import BinaryIO, Protocol
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, BinaryIO, Protocol, TypeVar, get_origin
+
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import Request
 
 from backend.core.errors import PayloadTooLarge
+
+M = TypeVar("M", bound=BaseModel)
 
 _BLOCK = 1 << 20
 
@@ -29,3 +37,86 @@ def read_limited(upload: Upload, limit: int) -> bytes:
             )
         parts.append(block)
     return b"".join(parts)
+
+
+# --- multipart forms parsed inside the handler, after its access dependency ran ---
+
+
+def form_values(form: FormData, model: type[BaseModel]) -> dict[str, Any]:
+    """The values of a parsed multipart form for a model's fields, taken as FastAPI takes Form/File parameters:
+    lists by getlist, and an empty string, an empty file input or an empty list counts as absent (default)."""
+    values: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        if get_origin(info.annotation) is list:
+            items = [v for v in form.getlist(key) if not _empty_file(v)]
+            if items:
+                values[key] = items
+            continue
+        value = form.get(key)
+        if value is None or value == "" or _empty_file(value):
+            continue
+        values[key] = value
+    return values
+
+
+def parse_form(form: FormData, model: type[M]) -> M:
+    """Validate a parsed form against its model; raises pydantic's ValidationError (see body_errors)."""
+    return model.model_validate(form_values(form, model))
+
+
+def body_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """A form model's validation errors located under "body" as FastAPI reports its own Form/File errors."""
+    errors: list[dict[str, Any]] = []
+    for error in exc.errors(include_url=False):
+        item: dict[str, Any] = {**error, "loc": ("body", *error["loc"])}
+        if item["type"] == "missing":
+            item["input"] = None
+        errors.append(item)
+    return errors
+
+
+@asynccontextmanager
+async def form_of(
+    request: Request,
+    model: type[M],
+    *,
+    max_files: int,
+    invalid: Callable[[list[dict[str, Any]]], Exception],
+    max_fields: int = 16,
+) -> AsyncIterator[M]:
+    """Parse a request's multipart body while it streams (files spool to temporary files) and validate it;
+    the spooled files are closed on leaving. Call it in the handler, after the access dependency ran: FastAPI
+    would parse File/Form parameters before any dependency. `invalid` builds the error for a form that does
+    not validate (the router passes FastAPI's RequestValidationError, so the 422 is the one FastAPI gives)."""
+    form = await request.form(max_files=max_files, max_fields=max_fields)
+    try:
+        try:
+            fields = parse_form(form, model)
+        except ValidationError as exc:
+            raise invalid(body_errors(exc)) from exc
+        yield fields
+    finally:
+        await form.close()
+
+
+def multipart_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI requestBody of a route that parses its multipart form itself (for openapi_extra)."""
+    return {"required": True, "content": {"multipart/form-data": {"schema": model.model_json_schema()}}}
+
+
+async def read_body_limited(request: Request, limit: int, message: str) -> bytes:
+    """Read a raw body while it streams in, refusing it (413) as soon as it passes limit bytes."""
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(message)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _empty_file(value: object) -> bool:
+    # Browsers send an empty file part (no name, no bytes) when no file was chosen.
+    return isinstance(value, UploadFile) and not value.filename and not value.size

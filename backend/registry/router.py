@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi import APIRouter, Query, Request, UploadFile, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from backend.auth.dependencies import Blobs, DbSession, SettingsDep
+from backend.core import uploads
 from backend.core.errors import InvalidInput
-from backend.core.uploads import read_limited
+from backend.core.ids import PathId
 from backend.imaging import chunks, nifti
 from backend.models import Model
 from backend.projects import service as projects
@@ -76,20 +80,40 @@ def list_versions(db: DbSession, access: ModelAccess = require_model("read")) ->
     return [ModelVersionOut.model_validate(v) for v in service.list_versions(db, access.model)]
 
 
-@router.post("/api/models/{model_id}/versions", response_model=ModelVersionOut, status_code=201)
-def upload_version(
+class WeightsForm(BaseModel):
+    """The multipart body of a weights upload."""
+
+    model_config = ConfigDict(title="Body_upload_version_api_models__model_id__versions_post")
+    weights: Annotated[UploadFile, Field(description="A torch state_dict file")]
+    provenance: str = "{}"
+    validation: str = "{}"
+
+
+@router.post(
+    "/api/models/{model_id}/versions",
+    response_model=ModelVersionOut,
+    status_code=201,
+    openapi_extra={"requestBody": uploads.multipart_body(WeightsForm)},
+)
+async def upload_version(
+    request: Request,
     db: DbSession,
     blobs: Blobs,
     settings: SettingsDep,
-    weights: Annotated[UploadFile, File(description="A torch state_dict file")],
-    provenance: Annotated[str, Form()] = "{}",
-    validation: Annotated[str, Form()] = "{}",
     access: ModelAccess = require_model("run_jobs"),
 ) -> ModelVersionOut:
     """Register externally trained weights as the model's next version (not promoted)."""
-    data = read_limited(weights, settings.max_upload_bytes)
+    # Parsed only now, after the access dependency: an unauthorised caller's upload is never read.
+    async with uploads.form_of(request, WeightsForm, max_files=1, invalid=RequestValidationError) as fields:
+        return await run_in_threadpool(_upload_version, db, blobs, settings, access, fields)
+
+
+def _upload_version(
+    db: DbSession, blobs: Blobs, settings: SettingsDep, access: ModelAccess, fields: WeightsForm
+) -> ModelVersionOut:
+    data = uploads.read_limited(fields.weights, settings.max_upload_bytes)
     try:
-        provenance_json, validation_json = json.loads(provenance), json.loads(validation)
+        provenance_json, validation_json = json.loads(fields.provenance), json.loads(fields.validation)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"provenance/validation must be JSON objects: {exc.msg}") from exc
     version = service.add_version(
@@ -197,7 +221,7 @@ def predictions(db: DbSession, access: ScanAccess = require_scan("read")) -> lis
 
 @router.get("/api/scans/{scan_id}/predictions/{prediction_id}/{map_kind}/{structure}", response_class=Response)
 def scan_prediction_map(
-    prediction_id: int,
+    prediction_id: PathId,
     map_kind: str,
     structure: str,
     db: DbSession,

@@ -7,12 +7,17 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
+from fastapi import APIRouter, Query, Request, UploadFile, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
+from backend.audit import service as audit
 from backend.auth.dependencies import Blobs, DbSession, SettingsDep
+from backend.core import uploads
+from backend.core.db import end_read_snapshot
 from backend.core.errors import InvalidInput
-from backend.core.uploads import read_limited
 from backend.models import Scan
 from backend.projects.dependencies import ProjectAccess, require_project
 from backend.scans import service
@@ -34,52 +39,95 @@ def _parse_metadata(metadata: str | None) -> dict[str, str] | None:
     return {str(k): "" if v is None else str(v) for k, v in parsed.items()}
 
 
-@router.post("/api/projects/{project_id}/scans", response_model=ScanOut, status_code=status.HTTP_201_CREATED)
-def import_nifti(
+class ImportNiftiForm(BaseModel):
+    """The multipart body of a NIfTI import."""
+
+    model_config = ConfigDict(title="Body_import_nifti_api_projects__project_id__scans_post")
+    file: Annotated[UploadFile, Field(description="A .nii or .nii.gz CT volume")]
+    case_id: str | None = None
+    split: str | None = None
+    metadata: Annotated[str | None, Field(description="JSON object with PanTS metadata columns")] = None
+
+
+class ImportDicomForm(BaseModel):
+    """The multipart body of a DICOM series import."""
+
+    model_config = ConfigDict(title="Body_import_dicom_api_projects__project_id__scans_dicom_post")
+    files: Annotated[list[UploadFile], Field(description="Every file of one DICOM series")]
+    case_id: str
+    split: str | None = None
+    metadata: str | None = None
+
+
+# A DICOM series has one file per slice; thin-slice CTs reach a few thousand.
+MAX_DICOM_FILES = 5000
+
+
+@router.post(
+    "/api/projects/{project_id}/scans",
+    response_model=ScanOut,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra={"requestBody": uploads.multipart_body(ImportNiftiForm)},
+)
+async def import_nifti(
+    request: Request,
     db: DbSession,
     blobs: Blobs,
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="A .nii or .nii.gz CT volume")],
-    case_id: Annotated[str | None, Form()] = None,
-    split: Annotated[str | None, Form()] = None,
-    metadata: Annotated[str | None, Form(description="JSON object with PanTS metadata columns")] = None,
     access: ProjectAccess = require_project("import"),
 ) -> Scan:
     """Import one NIfTI volume (any orientation and data type; the header is kept as is)."""
-    data = read_limited(file, settings.max_upload_bytes)
+    async with uploads.form_of(request, ImportNiftiForm, max_files=1, invalid=RequestValidationError) as fields:
+        return await run_in_threadpool(_import_nifti, db, blobs, settings, access, fields)
+
+
+def _import_nifti(
+    db: DbSession, blobs: Blobs, settings: SettingsDep, access: ProjectAccess, fields: ImportNiftiForm
+) -> Scan:
+    data = uploads.read_limited(fields.file, settings.max_upload_bytes)
     scan = service.import_nifti(
         db,
         blobs,
         access.project,
         access.user,
         data,
-        file.filename or "volume.nii.gz",
-        case_id=case_id,
-        split=split,
-        raw_metadata=_parse_metadata(metadata),
+        fields.file.filename or "volume.nii.gz",
+        case_id=fields.case_id,
+        split=fields.split,
+        raw_metadata=_parse_metadata(fields.metadata),
     )
     db.commit()
     return scan
 
 
-@router.post("/api/projects/{project_id}/scans/dicom", response_model=ScanOut, status_code=status.HTTP_201_CREATED)
-def import_dicom(
+@router.post(
+    "/api/projects/{project_id}/scans/dicom",
+    response_model=ScanOut,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra={"requestBody": uploads.multipart_body(ImportDicomForm)},
+)
+async def import_dicom(
+    request: Request,
     db: DbSession,
     blobs: Blobs,
     settings: SettingsDep,
-    files: Annotated[list[UploadFile], File(description="Every file of one DICOM series")],
-    case_id: Annotated[str, Form()],
-    split: Annotated[str | None, Form()] = None,
-    metadata: Annotated[str | None, Form()] = None,
     access: ProjectAccess = require_project("import"),
 ) -> Scan:
     """Import one DICOM series (slices sorted by position, HU from rescale, converted to RAS NIfTI)."""
-    service.check_case_id(case_id)
+    form = uploads.form_of(request, ImportDicomForm, max_files=MAX_DICOM_FILES, invalid=RequestValidationError)
+    async with form as fields:
+        return await run_in_threadpool(_import_dicom, db, blobs, settings, access, fields)
+
+
+def _import_dicom(
+    db: DbSession, blobs: Blobs, settings: SettingsDep, access: ProjectAccess, fields: ImportDicomForm
+) -> Scan:
+    service.check_case_id(fields.case_id)
     total = 0
     with tempfile.TemporaryDirectory(prefix="maskloop-dicom-") as tmp:
         paths = []
-        for index, upload in enumerate(files):
-            data = read_limited(upload, settings.max_upload_bytes - total)
+        for index, upload in enumerate(fields.files):
+            data = uploads.read_limited(upload, settings.max_upload_bytes - total)
             total += len(data)
             # Our own file names: the client's names never touch the filesystem (no traversal).
             path = Path(tmp) / f"{index:06d}.dcm"
@@ -91,9 +139,9 @@ def import_dicom(
             access.project,
             access.user,
             paths,
-            case_id=case_id,
-            split=split,
-            raw_metadata=_parse_metadata(metadata),
+            case_id=fields.case_id,
+            split=fields.split,
+            raw_metadata=_parse_metadata(fields.metadata),
         )
     db.commit()
     return scan
@@ -148,12 +196,27 @@ def get_scan(access: ScanAccess = require_scan("read")) -> Scan:
     response_class=FileResponse,
     responses={200: {"content": {"application/octet-stream": {}}}, 304: {"description": "unchanged"}},
 )
-def get_volume(request: Request, blobs: Blobs, access: ScanAccess = require_scan("read")) -> Response:
-    """The CT volume as .nii.gz, served from the stored blob (no recompression), with an ETag."""
+def get_volume(request: Request, db: DbSession, blobs: Blobs, access: ScanAccess = require_scan("read")) -> Response:
+    """The CT volume as .nii.gz, served from the stored blob (no recompression), with an ETag; the read is logged."""
     scan = access.scan
     etag = f'"{scan.image_digest}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
-    if etag in request.headers.get("if-none-match", ""):
+    cached = etag in request.headers.get("if-none-match", "")
+    # A 304 is logged too: the browser shows the volume again from its cache, so the person did read it.
+    end_read_snapshot(db)
+    audit.record_read(
+        db,
+        user_id=access.user.id,
+        project_id=scan.project_id,
+        scan_id=scan.id,
+        kind="volume",
+        object_id=scan.id,
+        digest=scan.image_digest,
+        client=request.client.host if request.client else None,
+        not_modified=cached,
+    )
+    db.commit()
+    if cached:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     path = blobs.local_path(scan.image_digest)
     filename = f"{scan.case_id}.nii.gz"
