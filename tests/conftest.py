@@ -151,6 +151,8 @@ def world(db: Session, settings: Settings) -> World:
     users["outsider"] = auth.create_user(db, "outsider@example.org", PASSWORD, "Outsider")
     db.flush()
     headers = {
-        name: {"Authorization": f"Bearer {auth.issue_access_token(user, settings)[0]}"} for name, user in users.items()
+        # Each with a login session (as a sign-in opens), so refresh, logout and revocation work on these tokens.
+        name: {"Authorization": f"Bearer {auth.issue_access_token(user, settings, db)[0]}"}
+        for name, user in users.items()
     }
     return World(project=project, users=users, headers=headers)

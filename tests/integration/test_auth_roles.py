@@ -153,7 +153,9 @@ def test_user_creates_an_api_token_for_themself(client: TestClient, world: World
     body = response.json()
     assert body["user_id"] == world.users["annotator"].id
     assert body["name"] == "laptop"
-    assert body["expires_at"] is None
+    # Personal tokens expire: by default after the maximum lifetime (30 days).
+    expires_at = datetime.fromisoformat(body["expires_at"])
+    assert timedelta(days=29) < expires_at - datetime.now(UTC) <= timedelta(days=30)
     plaintext = body["token"]
     assert plaintext.startswith("mlk_")
     assert _me(client, plaintext).json()["id"] == world.users["annotator"].id
