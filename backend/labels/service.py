@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend.audit import service as audit
@@ -168,8 +169,21 @@ def _persist(
         idempotency_key=idempotency_key,
         new_bytes=new_bytes,
     )
-    db.add(version)
-    db.flush()
+    if idempotency_key:
+        # A client retrying while its first try still runs: the unique key refuses the second row (after the first
+        # commits), and the retry answers the stored version instead of an error.
+        try:
+            with db.begin_nested():
+                db.add(version)
+                db.flush()
+        except IntegrityError:
+            existing = _existing_for_key(db, scan, idempotency_key)
+            if existing is None:
+                raise
+            return existing
+    else:
+        db.add(version)
+        db.flush()
     for structure_id, (status, digest, voxels) in entries.items():
         parent = parent_entries.get(structure_id)
         changed = parent is None or parent.status != status or parent.manifest_digest != digest
