@@ -1,9 +1,9 @@
-"""Response bodies of the audit log endpoint."""
+"""Response bodies of the audit log endpoints (writes and reads)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -28,6 +28,36 @@ class AuditPage(BaseModel):
     """One page of audit events, newest first."""
 
     items: list[AuditEventOut]
+    total: int
+    page: int
+    page_size: int
+
+
+ReadKind = Literal["volume", "mask", "combined", "export", "attention", "prediction"]
+
+
+class ReadEventOut(BaseModel):
+    """One served read: who opened which scan's volume, mask or export, when and from where."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    user_id: int | None
+    project_id: int
+    scan_id: int | None
+    kind: ReadKind
+    object_id: str
+    detail: str
+    digest: str | None
+    client: str | None
+    not_modified: bool
+
+
+class ReadPage(BaseModel):
+    """One page of read events, newest first."""
+
+    items: list[ReadEventOut]
     total: int
     page: int
     page_size: int

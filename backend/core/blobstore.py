@@ -1,11 +1,16 @@
-"""Content-addressed blob store: sha256 keys, atomic writes, never overwritten or deleted in place."""
+"""Content-addressed blob store: sha256 keys, atomic writes, never overwritten; only `maskloop gc` deletes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import shutil
 import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -15,6 +20,18 @@ from backend.core.errors import NotFound
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 _READ_CHUNK = 1 << 20
+# A blob found by a writer's dedup check (exists/put of stored content) gets its mtime refreshed at most this
+# often, so gc's grace period (counted from the mtime) protects it like a fresh write.
+_TOUCH_AFTER_S = 3600.0
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """One stored blob as listed by gc: its digest, size in bytes and last write (or dedup hit) time."""
+
+    digest: str
+    size: int
+    mtime: float
 
 
 def sha256_hex(data: bytes) -> str:
@@ -60,6 +77,26 @@ class BlobStore(Protocol):
         """A filesystem path for zero-copy serving, when the backend has one."""
         ...
 
+    def iter_blobs(self) -> Iterator[BlobInfo]:
+        """Every stored blob with its size and age (gc's sweep; streamed, never all in memory)."""
+        ...
+
+    def delete(self, digest: str, *, older_than: float | None = None) -> bool:
+        """Remove a blob (gc only); with older_than (epoch seconds) only if it was not written since. True if gone."""
+        ...
+
+    def remove_stale_temp(self, max_age_s: float) -> tuple[int, int]:
+        """Remove leftovers of interrupted writes older than max_age_s; returns (files, bytes) removed."""
+        ...
+
+
+def _touch_if_old(path: Path, mtime: float) -> None:
+    """Refresh a stored blob's mtime when a writer reuses it, so a concurrent gc does not sweep it."""
+    if time.time() - mtime > _TOUCH_AFTER_S:
+        # A read-only store cannot be touched, but gc cannot delete there either.
+        with contextlib.suppress(OSError):
+            os.utime(path)
+
 
 class LocalBlobStore:
     """Blobs as files under root/ab/cd/<sha256>; written to a temp file then renamed into place."""
@@ -78,7 +115,7 @@ class LocalBlobStore:
         """Store bytes under their sha256 (no-op if present) and return the digest."""
         digest = sha256_hex(data)
         target = self._path(digest)
-        if target.exists():
+        if self.exists(digest):
             return digest
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
@@ -106,7 +143,7 @@ class LocalBlobStore:
                 os.fsync(out.fileno())
             digest = hasher.hexdigest()
             target = self._path(digest)
-            if target.exists():
+            if self.exists(digest):
                 Path(tmp_name).unlink()
                 return digest
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -131,8 +168,14 @@ class LocalBlobStore:
             raise NotFound(f"blob {digest} is missing from the store") from exc
 
     def exists(self, digest: str) -> bool:
-        """Whether the blob is stored."""
-        return self._path(digest).exists()
+        """Whether the blob is stored (writers ask before skipping a write: that refreshes an old blob's age)."""
+        path = self._path(digest)
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        _touch_if_old(path, mtime)
+        return True
 
     def size(self, digest: str) -> int:
         """Size of a stored blob in bytes."""
@@ -144,6 +187,93 @@ class LocalBlobStore:
     def local_path(self, digest: str) -> Path | None:
         """The file that holds the blob."""
         return self._path(digest)
+
+    def iter_blobs(self) -> Iterator[BlobInfo]:
+        """Every stored blob under root/ab/cd/ with its size and mtime (the tmp folder and strays are skipped)."""
+        for top in _scandir_sorted(self.root):
+            if len(top.name) != 2 or not top.is_dir(follow_symlinks=False):
+                continue
+            for mid in _scandir_sorted(Path(top.path)):
+                if len(mid.name) != 2 or not mid.is_dir(follow_symlinks=False):
+                    continue
+                for entry in _scandir_sorted(Path(mid.path)):
+                    name = entry.name
+                    if not _DIGEST_RE.match(name) or name[:2] != top.name or name[2:4] != mid.name:
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # deleted meanwhile
+                    yield BlobInfo(name, st.st_size, st.st_mtime)
+
+    def delete(self, digest: str, *, older_than: float | None = None) -> bool:
+        """Remove a blob; with older_than, only if its mtime is still older (a writer may have reused it)."""
+        path = self._path(digest)
+        try:
+            if older_than is not None and path.stat().st_mtime >= older_than:
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            return True
+        return True
+
+    def remove_stale_temp(self, max_age_s: float) -> tuple[int, int]:
+        """Remove temp files of interrupted writes (a killed import) older than max_age_s from root/tmp."""
+        return remove_old_entries(self._tmp, max_age_s)
+
+
+def _scandir_sorted(folder: Path) -> list[os.DirEntry[str]]:
+    """A folder's entries by name (one folder of the fan-out at a time: at most a few thousand names)."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+
+
+def _newest_mtime(entry: os.DirEntry[str]) -> tuple[float, int]:
+    """(newest mtime, total bytes) of a file or folder tree: a folder still being written to is young."""
+    st = entry.stat(follow_symlinks=False)
+    newest, size = st.st_mtime, st.st_size
+    if entry.is_dir(follow_symlinks=False):
+        for root, dirs, files in os.walk(entry.path):
+            for name in dirs + files:
+                try:
+                    sub = os.lstat(os.path.join(root, name))
+                except FileNotFoundError:
+                    continue
+                newest = max(newest, sub.st_mtime)
+                size += sub.st_size
+    return newest, size
+
+
+def remove_old_entries(folder: Path, max_age_s: float, prefix: str = "") -> tuple[int, int]:
+    """Remove files and folders (whose name starts with prefix) untouched for max_age_s; returns (entries, bytes)."""
+    cutoff = time.time() - max_age_s
+    removed = freed = 0
+    try:
+        listing = os.scandir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0, 0
+    with listing as entries:
+        for entry in entries:
+            if not entry.name.startswith(prefix):
+                continue
+            try:
+                newest, size = _newest_mtime(entry)
+                if newest >= cutoff:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+            except FileNotFoundError:
+                continue  # another process cleaned it first
+            except OSError:
+                continue  # not ours to remove (permissions): leave it
+            removed += 1
+            freed += size
+    return removed, freed
 
 
 @lru_cache

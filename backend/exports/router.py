@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
+from backend.audit import service as audit
 from backend.auth.dependencies import Blobs, DbSession
+from backend.core.db import end_read_snapshot
 from backend.exports import service
 from backend.exports.dependencies import JobAccess, require_export
 from backend.exports.schemas import ExportJobOut, ExportRequest
@@ -53,9 +55,24 @@ def create_export(
 
 
 @router.get("/api/exports/{job_id}/download", response_class=Response)
-def download_export(blobs: Blobs, access: JobAccess = require_export("read")) -> Response:
-    """The export archive (.tar.gz); 409 while the job has not finished."""
+def download_export(
+    request: Request, db: DbSession, blobs: Blobs, access: JobAccess = require_export("read")
+) -> Response:
+    """The export archive (.tar.gz); 409 while the job has not finished. The download is logged as a read."""
     digest, name = service.download_of(access.job)
+    end_read_snapshot(db)
+    audit.record_read(
+        db,
+        user_id=access.user.id,
+        project_id=access.job.project_id,
+        scan_id=None,
+        kind="export",
+        object_id=access.job.id,
+        detail=name,
+        digest=digest,
+        client=request.client.host if request.client else None,
+    )
+    db.commit()
     headers = {"Content-Disposition": f'attachment; filename="{name}"', "ETag": f'"{digest}"'}
     path = blobs.local_path(digest)
     if path is not None and path.exists():

@@ -2,6 +2,9 @@
  * The audit log page for leads (`#/audit?project=&actor=&scan=&action=&since=&until=&page=`): who did what to
  * which scan and when, newest first, filtered by person, scan (case id), action and time range. Every filter
  * lives in the URL, so a filtered view can be bookmarked or sent to a colleague.
+ *
+ * The "Reads" tab (`&view=reads`, with `kind=` instead of `action=`) shows the separate, append-only read log:
+ * who opened which scan's volume, a mask, a combined label map or an export archive, when and from where.
  */
 
 import { api } from './api'
@@ -10,6 +13,55 @@ import { fmtNum, openLeadPage } from './lead'
 import type { AuditEvent, AuditPage, Member, Project, Scan, ScanPage } from './types'
 
 const PAGE_SIZE = 50
+
+/** One served read (GET /api/projects/{id}/audit/reads). */
+interface ReadEvent {
+  id: number
+  at: string
+  user_id: number | null
+  project_id: number
+  scan_id: number | null
+  kind: string
+  object_id: string
+  detail: string
+  digest: string | null
+  client: string | null
+  not_modified: boolean
+}
+
+interface ReadPage {
+  items: ReadEvent[]
+  total: number
+  page: number
+  page_size: number
+}
+
+/** What the read log records, with the label shown in the Kind filter. */
+const READ_KINDS: [string, string][] = [
+  ['', 'any read'],
+  ['volume', 'scan volume'],
+  ['mask', 'mask'],
+  ['combined', 'combined label map'],
+  ['export', 'export download'],
+  ['attention', 'attention map'],
+  ['prediction', 'prediction map'],
+]
+
+/** A short description of what one read served. */
+function readWhat(e: ReadEvent): string {
+  switch (e.kind) {
+    case 'volume':
+      return 'CT volume'
+    case 'mask':
+      return `version ${e.object_id} · ${e.detail}`
+    case 'combined':
+      return `version ${e.object_id} combined${e.detail ? ` (${e.detail})` : ''}`
+    case 'export':
+      return `export job ${e.object_id}${e.detail ? ` · ${e.detail}` : ''}`
+    default:
+      return `${e.object_id}${e.detail ? ` · ${e.detail}` : ''}`
+  }
+}
 
 /** Actions the backend records (free text is accepted too: the list only helps typing). */
 const KNOWN_ACTIONS = [
@@ -108,6 +160,7 @@ export class AuditLog {
     this.project = project
     this.params = params
     this.members = await api.get<Member[]>(`/api/projects/${project.id}/members`)
+    if (this.reads) return this.openReads(body)
     const query = new URLSearchParams({ page: String(this.page), page_size: String(PAGE_SIZE) })
     const actor = params.get('actor')
     if (actor) query.set('actor_user_id', actor)
@@ -135,11 +188,72 @@ export class AuditLog {
         h('h1', null, 'Audit log'),
         h('p', { class: 'muted' }, 'Every save, transition, review, import and job in this project, newest first. Filters stay in the address bar.'),
       ),
+      this.tabs(),
       this.filters(),
       scanMissing ? h('div', { class: 'error', 'data-testid': 'audit-scan-missing' }, `No scan with case id “${caseId}” in this project.`) : '',
       this.summary(result),
       this.table(result.items),
       this.pager(result) ?? '',
+    )
+  }
+
+  /** The read log view: who opened which volume, mask or export (same person, scan and time filters). */
+  private async openReads(body: HTMLElement): Promise<void> {
+    const params = this.params
+    const query = new URLSearchParams({ page: String(this.page), page_size: String(PAGE_SIZE) })
+    const actor = params.get('actor')
+    if (actor) query.set('user_id', actor)
+    if (params.get('kind')) query.set('kind', params.get('kind')!)
+    const since = this.since()
+    if (since) query.set('since', since)
+    if (params.get('until')) query.set('until', params.get('until')!)
+    const caseId = params.get('scan')?.trim() ?? ''
+    let scanMissing = false
+    if (caseId) {
+      const scanId = await this.findScan(caseId)
+      if (scanId === null) scanMissing = true
+      else query.set('scan_id', String(scanId))
+    }
+    const result: ReadPage = scanMissing
+      ? { items: [], total: 0, page: 1, page_size: PAGE_SIZE }
+      : await api.get<ReadPage>(`/api/projects/${this.project.id}/audit/reads?${query}`)
+    await this.loadCaseIds(result.items)
+    if (!body.isConnected) return
+    clear(body)
+    body.append(
+      h(
+        'div',
+        { class: 'wl-head' },
+        h('h1', null, 'Audit log'),
+        h('p', { class: 'muted' }, 'Who opened which scan volume, mask or export, when and from where, newest first. The read log cannot be edited.'),
+      ),
+      this.tabs(),
+      this.filters(),
+      scanMissing ? h('div', { class: 'error', 'data-testid': 'audit-scan-missing' }, `No scan with case id “${caseId}” in this project.`) : '',
+      this.summary(result, 'read'),
+      this.readTable(result.items),
+      this.pager(result) ?? '',
+    )
+  }
+
+  private get reads(): boolean {
+    return this.params.get('view') === 'reads'
+  }
+
+  /** Changes | Reads: the person, scan and time filters carry over; action/kind and the page do not. */
+  private tabs(): HTMLElement {
+    const to = (view: string): void => {
+      const next = new URLSearchParams(this.params)
+      next.set('project', String(this.project.id))
+      for (const key of ['view', 'action', 'kind', 'page']) next.delete(key)
+      if (view) next.set('view', view)
+      location.hash = `#/audit?${next}`
+    }
+    return h(
+      'div',
+      { class: 'tabs', 'data-testid': 'audit-tabs' },
+      h('button', { class: this.reads ? '' : 'on', 'data-testid': 'audit-tab-changes', onclick: () => to('') }, 'Changes'),
+      h('button', { class: this.reads ? 'on' : '', 'data-testid': 'audit-tab-reads', onclick: () => to('reads') }, 'Reads'),
     )
   }
 
@@ -163,7 +277,7 @@ export class AuditLog {
   }
 
   /** Case ids for the scans on this page (one small request per scan not yet known, four at a time). */
-  private async loadCaseIds(items: AuditEvent[]): Promise<void> {
+  private async loadCaseIds(items: { scan_id: number | null; details?: Record<string, unknown> }[]): Promise<void> {
     for (const e of items) {
       const fromDetails = e.details?.case_id
       if (e.scan_id !== null && typeof fromDetails === 'string') this.caseIds.set(e.scan_id, fromDetails)
@@ -220,6 +334,11 @@ export class AuditLog {
       'data-testid': 'audit-filter-action',
       onchange: (e: Event) => this.go({ action: (e.target as HTMLInputElement).value.trim() }),
     })
+    const kind = h(
+      'select',
+      { 'data-testid': 'audit-filter-kind', onchange: (e: Event) => this.go({ kind: (e.target as HTMLSelectElement).value }) },
+      READ_KINDS.map(([key, label]) => h('option', { value: key, selected: (p.get('kind') ?? '') === key }, label)),
+    )
     const scan = h('input', {
       type: 'search',
       placeholder: 'case id',
@@ -245,12 +364,13 @@ export class AuditLog {
       'data-testid': 'audit-filter-until',
       onchange: (e: Event) => this.go({ until: fromLocalInput((e.target as HTMLInputElement).value) }),
     })
-    const any = ['actor', 'action', 'scan', 'range', 'since', 'until'].some((k) => p.get(k))
+    const any = ['actor', 'action', 'kind', 'scan', 'range', 'since', 'until'].some((k) => p.get(k))
+    const cleared = `#/audit?project=${this.project.id}${this.reads ? '&view=reads' : ''}`
     return h(
       'div',
       { class: 'filters', 'data-testid': 'audit-filters' },
       h('label', { class: 'filter' }, 'Person', actor),
-      h('label', { class: 'filter' }, 'Action', action, actions),
+      this.reads ? h('label', { class: 'filter' }, 'Kind', kind) : h('label', { class: 'filter' }, 'Action', action, actions),
       h('label', { class: 'filter' }, 'Scan', scan),
       h('label', { class: 'filter' }, 'Time', range),
       h('label', { class: 'filter' }, 'From', since),
@@ -258,20 +378,20 @@ export class AuditLog {
       any
         ? h(
             'button',
-            { class: 'btn small', 'data-testid': 'audit-clear', onclick: () => (location.hash = `#/audit?project=${this.project.id}`) },
+            { class: 'btn small', 'data-testid': 'audit-clear', onclick: () => (location.hash = cleared) },
             'Clear filters',
           )
         : null,
     )
   }
 
-  private summary(result: AuditPage): HTMLElement {
+  private summary(result: { total: number; page: number; page_size: number }, noun = 'event'): HTMLElement {
     const first = result.total ? (result.page - 1) * result.page_size + 1 : 0
     const last = Math.min(result.total, result.page * result.page_size)
     return h(
       'p',
       { class: 'muted audit-summary' },
-      h('span', { 'data-testid': 'audit-total', 'data-total': String(result.total) }, `${fmtNum(result.total)} event${result.total === 1 ? '' : 's'}`),
+      h('span', { 'data-testid': 'audit-total', 'data-total': String(result.total) }, `${fmtNum(result.total)} ${noun}${result.total === 1 ? '' : 's'}`),
       result.total ? ` · showing ${first}–${last}` : '',
     )
   }
@@ -309,7 +429,36 @@ export class AuditLog {
     )
   }
 
-  private pager(result: AuditPage): HTMLElement | null {
+  private readTable(items: ReadEvent[]): HTMLElement {
+    if (!items.length) return h('div', { class: 'empty', 'data-testid': 'audit-empty' }, 'No reads match these filters.')
+    return h(
+      'table',
+      { class: 'worklist audit', 'data-testid': 'audit-reads-table' },
+      h('thead', null, h('tr', null, ['Time', 'Person', 'Read', 'Scan', 'What', 'From'].map((t) => h('th', null, t)))),
+      h(
+        'tbody',
+        null,
+        items.map((e) =>
+          h(
+            'tr',
+            { 'data-testid': 'audit-read-row', 'data-event': String(e.id), 'data-kind': e.kind, 'data-user': String(e.user_id ?? '') },
+            h('td', { class: 'nowrap', title: e.at }, fmtTime(e.at)),
+            h('td', { class: 'nowrap' }, this.person(e.user_id)),
+            h('td', null, h('code', { class: `action read-${e.kind}` }, e.kind)),
+            h(
+              'td',
+              { class: 'nowrap' },
+              e.scan_id === null ? '—' : h('a', { href: `#/scan/${e.scan_id}`, 'data-testid': 'audit-scan-link' }, this.caseIds.get(e.scan_id) ?? `#${e.scan_id}`),
+            ),
+            h('td', { class: 'details', title: e.digest ? `sha256 ${e.digest}` : '' }, readWhat(e)),
+            h('td', { class: 'nowrap muted' }, `${e.client ?? '—'}${e.not_modified ? ' · from cache' : ''}`),
+          ),
+        ),
+      ),
+    )
+  }
+
+  private pager(result: { total: number; page: number; page_size: number }): HTMLElement | null {
     const pages = Math.max(1, Math.ceil(result.total / result.page_size))
     if (pages <= 1) return null
     return h(

@@ -156,6 +156,25 @@ def test_audit_pagination(page: Page, server: Server) -> None:
     assert "page" not in hash_query(page)
 
 
+def test_audit_reads_tab_shows_who_opened_a_volume(page: Page, server: Server, make_scan) -> None:  # type: ignore[no-untyped-def]
+    scan: LabelledScan = make_scan()
+    annotator = me(server, ANNOTATOR)
+    opened = httpx.get(f"{server.base}/api/scans/{scan.id}/volume", headers=server.headers(ANNOTATOR), timeout=60)
+    assert opened.status_code == 200
+    sign_in_with_token(page, server, LEAD)
+    page.goto(f"{server.base}/#/audit?project={server.project_id}&view=reads&scan={scan.scan['case_id']}")
+    rows = page.get_by_test_id("audit-read-row")
+    expect(rows.first).to_be_visible()
+    assert rows.first.get_attribute("data-kind") == "volume"
+    assert rows.first.get_attribute("data-user") == str(annotator["id"])
+    page.get_by_test_id("audit-filter-kind").select_option("export")
+    expect(page.get_by_test_id("audit-empty")).to_be_visible()
+    assert hash_query(page)["view"] == "reads" and hash_query(page)["kind"] == "export"
+    page.get_by_test_id("audit-tab-changes").click()
+    expect(page.get_by_test_id("audit-table")).to_be_visible()
+    assert "view" not in hash_query(page) and hash_query(page)["scan"] == scan.scan["case_id"]
+
+
 def test_annotator_gets_no_lead_navigation_and_a_refusal(page: Page, server: Server) -> None:
     sign_in_with_token(page, server, ANNOTATOR)
     page.goto(f"{server.base}/#/")
