@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from datetime import date, datetime
 from typing import Any
 
 
@@ -70,3 +73,27 @@ def error_body(detail: str, error: str, details: dict[str, Any] | None = None) -
     if details:
         body["details"] = details
     return body
+
+
+def json_safe(value: Any, *, max_text: int = 500, depth: int = 0) -> Any:
+    """A JSON-serialisable copy of value for an error body: NaN/inf become null, bytes their length, unknown
+    objects their (truncated) text. Error details come from anywhere (numpy arrays, affines with NaN, raw upload
+    bytes in a validation error) and must never turn a 4xx answer into a 500 while it is being rendered."""
+    if depth > 20:
+        return "…"
+    if value is None or isinstance(value, bool | int | str):
+        return value if not isinstance(value, str) or len(value) <= max_text else value[:max_text] + "…"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v, max_text=max_text, depth=depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v, max_text=max_text, depth=depth + 1) for v in value]
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars
+    if callable(tolist):
+        return json_safe(tolist(), max_text=max_text, depth=depth + 1)
+    return json_safe(str(value), max_text=max_text, depth=depth + 1)

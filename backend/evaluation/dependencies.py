@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fastapi import Depends
 
 from backend.auth.dependencies import CurrentUser, DbSession
+from backend.core.ids import PathId
 from backend.evaluation import service
 from backend.models import EvaluationRun, User
 from backend.projects.dependencies import authorize_or_404
@@ -25,7 +26,7 @@ class EvaluationAccess:
 def evaluation_access(permission: str) -> Callable[..., EvaluationAccess]:
     """A dependency that loads evaluation {evaluation_id} and checks the caller's permission on its project."""
 
-    def dependency(evaluation_id: int, db: DbSession, user: CurrentUser) -> EvaluationAccess:
+    def dependency(evaluation_id: PathId, db: DbSession, user: CurrentUser) -> EvaluationAccess:
         run = service.get_run(db, evaluation_id)
         role = authorize_or_404(db, user, run.project_id, permission, f"evaluation {evaluation_id}")
         return EvaluationAccess(run=run, user=user, role=role)

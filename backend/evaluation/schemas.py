@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from backend.core.ids import Id
+
 
 class DetectionIn(BaseModel):
     """Tumour-detection settings (see backend/evaluation/detection.py for the conventions)."""
@@ -22,9 +24,9 @@ class EvaluationCreate(BaseModel):
     """Evaluate a model version's predictions (or explicit label versions) against approved ground truth."""
 
     name: str = Field(default="", max_length=200)
-    model_version_id: int | None = None
+    model_version_id: Id | None = None
     model: str | None = Field(default=None, description="a model name: its promoted version is evaluated")
-    version_ids: list[int] | None = Field(default=None, max_length=50_000)
+    version_ids: list[Id] | None = Field(default=None, max_length=50_000)
     split: str = Field(default="test", max_length=16, description="a scan split, or 'all'")
     structures: list[str] | None = Field(default=None, max_length=500)
     nsd_tolerance_mm: float | dict[str, float] | None = Field(

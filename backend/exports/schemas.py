@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from backend.core.ids import Id
 from backend.jobs.schemas import ScanFilterIn
 
 
@@ -22,7 +23,7 @@ class ExportRequest(BaseModel):
     format: str
     version: str = "head"
     structures: list[str] | None = Field(default=None, max_length=1000)
-    scan_ids: list[int] | None = Field(default=None, max_length=50_000)
+    scan_ids: list[Id] | None = Field(default=None, max_length=50_000)
     filter: ScanFilterIn | None = None
     nnunet_labels: str = "paint-order"
     dataset_id: int = Field(default=1, ge=1, le=999)

@@ -9,6 +9,7 @@ from fastapi import Depends
 
 from backend.auth.dependencies import CurrentUser, DbSession
 from backend.core.errors import NotFound
+from backend.core.ids import PathId
 from backend.labels import service
 from backend.models import LabelVersion, Scan, User
 from backend.projects.dependencies import authorize_or_404
@@ -29,7 +30,7 @@ class VersionAccess:
 def version_access(permission: str) -> Callable[..., VersionAccess]:
     """A dependency that loads version {version_id} and checks the caller's permission on its project."""
 
-    def dependency(version_id: int, db: DbSession, user: CurrentUser) -> VersionAccess:
+    def dependency(version_id: PathId, db: DbSession, user: CurrentUser) -> VersionAccess:
         version = service.get_version(db, version_id)
         scan = scans.get_scan(db, version.scan_id)
         role = authorize_or_404(db, user, scan.project_id, permission, f"label version {version_id}")

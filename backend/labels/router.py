@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
+from fastapi import APIRouter, Query, Request, UploadFile, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
+from backend.audit import service as audit
 from backend.auth.dependencies import Blobs, DbSession, SettingsDep
+from backend.core import uploads
+from backend.core.db import end_read_snapshot, read_after_commit
 from backend.core.errors import InvalidInput, NotFound, PayloadTooLarge
-from backend.core.uploads import read_limited
+from backend.core.ids import PathId
 from backend.imaging import chunks, nifti
 from backend.labels import service
 from backend.labels.dependencies import VersionAccess, require_version
@@ -106,29 +110,65 @@ def list_versions(db: DbSession, access: ScanAccess = require_scan("read")) -> l
     return [version_out(v, access.scan, structures, authors, inputs) for v in versions]
 
 
-@router.post("/api/scans/{scan_id}/versions", response_model=VersionOut, status_code=status.HTTP_201_CREATED)
-def create_from_masks(
+class MasksForm(BaseModel):
+    """The multipart body of a save from per-structure masks."""
+
+    model_config = ConfigDict(title="Body_create_from_masks_api_scans__scan_id__versions_post")
+    files: Annotated[list[UploadFile], Field(description="One <structure>.nii.gz per structure")]
+    base_version_id: int | None = None
+    message: Annotated[str, Field(max_length=2000)] = ""
+    kind: str = "human"
+    missing: Annotated[str, Field(description="comma-separated structures recorded as missing")] = ""
+    idempotency_key: Annotated[str | None, Field(max_length=200)] = None
+
+
+class LabelMapForm(BaseModel):
+    """The multipart body of a save from a combined label map."""
+
+    model_config = ConfigDict(title="Body_create_from_label_map_api_scans__scan_id__versions_combined_post")
+    file: Annotated[UploadFile, Field(description="An integer label map whose values are schema label values")]
+    base_version_id: int | None = None
+    message: Annotated[str, Field(max_length=2000)] = ""
+    kind: str = "human"
+    idempotency_key: Annotated[str | None, Field(max_length=200)] = None
+
+
+# One mask file per structure (a schema has a few dozen); the patch route's box parts share the bound.
+MAX_MASK_FILES = 256
+
+
+@router.post(
+    "/api/scans/{scan_id}/versions",
+    response_model=VersionOut,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra={"requestBody": uploads.multipart_body(MasksForm)},
+)
+async def create_from_masks(
+    request: Request,
     db: DbSession,
     blobs: Blobs,
     settings: SettingsDep,
-    files: Annotated[list[UploadFile], File(description="One <structure>.nii.gz per structure")],
-    base_version_id: Annotated[int | None, Form()] = None,
-    message: Annotated[str, Form(max_length=2000)] = "",
-    kind: Annotated[str, Form()] = "human",
-    missing: Annotated[str, Form(description="comma-separated structures recorded as missing")] = "",
-    idempotency_key: Annotated[str | None, Form(max_length=200)] = None,
     access: ScanAccess = require_scan("write_labels"),
 ) -> VersionOut:
     """Create a version from per-structure NIfTI masks; structures not uploaded are kept from the base."""
-    kind = _kind_for(access.user, kind)
+    # The body is parsed only now, after the access dependency: an unauthorised caller's upload is never read.
+    form = uploads.form_of(request, MasksForm, max_files=MAX_MASK_FILES, invalid=RequestValidationError)
+    async with form as fields:
+        return await run_in_threadpool(_create_from_masks, db, blobs, settings, access, fields)
+
+
+def _create_from_masks(
+    db: DbSession, blobs: Blobs, settings: SettingsDep, access: ScanAccess, fields: MasksForm
+) -> VersionOut:
+    kind = _kind_for(access.user, fields.kind)
     geometry = scans.geometry_of(access.scan)
     masks = {}
     mask_values: dict[str, nifti.MaskValues] = {}
-    for upload in files:
+    for upload in fields.files:
         name = scans.case_id_from_filename(upload.filename or "")
         if not name:
             raise InvalidInput("every mask file needs a name: <structure>.nii.gz")
-        data = read_limited(upload, settings.max_upload_bytes)
+        data = uploads.read_limited(upload, settings.max_upload_bytes)
         masks[name], mask_values[name] = nifti.load_mask_with_values(data, geometry, upload.filename or name)
     version = service.create_version(
         db,
@@ -136,35 +176,44 @@ def create_from_masks(
         access.scan,
         author=service.Author(user_id=access.user.id),
         kind=kind,
-        message=message,
-        base_version_id=base_version_id,
+        message=fields.message,
+        base_version_id=fields.base_version_id,
         masks=masks,
-        missing=[m.strip() for m in missing.split(",") if m.strip()],
-        idempotency_key=idempotency_key,
+        missing=[m.strip() for m in fields.missing.split(",") if m.strip()],
+        idempotency_key=fields.idempotency_key,
     )
     if kind == "import":
         # An imported version is checked at once (the mask values tell QA about float masks off {0, 1}).
         quality.run_qa(db, blobs, access.scan, version, mask_values=mask_values, actor=access.user)
     db.commit()
-    return _one_out(db, version, access.scan)
+    return read_after_commit(db, lambda: _one_out(db, version, access.scan))
 
 
-@router.post("/api/scans/{scan_id}/versions/combined", response_model=VersionOut, status_code=status.HTTP_201_CREATED)
-def create_from_label_map(
+@router.post(
+    "/api/scans/{scan_id}/versions/combined",
+    response_model=VersionOut,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra={"requestBody": uploads.multipart_body(LabelMapForm)},
+)
+async def create_from_label_map(
+    request: Request,
     db: DbSession,
     blobs: Blobs,
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="An integer label map whose values are schema label values")],
-    base_version_id: Annotated[int | None, Form()] = None,
-    message: Annotated[str, Form(max_length=2000)] = "",
-    kind: Annotated[str, Form()] = "human",
-    idempotency_key: Annotated[str | None, Form(max_length=200)] = None,
     access: ScanAccess = require_scan("write_labels"),
 ) -> VersionOut:
     """Create a version from a combined label map (every schema structure gets its mask, maybe empty)."""
-    kind = _kind_for(access.user, kind)
-    data = read_limited(file, settings.max_upload_bytes)
-    label_map = nifti.load_label_map_bytes(data, scans.geometry_of(access.scan), file.filename or "labels.nii.gz")
+    async with uploads.form_of(request, LabelMapForm, max_files=1, invalid=RequestValidationError) as fields:
+        return await run_in_threadpool(_create_from_label_map, db, blobs, settings, access, fields)
+
+
+def _create_from_label_map(
+    db: DbSession, blobs: Blobs, settings: SettingsDep, access: ScanAccess, fields: LabelMapForm
+) -> VersionOut:
+    kind = _kind_for(access.user, fields.kind)
+    data = uploads.read_limited(fields.file, settings.max_upload_bytes)
+    filename = fields.file.filename or "labels.nii.gz"
+    label_map = nifti.load_label_map_bytes(data, scans.geometry_of(access.scan), filename)
     version = service.create_version_from_label_map(
         db,
         blobs,
@@ -172,14 +221,14 @@ def create_from_label_map(
         label_map,
         author=service.Author(user_id=access.user.id),
         kind=kind,
-        message=message,
-        base_version_id=base_version_id,
-        idempotency_key=idempotency_key,
+        message=fields.message,
+        base_version_id=fields.base_version_id,
+        idempotency_key=fields.idempotency_key,
     )
     if kind == "import":
         quality.run_qa(db, blobs, access.scan, version, actor=access.user)
     db.commit()
-    return _one_out(db, version, access.scan)
+    return read_after_commit(db, lambda: _one_out(db, version, access.scan))
 
 
 @router.post(
@@ -210,7 +259,8 @@ async def save_patch(
     access: ScanAccess = require_scan("write_labels"),
 ) -> VersionOut:
     """Save an edit as a child of a base version from the changed boxes only; 409 if the head moved on."""
-    form = await request.form(max_files=256, max_fields=16)
+    # Parsed only now, after the access dependency; the guard middleware bounds the whole body while it streams.
+    form = await request.form(max_files=MAX_MASK_FILES, max_fields=16)
     meta_field = form.get("meta")
     if not isinstance(meta_field, str):
         raise InvalidInput("a patch save needs a 'meta' field holding the PatchRequest JSON")
@@ -240,7 +290,7 @@ def _apply_patch(
         part = form.get(box.part)
         if not isinstance(part, StarletteUploadFile):
             raise InvalidInput(f"patch part {box.part!r} is missing from the upload")
-        data = read_limited(part, settings.max_upload_bytes)
+        data = uploads.read_limited(part, settings.max_upload_bytes)
         patches.append(service.BoxPatch(box.structure, origin, chunks.decode_box(data, size, box.encoding)))
     version = service.save_patch(
         db,
@@ -254,7 +304,7 @@ def _apply_patch(
         idempotency_key=meta.idempotency_key,
     )
     db.commit()
-    return _one_out(db, version, access.scan)
+    return read_after_commit(db, lambda: _one_out(db, version, access.scan))
 
 
 @router.get("/api/versions/{version_id}", response_model=VersionOut)
@@ -282,7 +332,22 @@ def get_mask(
         raise NotFound(f"structure {found.name!r} is recorded as missing in version {access.version.id}")
     etag = f'"{entry.manifest_digest}-{access.scan.image_digest[:16]}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
-    if etag in request.headers.get("if-none-match", ""):
+    cached = etag in request.headers.get("if-none-match", "")
+    end_read_snapshot(db)
+    audit.record_read(
+        db,
+        user_id=access.user.id,
+        project_id=access.scan.project_id,
+        scan_id=access.scan.id,
+        kind="mask",
+        object_id=access.version.id,
+        detail=found.name,
+        digest=entry.manifest_digest,
+        client=request.client.host if request.client else None,
+        not_modified=cached,
+    )
+    db.commit()
+    if cached:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     mask = service.read_mask(blobs, access.scan, entry)
     body = nifti.to_nifti_gz(mask.astype("uint8"), scans.geometry_of(access.scan).affine)
@@ -292,6 +357,7 @@ def get_mask(
 
 @router.get("/api/versions/{version_id}/combined", response_class=Response)
 def get_combined(
+    request: Request,
     db: DbSession,
     blobs: Blobs,
     order: Annotated[str | None, Query(description="comma-separated paint order; later wins")] = None,
@@ -300,6 +366,18 @@ def get_combined(
     """All structures flattened into one label map with an explicit paint order (an export: overlaps are lost)."""
     names = [n.strip() for n in order.split(",") if n.strip()] if order else None
     label_map, painted = service.combined_map(db, blobs, access.version, names)
+    end_read_snapshot(db)
+    audit.record_read(
+        db,
+        user_id=access.user.id,
+        project_id=access.scan.project_id,
+        scan_id=access.scan.id,
+        kind="combined",
+        object_id=access.version.id,
+        detail=",".join(s.name for s in painted),
+        client=request.client.host if request.client else None,
+    )
+    db.commit()
     body = nifti.to_nifti_gz(label_map, scans.geometry_of(access.scan).affine)
     return Response(
         body,
@@ -313,7 +391,7 @@ def get_combined(
 
 @router.get("/api/versions/{version_id}/diff", response_model=DiffOut)
 def diff(
-    against: Annotated[int, Query(description="the other version (a); this version is b")],
+    against: Annotated[PathId, Query(description="the other version (a); this version is b")],
     db: DbSession,
     blobs: Blobs,
     access: VersionAccess = require_version("read"),
@@ -348,9 +426,9 @@ async def put_draft(
     request: Request, db: DbSession, blobs: Blobs, access: ScanAccess = require_scan("write_labels")
 ) -> DraftOut:
     """Autosave the caller's unsaved edit ({"base_version_id", "payload"} JSON); replaces the previous draft."""
-    body = await request.body()
-    if len(body) > service.MAX_DRAFT_BYTES:
-        raise PayloadTooLarge(f"a draft may hold at most {service.MAX_DRAFT_BYTES // (1 << 20)} MiB")
+    # Read while it streams and refused as soon as it passes the limit, never buffered whole first.
+    limit = service.MAX_DRAFT_BYTES
+    body = await uploads.read_body_limited(request, limit, f"a draft may hold at most {limit // (1 << 20)} MiB")
     try:
         parsed = json.loads(body)
         base_version_id = parsed.get("base_version_id")

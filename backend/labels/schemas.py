@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
+
+from backend.core.ids import Id
 
 
 class AuthorOut(BaseModel):
@@ -60,9 +62,9 @@ class PatchRequest(BaseModel):
     """A patch save: the base version and the changed boxes (voxels in NIfTI order, x fastest)."""
 
     # None only for the first version of a scan that has none yet (every unpainted structure is then missing).
-    base_version_id: int | None
+    base_version_id: Id | None
     message: str = Field(default="", max_length=2000)
-    branch: bool = False
+    branch: StrictBool = False
     idempotency_key: str | None = Field(default=None, max_length=200)
     patches: list[PatchBox] = Field(min_length=1, max_length=256)
 

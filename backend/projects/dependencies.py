@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from backend.auth.dependencies import CurrentUser, DbSession
 from backend.core.errors import NotFound
+from backend.core.ids import PathId
 from backend.models import Project, User
 from backend.projects import service
 
@@ -34,7 +35,7 @@ def authorize_or_404(db: Session, user: User, project_id: int, permission: str, 
 def project_access(permission: str) -> Callable[..., ProjectAccess]:
     """A dependency that loads project {project_id} and checks the caller's permission on it."""
 
-    def dependency(project_id: int, db: DbSession, user: CurrentUser) -> ProjectAccess:
+    def dependency(project_id: PathId, db: DbSession, user: CurrentUser) -> ProjectAccess:
         project = service.get_project(db, project_id)
         role = service.authorize(db, user, project.id, permission)
         return ProjectAccess(project=project, user=user, role=role)

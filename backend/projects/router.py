@@ -9,6 +9,7 @@ from fastapi import APIRouter, status
 from backend.auth import service as auth
 from backend.auth.dependencies import AdminUser, Blobs, CurrentUser, DbSession
 from backend.core.errors import InvalidInput, NotFound, PermissionDenied
+from backend.core.ids import PathId
 from backend.models import Project, User
 from backend.projects import service
 from backend.projects.dependencies import ProjectAccess, require_project
@@ -105,7 +106,7 @@ def set_member(body: MemberIn, db: DbSession, access: ProjectAccess = require_pr
 
 
 @router.delete("/{project_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
-def remove_member(user_id: int, db: DbSession, access: ProjectAccess = require_project("manage_members")) -> None:
+def remove_member(user_id: PathId, db: DbSession, access: ProjectAccess = require_project("manage_members")) -> None:
     """Remove a member (leads and admins; only admins remove a project admin)."""
     if access.role != "admin" and service.member_role(db, access.project.id, user_id) == "admin":
         raise PermissionDenied("only a project admin may remove a project admin")

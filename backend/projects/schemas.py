@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.core.ids import Id
+
 
 class StructureIn(BaseModel):
     """A structure of a custom label schema."""
@@ -67,7 +69,7 @@ class MemberIn(BaseModel):
     """Add a member by e-mail or id, with a role."""
 
     email: str | None = None
-    user_id: int | None = None
+    user_id: Id | None = None
     role: str
 
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from backend.core.ids import Id
 from backend.jobs.schemas import JobOut
 
 
@@ -14,9 +15,9 @@ class ReaderSetCreate(BaseModel):
     """Which scans (a list, or a seeded random fraction of the project) and which readers (ids, or a count);
     what is left out comes from the project's `workflow.multi_reader` setting (sample_fraction, readers, seed)."""
 
-    scan_ids: list[int] | None = Field(default=None, min_length=1, max_length=10_000)
+    scan_ids: list[Id] | None = Field(default=None, min_length=1, max_length=10_000)
     sample_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
-    readers: list[int] | None = Field(default=None, min_length=2, max_length=20)
+    readers: list[Id] | None = Field(default=None, min_length=2, max_length=20)
     n_readers: int | None = Field(default=None, ge=2, le=20)
     seed: int = 0
 
@@ -33,7 +34,7 @@ class ReaderSetCreate(BaseModel):
 class ReaderSubmit(BaseModel):
     """The reader's version to submit to the set."""
 
-    version_id: int
+    version_id: Id
 
 
 class FuseRequest(BaseModel):
@@ -84,7 +85,7 @@ class FuseAccepted(BaseModel):
 class QARunRequest(BaseModel):
     """Run QA on one version of the scan (default: its head)."""
 
-    version_id: int | None = None
+    version_id: Id | None = None
 
 
 class FindingOut(BaseModel):

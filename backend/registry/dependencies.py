@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fastapi import Depends
 
 from backend.auth.dependencies import CurrentUser, DbSession
+from backend.core.ids import PathId
 from backend.models import Model, ModelVersion, User
 from backend.projects.dependencies import authorize_or_404
 from backend.registry import service
@@ -25,7 +26,7 @@ class ModelAccess:
 def model_access(permission: str) -> Callable[..., ModelAccess]:
     """A dependency that loads model {model_id} and checks the caller's permission on its project."""
 
-    def dependency(model_id: int, db: DbSession, user: CurrentUser) -> ModelAccess:
+    def dependency(model_id: PathId, db: DbSession, user: CurrentUser) -> ModelAccess:
         model = service.get_model(db, model_id)
         role = authorize_or_404(db, user, model.project_id, permission, f"model {model_id}")
         return ModelAccess(model=model, user=user, role=role)
@@ -51,7 +52,7 @@ class ModelVersionAccess:
 def model_version_access(permission: str) -> Callable[..., ModelVersionAccess]:
     """A dependency that loads model version {version_id} and checks the caller's permission on its project."""
 
-    def dependency(version_id: int, db: DbSession, user: CurrentUser) -> ModelVersionAccess:
+    def dependency(version_id: PathId, db: DbSession, user: CurrentUser) -> ModelVersionAccess:
         version = service.get_model_version(db, version_id)
         model = service.get_model(db, version.model_id)
         role = authorize_or_404(db, user, model.project_id, permission, f"model version {version_id}")

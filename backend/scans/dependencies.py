@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fastapi import Depends
 
 from backend.auth.dependencies import CurrentUser, DbSession
+from backend.core.ids import PathId
 from backend.models import Scan, User
 from backend.projects.dependencies import authorize_or_404
 from backend.scans import service
@@ -25,7 +26,7 @@ class ScanAccess:
 def scan_access(permission: str) -> Callable[..., ScanAccess]:
     """A dependency that loads scan {scan_id} and checks the caller's permission on its project."""
 
-    def dependency(scan_id: int, db: DbSession, user: CurrentUser) -> ScanAccess:
+    def dependency(scan_id: PathId, db: DbSession, user: CurrentUser) -> ScanAccess:
         scan = service.get_scan(db, scan_id)
         role = authorize_or_404(db, user, scan.project_id, permission, f"scan {scan_id}")
         return ScanAccess(scan=scan, user=user, role=role)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fastapi import Depends
 
 from backend.auth.dependencies import CurrentUser, DbSession
+from backend.core.ids import PathId
 from backend.models import ReviewComment, Scan, User
 from backend.projects.dependencies import authorize_or_404
 from backend.workflow import service
@@ -26,7 +27,7 @@ class CommentAccess:
 def comment_access(permission: str) -> Callable[..., CommentAccess]:
     """A dependency that loads comment {comment_id} and checks the caller's permission on its project."""
 
-    def dependency(comment_id: int, db: DbSession, user: CurrentUser) -> CommentAccess:
+    def dependency(comment_id: PathId, db: DbSession, user: CurrentUser) -> CommentAccess:
         comment, scan = service.get_comment(db, comment_id)
         role = authorize_or_404(db, user, scan.project_id, permission, f"comment {comment_id}")
         return CommentAccess(comment=comment, scan=scan, user=user, role=role)

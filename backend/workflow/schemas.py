@@ -10,7 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
+
+from backend.core.ids import Id
 
 
 class UserRef(BaseModel):
@@ -73,7 +75,7 @@ class TransitionIn(BaseModel):
     """A workflow action on a scan's task."""
 
     action: str = Field(min_length=1, max_length=32)
-    version_id: int | None = None
+    version_id: Id | None = None
     message: str = Field(default="", max_length=4000)
 
 
@@ -99,9 +101,9 @@ class NextTaskIn(BaseModel):
 class AssignmentIn(BaseModel):
     """Assign scans (optionally only some structures) to a user; a null user unassigns."""
 
-    scan_ids: list[int] = Field(min_length=1, max_length=50000)
-    user_id: int | None
-    structure_ids: list[int] | None = Field(default=None, max_length=1000)
+    scan_ids: list[Id] = Field(min_length=1, max_length=50000)
+    user_id: Id | None
+    structure_ids: list[Id] | None = Field(default=None, max_length=1000)
     role: Literal["annotator", "reviewer"] = "annotator"
 
 
@@ -114,7 +116,7 @@ class AssignmentOut(BaseModel):
 class CommentIn(BaseModel):
     """A comment, optionally pinned to a version, a structure, a slice (axis + index) and/or a voxel."""
 
-    version_id: int | None = None
+    version_id: Id | None = None
     structure: str | None = Field(default=None, max_length=100)
     slice_axis: Literal[0, 1, 2] | None = None
     slice_index: int | None = Field(default=None, ge=0)
@@ -142,13 +144,13 @@ class CommentOut(BaseModel):
 class CommentPatch(BaseModel):
     """Resolve (or re-open) a comment."""
 
-    resolved: bool
+    resolved: StrictBool
 
 
 class ReviewIn(BaseModel):
     """A review decision on the scan's head version at the task's current review level."""
 
-    version_id: int
+    version_id: Id
     decision: Literal["approve", "request_changes"]
     message: str = Field(default="", max_length=4000)
     comments: list[CommentIn] = Field(default_factory=list, max_length=200)

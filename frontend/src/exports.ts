@@ -58,12 +58,12 @@ export const FORMATS: [string, string][] = [
 const ACTIVE = new Set(['queued', 'running'])
 const POLL_MS = 2000
 
-/** The message of a failed request: the server's `detail` (a string, or pydantic's list of errors). */
+/** The message of a failed request: every failed field of a validation error (`details.errors`), else `detail`. */
 export function errorText(err: unknown): string {
   if (err instanceof ApiError) {
-    const detail = err.body.detail
-    if (Array.isArray(detail)) {
-      const parts = detail.map((d) => {
+    const errors = (err.body.details as { errors?: unknown } | undefined)?.errors
+    if (Array.isArray(errors) && errors.length) {
+      const parts = errors.map((d) => {
         const item = d as { loc?: unknown[]; msg?: string }
         const where = Array.isArray(item.loc) ? item.loc.filter((x) => x !== 'body').join('.') : ''
         return `${where ? where + ': ' : ''}${item.msg ?? JSON.stringify(d)}`

@@ -159,9 +159,8 @@ export interface DraftPayload {
   structures: Record<string, DraftBox>
 }
 
+/** The `details` of a 409 stale-base conflict (the error body is {detail, error: 'conflict', details}). */
 export interface ConflictBody {
-  detail: string
-  error: string
   base_version_id: number | null
   head_version_id: number | null
   head_author: string | null

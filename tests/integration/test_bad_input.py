@@ -181,7 +181,7 @@ def test_duplicate_case_id_is_a_conflict(client: TestClient, world: World, uncha
     unchanged()
     other = to_nifti_gz(small_phantom(seed=9).volume, small_phantom(seed=9).affine)  # different bytes, same id
     body = assert_refused(post_scan(client, world, other, "dup.nii.gz", case_id="dup"), 409, "'dup'", "already exists")
-    assert body["case_id"] == "dup"
+    assert body["details"]["case_id"] == "dup"
     # The id implied by the file name collides just the same.
     assert_refused(post_scan(client, world, other, "dup.nii.gz"), 409, "already exists")
     unchanged()

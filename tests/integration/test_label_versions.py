@@ -91,9 +91,9 @@ def test_stale_base_gets_409_and_nothing_is_overwritten(client: TestClient, worl
     stale = post_patch(client, world.headers["reviewer"], scan_id, base, [("liver", (6, 6, 6), box)], "second")
     assert stale.status_code == 409
     body = stale.json()
-    assert body["head_version_id"] == first.json()["id"]
-    assert body["head_author"] == "Annotator"
-    assert body["head_message"] == "first"
+    assert body["details"]["head_version_id"] == first.json()["id"]
+    assert body["details"]["head_author"] == "Annotator"
+    assert body["details"]["head_message"] == "first"
     versions = client.get(f"/api/scans/{scan_id}/versions", headers=world.headers["viewer"]).json()
     assert [v["id"] for v in versions] == [base, first.json()["id"]]
     # The user can keep their edit as a branch beside the head instead of losing it.
@@ -239,4 +239,4 @@ def test_first_version_of_an_unlabelled_scan_by_patch(client: TestClient, world:
     assert first.json()["parent_id"] is None
     # A second "first" save on the same scan is stale now.
     again = post_patch(client, world.headers["reviewer"], scan["id"], None, [("liver", (0, 0, 0), box)])
-    assert again.status_code == 409 and again.json()["head_version_id"] == first.json()["id"]
+    assert again.status_code == 409 and again.json()["details"]["head_version_id"] == first.json()["id"]

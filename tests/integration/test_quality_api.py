@@ -347,7 +347,7 @@ def test_reader_set_blinding_agreement_adjudication_and_majority_fusion(
     assert waiting["status"] == "adjudication" and waiting["fusion_version_id"] is None
     assert waiting["fusion_job"]["id"] == job["id"] and waiting["fusion_job"]["status"] == "queued"
     twice = client.post(fuse_url, headers=lead, json={"method": "staple"})
-    assert twice.status_code == 409 and twice.json()["job_id"] == job["id"]
+    assert twice.status_code == 409 and twice.json()["details"]["job_id"] == job["id"]
 
     finished = _run_fusion(stack, job["id"])
     result = finished["result"]

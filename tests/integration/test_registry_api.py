@@ -241,7 +241,7 @@ def test_preannotation_skips_approved_scans_and_refuses_a_single_approved_one(
     refused = client.post(url, headers=lead, json={"model": "seg", "scan_ids": [done]})
     assert refused.status_code == 409, refused.text
     body = refused.json()
-    assert body["error"] == "scan_approved" and body["skipped_approved"] == [done]
+    assert body["error"] == "scan_approved" and body["details"]["skipped_approved"] == [done]
     assert f"scan {done} (approved-case) is approved" in body["detail"]
     assert "reopen" in body["detail"] and f"/api/scans/{done}/transitions" in body["detail"]
     assert job_count() == jobs_before and len(no_broker) == 3

@@ -119,9 +119,9 @@ def test_lease_acquire_heartbeat_conflict_expiry_and_release(client: TestClient,
     assert held.status_code == 409
     body = held.json()
     assert body["error"] == "lease_held"
-    assert body["holder"] == "Annotator"
-    assert body["holder_user_id"] == world.users["annotator"].id
-    assert body["expires_at"] == datetime.fromisoformat(renewed["lease"]["expires_at"]).isoformat()
+    assert body["details"]["holder"] == "Annotator"
+    assert body["details"]["holder_user_id"] == world.users["annotator"].id
+    assert body["details"]["expires_at"] == datetime.fromisoformat(renewed["lease"]["expires_at"]).isoformat()
     assert "Annotator" in body["detail"]
     refused_save = save(client, reviewer, scan_id, head(client, world, scan_id))
     assert refused_save.json()["error"] == "lease_held"

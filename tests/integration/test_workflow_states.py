@@ -354,7 +354,7 @@ def test_reviewer_may_save_before_approving_but_must_approve_the_head(client: Te
     )
     assert stale.status_code == 409
     assert stale.json()["error"] == "not_head"
-    assert stale.json()["head_version_id"] == fixed["id"]
+    assert stale.json()["details"]["head_version_id"] == fixed["id"]
     approved = ok(
         client.post(
             f"/api/scans/{scan_id}/reviews", headers=reviewer, json={"version_id": fixed["id"], "decision": "approve"}
