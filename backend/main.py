@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from backend import api
 from backend.core.config import Settings, get_settings
+from backend.core.security_headers import SecurityHeadersMiddleware
+from backend.storage.temp import TempSweeper
 
-_PLACEHOLDER = """<!doctype html><html><head><title>maskloop</title></head>
-<body style="font-family:sans-serif;background:#111;color:#ddd;padding:2em">
-<h1>maskloop</h1><p>The API is running. OpenAPI docs: <a style="color:#6cf" href="/docs">/docs</a>.</p>
+# No inline styles: the Content-Security-Policy (core/security_headers.py) would refuse them.
+_PLACEHOLDER = """<!doctype html><html><head><meta name="color-scheme" content="dark"><title>maskloop</title></head>
+<body><h1>maskloop</h1><p>The API is running. OpenAPI docs: <a href="/docs">/docs</a>.</p>
 <p>The browser workspace is served here once <code>frontend/</code> is built.</p></body></html>"""
+
+
+def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start-up and shutdown of one app: stale temp files (a killed import's) go at start, then periodically."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Cheap when there is nothing to remove (two folder listings): tests start many apps.
+        sweeper = TempSweeper(settings).start()
+        try:
+            yield
+        finally:
+            sweeper.stop()
+
+    return lifespan
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -22,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="maskloop",
         version="0.1.0",
         description="Collaborative CT segmentation: per-structure label versions, review, and retraining.",
+        lifespan=_lifespan(settings),
     )
     api.install(app, settings)
     dist = settings.frontend_dist
@@ -33,6 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         def placeholder() -> str:
             return _PLACEHOLDER
 
+    # Added last, so it wraps every route, mount and middleware installed above (CSP, framing, nosniff...).
+    docs = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    app.add_middleware(SecurityHeadersMiddleware, docs_paths=[p for p in docs if p])
     return app
 
 

@@ -1,11 +1,16 @@
 /**
- * The HTTP client: bearer token, refresh before expiry, a sign-in prompt on 401 (the request is retried once
- * signed in, so an edit in flight is never dropped), and an online/offline signal.
+ * The HTTP client: the access token in page memory only (never in localStorage), a session restored and
+ * refreshed through the httpOnly refresh cookie (+ CSRF header), a sign-in prompt on 401 (the request is
+ * retried once signed in, so an edit in flight is never dropped), an online/offline signal, and bounded
+ * retries with backoff for idempotent saves.
  */
 
 import type { TokenOut, User } from './types'
 
-const SESSION_KEY = 'maskloop.session'
+/** Where older builds kept the session (token included): removed on load. */
+const LEGACY_SESSION_KEY = 'maskloop.session'
+/** The readable double-submit cookie the server sets next to its httpOnly refresh cookie. */
+const CSRF_COOKIE = 'maskloop_csrf'
 
 export interface SessionData {
   token: string
@@ -13,18 +18,85 @@ export interface SessionData {
   user: User
 }
 
+/** Login and cookie-session answers also carry the CSRF token (equal to the `maskloop_csrf` cookie). */
+interface SessionTokenOut extends TokenOut {
+  csrf_token?: string
+}
+
 export class ApiError extends Error {
   readonly status: number
   readonly body: Record<string, unknown>
-  constructor(status: number, body: Record<string, unknown>, message: string) {
+  /** Seconds from a Retry-After header (429/503), else null. */
+  readonly retryAfter: number | null
+  constructor(status: number, body: Record<string, unknown>, message: string, retryAfter: number | null = null) {
     super(message)
     this.status = status
     this.body = body
+    this.retryAfter = retryAfter
   }
 }
 
 /** The network failed (server unreachable, offline): nothing was stored, try again later. */
 export class OfflineError extends Error {}
+
+/** A cookie's value, or null. */
+export function readCookie(name: string): string | null {
+  for (const part of document.cookie.split(';')) {
+    const eq = part.indexOf('=')
+    if (eq > 0 && part.slice(0, eq).trim() === name) return decodeURIComponent(part.slice(eq + 1).trim())
+  }
+  return null
+}
+
+export interface RetryPolicy {
+  /** Attempts in all, the first included. */
+  attempts: number
+  baseDelayMs: number
+  maxDelayMs: number
+}
+
+/** Version saves: 5 attempts over about 8 s (0.5, 1, 2, 4 s apart, ±20 %), longer when the server asks. */
+export const SAVE_RETRY: RetryPolicy = { attempts: 5, baseDelayMs: 500, maxDelayMs: 8000 }
+
+/** Taking up the cookie session on page load: 4 attempts over about 3 s. */
+export const RESTORE_RETRY: RetryPolicy = { attempts: 4, baseDelayMs: 400, maxDelayMs: 2000 }
+
+/**
+ * Whether a failed request's outcome is unknown or the refusal passing: the connection broke (the server may
+ * have committed it) or the server was briefly unavailable. Only these are retried, with the same key.
+ */
+export function isTransient(err: unknown): boolean {
+  return err instanceof OfflineError || (err instanceof ApiError && [502, 503, 504].includes(err.status))
+}
+
+/** The wait before retrying after failed attempt number `attempt` (1-based): exponential, capped, jittered. */
+export function retryDelay(policy: RetryPolicy, attempt: number, err: unknown): number {
+  const backoff = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (attempt - 1))
+  const hinted = err instanceof ApiError && err.retryAfter !== null ? Math.min(policy.maxDelayMs, err.retryAfter * 1000) : 0
+  // Jitter spreads the retries of many browsers after a shared outage.
+  return Math.max(backoff, hinted) * (0.8 + 0.4 * Math.random())
+}
+
+/**
+ * Run an idempotent request (one whose retries carry the same idempotency key) until it succeeds, fails for
+ * good, or the attempts run out; a browser that knows it is offline stops at once (the caller keeps the key).
+ */
+export async function withRetry<T>(
+  attempt: (n: number) => Promise<T>,
+  policy: RetryPolicy = SAVE_RETRY,
+  onRetry?: (n: number, err: unknown, delayMs: number) => void,
+): Promise<T> {
+  for (let n = 1; ; n++) {
+    try {
+      return await attempt(n)
+    } catch (err) {
+      if (n >= policy.attempts || !isTransient(err) || !navigator.onLine) throw err
+      const delay = retryDelay(policy, n, err)
+      onRetry?.(n, err, delay)
+      await new Promise((resolve) => window.setTimeout(resolve, delay))
+    }
+  }
+}
 
 type Listener = () => void
 
@@ -45,28 +117,16 @@ export class Api {
   private refreshTimer: number | null = null
   private listeners = new Set<Listener>()
   private reauthInFlight: Promise<void> | null = null
+  private cookieInFlight: Promise<boolean> | null = null
 
   constructor() {
-    const stored = localStorage.getItem(SESSION_KEY)
-    if (stored) {
-      try {
-        const parsed = JSON.parse(stored) as SessionData
-        if (!parsed.expiresAt || Date.parse(parsed.expiresAt) > Date.now() + 5000) this.session = parsed
-      } catch {
-        localStorage.removeItem(SESSION_KEY)
-      }
+    try {
+      localStorage.removeItem(LEGACY_SESSION_KEY)
+    } catch {
+      // Storage disabled: nothing was kept there either.
     }
     window.addEventListener('online', () => this.setOnline(true))
     window.addEventListener('offline', () => this.setOnline(false))
-    window.addEventListener('storage', (e) => {
-      // Another tab signed in or refreshed: take its token.
-      if (e.key === SESSION_KEY && e.newValue) {
-        this.session = JSON.parse(e.newValue) as SessionData
-        this.scheduleRefresh()
-        this.emit()
-      }
-    })
-    if (this.session) this.scheduleRefresh()
   }
 
   onChange(fn: Listener): () => void {
@@ -89,32 +149,91 @@ export class Api {
     return this.session?.user ?? null
   }
 
-  private store(out: TokenOut): void {
+  private store(out: SessionTokenOut): void {
     this.session = { token: out.access_token, expiresAt: out.expires_at, user: out.user }
-    localStorage.setItem(SESSION_KEY, JSON.stringify(this.session))
     this.scheduleRefresh()
     this.emit()
   }
 
   async login(email: string, password: string): Promise<User> {
     const resp = await this.send('POST', '/api/auth/login', { json: { email, password }, reauth: false }, false)
-    const out = (await resp.json()) as TokenOut
+    const out = (await resp.json()) as SessionTokenOut
     this.store(out)
     return out.user
   }
 
-  logout(): void {
-    this.session = null
-    localStorage.removeItem(SESSION_KEY)
-    if (this.refreshTimer !== null) window.clearTimeout(this.refreshTimer)
-    this.emit()
+  /** On page load: take up the browser's session from its refresh cookie, if any; returns the user or null. */
+  async restore(): Promise<User | null> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.fromCookie()
+        break
+      } catch (err) {
+        // A busy database (503) or a dropped connection passes: retry a few times before giving up, so a
+        // reload during someone else's save does not ask a signed-in user for the password again.
+        if (isTransient(err) && attempt < RESTORE_RETRY.attempts) {
+          await new Promise((done) => window.setTimeout(done, retryDelay(RESTORE_RETRY, attempt, err)))
+          continue
+        }
+        // Offline or a lasting server fault: start signed out; signing in works again once the server answers.
+        console.warn('session not restored:', (err as Error).message)
+        break
+      }
+    }
+    return this.user
   }
 
-  /** Exchange the current token for a fresh one (POST /api/auth/refresh). */
-  async refresh(): Promise<void> {
-    if (!this.session) return
-    const resp = await this.send('POST', '/api/auth/refresh', { reauth: false })
-    this.store((await resp.json()) as TokenOut)
+  /**
+   * Get a fresh access token with the refresh cookie (POST /api/auth/session, CSRF header from the readable
+   * cookie). False when there is no cookie session (none, expired, revoked); offline errors propagate.
+   */
+  private fromCookie(): Promise<boolean> {
+    if (!this.cookieInFlight) {
+      const run = async (): Promise<boolean> => {
+        // Read inside the lock: another tab may just have renewed the cookies.
+        const csrf = readCookie(CSRF_COOKIE)
+        if (!csrf) return false
+        try {
+          const resp = await this.send('POST', '/api/auth/session', { headers: { 'X-CSRF-Token': csrf }, reauth: false }, false)
+          this.store((await resp.json()) as SessionTokenOut)
+          return true
+        } catch (err) {
+          if (err instanceof ApiError && (err.status === 401 || err.status === 403)) return false
+          throw err
+        }
+      }
+      // Tabs of this origin renew one at a time (Web Locks, where available), so cookie rotation never races.
+      const locks = (navigator as Navigator & { locks?: LockManager }).locks
+      const attempt = locks ? locks.request('maskloop.session', run).then((ok) => ok) : run()
+      this.cookieInFlight = attempt.finally(() => {
+        this.cookieInFlight = null
+      })
+    }
+    return this.cookieInFlight!
+  }
+
+  /** Sign out: forget the token at once, then end the server session (revokes it, clears both cookies). */
+  async logout(): Promise<void> {
+    const token = this.session?.token
+    this.session = null
+    if (this.refreshTimer !== null) window.clearTimeout(this.refreshTimer)
+    this.refreshTimer = null
+    this.emit()
+    const headers: Record<string, string> = {}
+    if (token) headers.Authorization = `Bearer ${token}`
+    const csrf = readCookie(CSRF_COOKIE)
+    if (csrf) headers['X-CSRF-Token'] = csrf
+    try {
+      await fetch('/api/auth/logout', { method: 'POST', headers, credentials: 'same-origin', keepalive: true })
+    } catch {
+      // Offline: the token is gone from this page; the server session ends at its expiry.
+    }
+  }
+
+  /** Renew the access token through the refresh cookie; false when the cookie session is over. */
+  async refresh(): Promise<boolean> {
+    if (!this.session) return false
+    return this.fromCookie()
   }
 
   /** Refresh 5 minutes before expiry (or half-way for short tokens); retry soon when offline. */
@@ -132,15 +251,19 @@ export class Api {
     }, Math.min(wait, 2 ** 31 - 1))
   }
 
-  /** Force the session to look expired (test hook: the next request gets 401 and asks to sign in). */
+  /** Force the access token to be refused (test hook: the next request gets 401). */
   corruptToken(): void {
     if (this.session) this.session = { ...this.session, token: this.session.token + 'x' }
   }
 
+  /** After a 401: renew silently from the cookie when its session lives, else ask to sign in (once for all). */
   private async reauth(): Promise<void> {
-    if (!this.reauthenticate) throw new ApiError(401, {}, 'signed out')
     if (!this.reauthInFlight) {
-      this.reauthInFlight = this.reauthenticate().finally(() => {
+      this.reauthInFlight = (async () => {
+        if (await this.fromCookie().catch(() => false)) return
+        if (!this.reauthenticate) throw new ApiError(401, {}, 'signed out')
+        await this.reauthenticate()
+      })().finally(() => {
         this.reauthInFlight = null
       })
     }
@@ -158,7 +281,7 @@ export class Api {
     if (auth && this.session) headers.Authorization = `Bearer ${this.session.token}`
     let resp: Response
     try {
-      resp = await fetch(path, { method, headers, body, signal: opts.signal })
+      resp = await fetch(path, { method, headers, body, signal: opts.signal, credentials: 'same-origin' })
     } catch (err) {
       if ((err as Error).name === 'AbortError') throw err
       this.setOnline(false)
@@ -177,7 +300,8 @@ export class Api {
         parsed = {}
       }
       const detail = typeof parsed.detail === 'string' ? parsed.detail : resp.statusText
-      throw new ApiError(resp.status, parsed, `${resp.status}: ${detail}`)
+      const retryAfter = Number(resp.headers.get('Retry-After') ?? NaN)
+      throw new ApiError(resp.status, parsed, `${resp.status}: ${detail}`, Number.isFinite(retryAfter) ? retryAfter : null)
     }
     return resp
   }

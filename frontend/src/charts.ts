@@ -13,7 +13,12 @@ type SvgChild = SVGElement | string | null | undefined | false
 /** An SVG element builder (attributes as strings or numbers). */
 export function s(tag: string, attrs: Record<string, string | number | null | undefined> = {}, ...children: (SvgChild | SvgChild[])[]): SVGElement {
   const el = document.createElementNS(SVG, tag) as SVGElement
-  for (const [key, value] of Object.entries(attrs)) if (value !== null && value !== undefined) el.setAttribute(key, String(value))
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined) continue
+    // Styles through the CSSOM: a style attribute would be refused by the Content-Security-Policy.
+    if (key === 'style') el.style.cssText = String(value)
+    else el.setAttribute(key, String(value))
+  }
   for (const child of children.flat()) {
     if (child === null || child === undefined || child === false) continue
     el.append(typeof child === 'string' ? document.createTextNode(child) : child)

@@ -26,6 +26,33 @@ export interface PatchPlan {
   bodyBytes: number
 }
 
+/** A save whose outcome is unknown (the connection broke, or the server stayed unavailable): its key and content. */
+export interface UnsettledSave {
+  key: string
+  baseVersionId: number | null
+  branch: boolean
+  boxes: PatchPlan['boxes']
+}
+
+/**
+ * Whether a new save sends exactly the unsettled save's boxes on the same base: then it reuses that key, so a
+ * save the server did commit is answered with that version instead of being stored twice.
+ */
+export function sameSave(prior: UnsettledSave, baseVersionId: number | null, branch: boolean, boxes: PatchPlan['boxes']): boolean {
+  if (prior.baseVersionId !== baseVersionId || prior.branch !== branch || prior.boxes.length !== boxes.length) return false
+  return prior.boxes.every((a, i) => {
+    const b = boxes[i]
+    return (
+      a.structure === b.structure &&
+      a.encoding === b.encoding &&
+      a.box.origin.join() === b.box.origin.join() &&
+      a.box.size.join() === b.box.size.join() &&
+      a.bytes.length === b.bytes.length &&
+      a.bytes.every((v, j) => v === b.bytes[j])
+    )
+  })
+}
+
 /** Encode multipart/form-data: text fields and binary parts (no FormData, so the bytes are ours to count). */
 export function multipart(fields: [string, string][], files: [string, Uint8Array][]): { body: Uint8Array<ArrayBuffer>; contentType: string } {
   const boundary = `ml${Math.random().toString(36).slice(2, 12)}`
@@ -260,10 +287,10 @@ export class EditSession {
   }
 
   /**
-   * The multipart patch save: one box per edited structure, bit-packed, gzipped unless the raw bits are
-   * smaller (a short stroke); only non-default meta fields are sent.
+   * The changed box of each edited structure, bit-packed, gzipped unless the raw bits are smaller (a short
+   * stroke). Deterministic: the same edit on the same base gives the same bytes (a retry can be recognised).
    */
-  buildPatch(message: string, branch: boolean, idempotencyKey: string): PatchPlan | null {
+  patchBoxes(): PatchPlan['boxes'] {
     const boxes: PatchPlan['boxes'] = []
     for (const structure of this.dirty) {
       const box = this.changedBox(structure)
@@ -276,7 +303,11 @@ export class EditSession {
           : { structure, box, bytes: bits, encoding: 'bits' },
       )
     }
-    if (!boxes.length) return null
+    return boxes
+  }
+
+  /** The multipart patch save of these boxes; only non-default meta fields are sent. */
+  encodePatch(boxes: PatchPlan['boxes'], message: string, branch: boolean, idempotencyKey: string): PatchPlan {
     const meta: Record<string, unknown> = { base_version_id: this.baseVersionId }
     if (message) meta.message = message
     if (branch) meta.branch = true

@@ -78,8 +78,14 @@ function showError(err: unknown): void {
   )
 }
 
-window.addEventListener('hashchange', () => route().catch(showError))
-route().catch(showError)
+/** Take up the session from the refresh cookie (the access token lives in page memory only), then route. */
+async function start(): Promise<void> {
+  await api.restore()
+  window.addEventListener('hashchange', () => route().catch(showError))
+  await route()
+}
+
+start().catch(showError)
 
 function ws(): Workspace {
   if (!workspace) throw new Error('no scan is open')

@@ -3,10 +3,10 @@
  * patch saves with conflict handling; autosaved drafts.
  */
 
-import { ApiError, OfflineError, api } from './api'
+import { ApiError, OfflineError, SAVE_RETRY, api, isTransient, withRetry } from './api'
 import { clear, dialog, fmtBytes, fmtTime, h, toast } from './dom'
 import { localDrafts, serverDrafts } from './drafts'
-import { EditSession, fetchMaskRAS } from './edits'
+import { EditSession, type UnsettledSave, fetchMaskRAS, sameSave } from './edits'
 import { countNonzero, type Vec3 } from './geometry'
 import { parseNifti } from './nifti'
 import { ACTIONS, TOOLS, type ToolId } from './shortcuts'
@@ -38,7 +38,6 @@ export interface Timings {
   upload: number
 }
 
-/** A retry-safe key for a save (62 bits of randomness is plenty per scan and user). */
 /** Where a version came from: its parent, or every reader version a fusion combined. */
 function lineageText(v: Version): string {
   const inputs = v.input_version_ids ?? []
@@ -46,6 +45,7 @@ function lineageText(v: Version): string {
   return v.parent_id ? ` · from #${v.parent_id}` : ''
 }
 
+/** A retry-safe key for a save (62 bits of randomness is plenty per scan and user). */
 function randomKey(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(8))
   return Array.from(bytes, (b) => b.toString(36).padStart(2, '0')).join('').slice(0, 12)
@@ -168,6 +168,8 @@ export class Workspace {
   private el: Record<string, HTMLElement> = {}
   private cleanup: (() => void)[] = []
   private saving = false
+  /** The last save whose outcome is unknown; saving the same edit again reuses its idempotency key. */
+  private unsettledSave: UnsettledSave | null = null
   private colorTimer: number | null = null
 
   constructor(root: HTMLElement, scanId: number) {
@@ -1353,18 +1355,30 @@ export class Workspace {
   }
 
   private async commitSave(message: string, branch: boolean): Promise<Version | null> {
-    const plan = this.session.buildPatch(message, branch, randomKey())
-    if (!plan) {
+    const boxes = this.session.patchBoxes()
+    if (!boxes.length) {
       toast('Nothing to save', 'info')
       return null
     }
+    const base = this.session.baseVersionId
+    // One idempotency key per save: every retry sends it, so a save committed but unacknowledged (the
+    // connection broke) is answered with its version by the server, never stored twice.
+    const prior = this.unsettledSave
+    const key = prior && sameSave(prior, base, branch, boxes) ? prior.key : randomKey()
+    const plan = this.session.encodePatch(boxes, message, branch, key)
     this.saving = true
     this.setSaveState('saving', branch ? 'Saving on a branch…' : 'Saving…')
     try {
-      const version = await api.post<Version>(`/api/scans/${this.scanId}/versions/patch`, {
-        body: plan.body,
-        headers: { 'Content-Type': plan.contentType },
-      })
+      const version = await withRetry(
+        () =>
+          api.post<Version>(`/api/scans/${this.scanId}/versions/patch`, {
+            body: plan.body,
+            headers: { 'Content-Type': plan.contentType },
+          }),
+        SAVE_RETRY,
+        (n) => this.setSaveState('saving', `No answer from the server: retrying the save (${n}/${SAVE_RETRY.attempts - 1})…`),
+      )
+      this.unsettledSave = null
       this.lastSave = { bodyBytes: plan.bodyBytes, versionId: version.id, boxes: plan.boxes.length }
       this.saving = false
       this.session.markSaved(version.id, branch)
@@ -1386,8 +1400,11 @@ export class Workspace {
       return version
     } catch (err) {
       this.saving = false
-      if (err instanceof ApiError && err.status === 409 && err.body.error === 'conflict' && 'head_version_id' in err.body) {
-        return this.onConflict(message, err.body as unknown as ConflictBody)
+      this.unsettledSave = isTransient(err) ? { key, baseVersionId: base, branch, boxes } : null
+      // The error body keeps a conflict's fields under `details` ({detail, error, details}).
+      const conflict = err instanceof ApiError ? (err.body.details as Record<string, unknown> | undefined) : undefined
+      if (err instanceof ApiError && err.status === 409 && err.body.error === 'conflict' && conflict && 'head_version_id' in conflict) {
+        return this.onConflict(message, conflict as unknown as ConflictBody)
       }
       if (err instanceof ApiError && (err.status === 409 || err.status === 403)) {
         // Approved meanwhile, someone else's lease, or no right to write: keep the edit, show why.

@@ -7,8 +7,8 @@ stay small (96×96×48) because WebGL runs on SwiftShader here.
 from __future__ import annotations
 
 import itertools
-import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -224,6 +224,7 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1360, "height": 820}, device_scale_factor=1)
     page = context.new_page()
     page.set_default_timeout(30_000)
+    _predicates_as_functions(page)
     errors: list[str] = []
 
     def on_console(message: ConsoleMessage) -> None:
@@ -241,6 +242,24 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
         (ARTIFACTS / f"failed-{request.node.name}.log").write_text("\n".join(errors))
     context.close()
     assert not [e for e in errors if "pageerror" in e], errors
+    # The app must run under its Content-Security-Policy without a single refusal.
+    assert not [e for e in errors if "Content Security Policy" in e], errors
+
+
+_FUNCTION = re.compile(r"^\s*(async\s+)?(\(|function\b|[A-Za-z_$][\w$]*\s*=>)")
+
+
+def _predicates_as_functions(page: Page) -> None:
+    """Playwright evaluates a bare-expression predicate with eval(), which the page's CSP (no 'unsafe-eval')
+    refuses; a function predicate is called through the debugger protocol instead, so wrap expressions."""
+    wait_for_function = page.wait_for_function
+
+    def wait(expression: str, **kwargs: Any) -> Any:
+        if not _FUNCTION.match(expression):
+            expression = f"() => ({expression})"
+        return wait_for_function(expression, **kwargs)
+
+    page.wait_for_function = wait  # type: ignore[method-assign]
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -251,13 +270,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 
 def sign_in_with_token(page: Page, server: Server, email: str = ANNOTATOR) -> None:
-    """Put a session in localStorage before the app starts (the login form has its own test)."""
-    login = httpx.post(f"{server.base}/api/auth/login", json={"email": email, "password": DEMO_PASSWORD}).json()
-    session = {"token": login["access_token"], "expiresAt": login["expires_at"], "user": login["user"]}
-    page.add_init_script(
-        "if (location.protocol.startsWith('http')) "
-        f"localStorage.setItem('maskloop.session', {json.dumps(json.dumps(session))})"
-    )
+    """Log in through the browser context's own HTTP client before the app starts (the login form has its own
+    test): the server's refresh and CSRF cookies land in the context, and the page takes up that session on
+    load (POST /api/auth/session), keeping its access token in memory only."""
+    login = page.context.request.post(f"{server.base}/api/auth/login", data={"email": email, "password": DEMO_PASSWORD})
+    assert login.status == 200, login.text()
 
 
 def open_scan(page: Page, server: Server, scan_id: int) -> None:

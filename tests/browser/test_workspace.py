@@ -3,13 +3,13 @@ conflicts (rebase and branch), drafts across reloads, version comparison, orient
 
 from __future__ import annotations
 
-import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 from backend.cli import DEMO_PASSWORD
 from tests.browser.conftest import (
@@ -449,7 +449,9 @@ def test_expired_session_keeps_the_edit_and_asks_to_sign_in(page: Page, server: 
     page.evaluate("window.maskloop.setActive('stomach')")
     page.wait_for_function("window.maskloop.state().active === 'stomach'")
     page.evaluate("(v) => window.maskloop.paintNative('stomach', v, 1)", [[60, 60, 24], [61, 60, 24]])
+    # The session ended: the access token is refused and the refresh cookie is gone.
     page.evaluate("window.maskloop.corruptToken()")
+    page.context.clear_cookies()
     page.evaluate("() => { window.__saved = window.maskloop.save('after sign-in') }")
     expect(page.get_by_test_id("reauth-dialog")).to_be_visible()
     assert state(page)["dirty"] == ["stomach"]
@@ -555,16 +557,24 @@ def test_offline_save_keeps_the_edit_then_saves_when_back(page: Page, server: Se
 
 
 def test_token_is_refreshed_before_it_expires(page: Page, server: Server) -> None:
-    login = httpx.post(f"{server.base}/api/auth/login", json={"email": ANNOTATOR, "password": DEMO_PASSWORD}).json()
-    soon = page.evaluate("new Date(Date.now() + 12000).toISOString()")
-    session = {"token": login["access_token"], "expiresAt": soon, "user": login["user"]}
-    page.add_init_script(f"localStorage.setItem('maskloop.session', {json.dumps(json.dumps(session))})")
+    """The page renews its in-memory access token through the refresh cookie before the token expires."""
+    sign_in_with_token(page, server)
+    soon = (datetime.now(UTC) + timedelta(seconds=12)).isoformat()
+    issued: list[str] = []
+
+    def shorten_first(route: Route) -> None:
+        response = route.fetch()
+        body = response.json()
+        issued.append(body["access_token"])
+        if len(issued) == 1:  # the session taken up on load "expires" in 12 s: renewed about 6 s later
+            body["expires_at"] = soon
+        route.fulfill(response=response, json=body)
+
+    page.route("**/api/auth/session", shorten_first)
     page.goto(server.base + "/#/")
     expect(page.get_by_test_id("worklist")).to_be_visible()
-    page.wait_for_function(
-        "(soon) => JSON.parse(localStorage.getItem('maskloop.session')).expiresAt !== soon", arg=soon, timeout=15_000
-    )
-    refreshed = json.loads(page.evaluate("localStorage.getItem('maskloop.session')"))
-    assert refreshed["expiresAt"] > soon
-    me = httpx.get(f"{server.base}/api/auth/me", headers={"Authorization": f"Bearer {refreshed['token']}"})
+    with page.expect_response("**/api/auth/session", timeout=15_000):
+        pass
+    assert len(issued) == 2 and issued[1] != issued[0]
+    me = httpx.get(f"{server.base}/api/auth/me", headers={"Authorization": f"Bearer {issued[1]}"})
     assert me.status_code == 200 and me.json()["email"] == ANNOTATOR
