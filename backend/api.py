@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import DataError, OperationalError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError, DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from backend.audit.router import router as audit_router
+from backend.auth.no_store import NoStoreMiddleware
 from backend.auth.router import router as auth_router
 from backend.auth.router import users_router
+from backend.core import decode_limits
+from backend.core.bodies import BodyPolicy, Limit, RequestBodyGuard
 from backend.core.config import Settings
+from backend.core.db import DB_RETRY_AFTER_S, DatabaseUnavailable, connection_fault
 from backend.core.errors import (
     Conflict,
     DomainError,
@@ -19,12 +24,17 @@ from backend.core.errors import (
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    ServiceUnavailable,
+    TooManyRequests,
     Unauthenticated,
+    error_body,
 )
 from backend.dashboard.router import router as dashboard_router
 from backend.evaluation.router import router as evaluation_router
 from backend.exports.router import router as exports_router
+from backend.http_errors import error_response, install_error_handlers, install_openapi
 from backend.jobs.router import router as jobs_router
+from backend.labels import service as labels_service
 from backend.labels.router import router as labels_router
 from backend.projects.router import router as projects_router
 from backend.quality.router import router as quality_router
@@ -39,6 +49,8 @@ STATUS_OF: dict[type[DomainError], int] = {
     PermissionDenied: 403,
     Conflict: 409,
     PayloadTooLarge: 413,
+    TooManyRequests: 429,
+    ServiceUnavailable: 503,
 }
 
 
@@ -50,23 +62,33 @@ def _status_for(error: DomainError) -> int:
 
 
 async def domain_error_handler(_request: Request, exc: Exception) -> JSONResponse:
-    """Render a domain error as JSON: a readable message, a machine code and details."""
+    """Render a domain error in the one error body: a readable message, a machine code and its details
+    (keyword arguments of the error) under `details`; 401 adds WWW-Authenticate, 429/503 Retry-After."""
     assert isinstance(exc, DomainError)
-    code = _status_for(exc)
-    headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
-    body = {"detail": exc.message, "error": exc.code, **exc.details}
-    return JSONResponse(status_code=code, content=body, headers=headers)
+    return error_response(_status_for(exc), exc.message, exc.code, exc.details)
 
 
-async def busy_database_handler(_request: Request, exc: Exception) -> JSONResponse:
-    """An embedded (SQLite) database busy with another writer answers 503 + Retry-After, never a bare 500."""
-    assert isinstance(exc, OperationalError)
-    if "database is locked" not in str(exc.orig) and "database is busy" not in str(exc.orig):
+def _sqlite_busy(exc: Exception) -> bool:
+    text = str(exc.orig) if isinstance(exc, OperationalError) else ""
+    return "database is locked" in text or "database is busy" in text
+
+
+async def database_fault_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """A database that is unreachable, lost its connection or (SQLite) is busy with another writer answers
+    503 + Retry-After with the JSON error body, never a bare 500; other database errors stay server errors."""
+    code = "unavailable"
+    if isinstance(exc, DatabaseUnavailable):  # raised by the request session, which knows whether it committed
+        detail, details = exc.message, exc.details
+    elif _sqlite_busy(exc):
+        detail, code = "the database is busy with another write; nothing was saved, retry", "busy"
+        details = {"retry_after": 1}
+    elif connection_fault(exc):
+        detail, details = "the database is unreachable or lost its connection; retry", {"retry_after": DB_RETRY_AFTER_S}
+    else:
         raise exc
+    retry_after = str(details.get("retry_after", DB_RETRY_AFTER_S))
     return JSONResponse(
-        status_code=503,
-        content={"detail": "the database is busy with another write; nothing was saved, retry", "error": "busy"},
-        headers={"Retry-After": "1"},
+        status_code=503, content=error_body(detail, code, details), headers={"Retry-After": retry_after}
     )
 
 
@@ -74,35 +96,64 @@ async def out_of_range_handler(_request: Request, exc: Exception) -> JSONRespons
     """A value the database cannot hold (an id or page beyond its integer range, text too long) is the client's
     error: 422 with a message, and the request's transaction is rolled back."""
     assert isinstance(exc, DataError)
-    return JSONResponse(
-        status_code=422,
-        content={
-            "detail": "a value in the request is out of range for the database (an id, page or number too large, "
-            "or a text too long); nothing was changed",
-            "error": "out_of_range",
-        },
+    return error_response(
+        422,
+        "a value in the request is out of range for the database (an id, page or number too large, "
+        "or a text too long); nothing was changed",
+        "out_of_range",
+    )
+
+
+# Body routes that work without a bearer token (their own check is a password or the refresh cookie + CSRF).
+PUBLIC_BODY_ROUTES = frozenset(
+    {("POST", "/api/auth/login"), ("POST", "/api/auth/session"), ("POST", "/api/auth/logout")}
+)
+
+
+def body_policy(settings: Settings) -> BodyPolicy:
+    """Which body limit each route gets: the upload limit for file routes, the draft limit for the autosave,
+    the small JSON limit for everything else (login included)."""
+    mib = 1 << 20
+    # Multipart framing (boundaries, part headers, form fields) on top of the files themselves.
+    upload = Limit(
+        settings.max_upload_bytes + mib,
+        f"request body is larger than the upload limit of {settings.max_upload_mb} MiB",
+    )
+    draft = Limit(
+        labels_service.MAX_DRAFT_BYTES, f"a draft may hold at most {labels_service.MAX_DRAFT_BYTES // mib} MiB"
+    )
+    routes = (
+        ("POST", r"/api/projects/[^/]+/scans(/dicom)?", upload),
+        ("POST", r"/api/scans/[^/]+/versions(/combined|/patch)?", upload),
+        ("POST", r"/api/models/[^/]+/versions", upload),
+        ("PUT", r"/api/scans/[^/]+/draft", draft),
+    )
+    return BodyPolicy(
+        default=Limit(
+            settings.max_json_body_kb * 1024,
+            f"request body is larger than the limit of {settings.max_json_body_kb} KiB for this route",
+        ),
+        routes=tuple((method, re.compile(path), limit) for method, path, limit in routes),
+        public=PUBLIC_BODY_ROUTES,
+        secret_key=lambda: settings.resolved_secret_key,
     )
 
 
 def install(app: FastAPI, settings: Settings) -> None:
     """Mount every router and the error handling on an app."""
+    install_error_handlers(app)  # FastAPI's own 422s, Starlette's 404/405/400 and 500s in the one error body
     app.add_exception_handler(DomainError, domain_error_handler)
-    app.add_exception_handler(OperationalError, busy_database_handler)
+    for database_fault in (DatabaseUnavailable, DBAPIError, DisconnectionError, PoolTimeout):
+        app.add_exception_handler(database_fault, database_fault_handler)
     app.add_exception_handler(DataError, out_of_range_handler)
+    # This process serves the API: its uploads are decoded under the settings' limits and a cap on concurrent
+    # heavy decodes (workers never call this, so they are not capped).
+    decode_limits.install(settings)
 
-    @app.middleware("http")
-    async def refuse_oversized(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        """Refuse a body larger than the limit before reading it, when the client announces its size."""
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_upload_bytes + (1 << 20):
-            return JSONResponse(
-                status_code=413,
-                content={
-                    "detail": f"request body is larger than the upload limit of {settings.max_upload_mb} MiB",
-                    "error": "payload_too_large",
-                },
-            )
-        return await call_next(request)
+    # Pure ASGI: a credential before any body byte is read, the route's size limit while the body streams.
+    app.add_middleware(RequestBodyGuard, policy=body_policy(settings))
+    # Outside the body guard, so its own refusals of /api/auth requests are `no-store` too.
+    app.add_middleware(NoStoreMiddleware)
 
     routers = (auth_router, users_router, projects_router, scans_router, labels_router, audit_router)
     for router in (*routers, jobs_router, registry_router, dashboard_router, exports_router, workflow_router):
@@ -114,3 +165,5 @@ def install(app: FastAPI, settings: Settings) -> None:
     def health() -> dict[str, str]:
         """Liveness probe."""
         return {"status": "ok"}
+
+    install_openapi(app)

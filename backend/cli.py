@@ -1,4 +1,4 @@
-"""The `maskloop` command line: serve, migrate, create-user, create-project, import, demo-data."""
+"""The `maskloop` command line: serve, migrate, create-user, create-project, import, demo-data, gc, fsck."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from backend.core import migrate as migrations
-from backend.core.blobstore import get_blob_store
-from backend.core.config import get_settings
+from backend.core.blobstore import BlobInfo, get_blob_store
+from backend.core.config import Settings, get_settings
 from backend.core.db import session_scope
 from backend.core.errors import DomainError
 
@@ -62,6 +63,16 @@ def migrate() -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrations.upgrade(settings.resolved_database_url)
     console.print(f"database at head: {settings.resolved_database_url.split('@')[-1]}")
+
+
+def _checked_settings() -> Settings:
+    """The settings, or a clear refusal (exit 2) when they are inconsistent (e.g. job recovery timings)."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        messages = "; ".join(str(error["msg"]).removeprefix("Value error, ") for error in exc.errors())
+        console.print(f"[red]error:[/red] invalid settings: {messages}")
+        raise typer.Exit(code=2) from None
 
 
 def _worker_command(queues: str, concurrency: int, pool: str | None) -> list[str]:
@@ -125,7 +136,7 @@ def serve(
     """Run the API (and the built frontend) with uvicorn; in the embedded default also a solo Celery worker."""
     import uvicorn
 
-    settings = get_settings()
+    settings = _checked_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrations.upgrade(settings.resolved_database_url)
     start_worker = worker if worker is not None else settings.resolved_broker_url.startswith("sqla+sqlite")
@@ -151,6 +162,7 @@ def run_worker(
     pool: Annotated[str | None, typer.Option(help="celery pool: prefork, solo, threads")] = None,
 ) -> None:
     """Run a Celery worker for the given queues (prefork with Redis, solo with the embedded SQLite broker)."""
+    _checked_settings()
     command = _worker_command(queues, concurrency, pool)
     os.execv(command[0], command)
 
@@ -175,7 +187,9 @@ def create_user(
             user = auth.create_user(db, email, password, name, is_admin=admin, is_service=service)
             if project:
                 projects.set_membership(db, projects.get_project_by_slug(db, project).id, user, role, user)
-            plaintext = auth.create_api_token(db, user, "cli", actor=user)[0] if token else None
+            # A service account's token lives at most (and by default) service_token_max_days.
+            settings = get_settings()
+            plaintext = auth.create_api_token(db, user, "cli", actor=user, settings=settings)[0] if token else None
     except DomainError as exc:
         _fail(exc)
     console.print(f"created user {email}")
@@ -685,6 +699,79 @@ def evaluate(
             else:
                 out.write_text(json.dumps(evaluation.report(db, run), indent=2, default=str))
             console.print(f"wrote {out}")
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):,.1f} MiB"
+
+
+@app.command("gc")
+def gc(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be deleted, delete nothing")] = False,
+    grace_hours: Annotated[
+        float | None, typer.Option(help="keep unreferenced blobs younger than this (default: MASKLOOP_GC_GRACE_HOURS)")
+    ] = None,
+) -> None:
+    """Delete blobs no row references (chunks inside manifests count) older than a grace period; stale temp files,
+    stale sign-in throttle rows and long-ended login sessions too."""
+    from backend.storage import service as storage
+    from backend.storage.temp import sweep_temp
+
+    settings = get_settings()
+    blobs = get_blob_store()
+    grace = settings.gc_grace_hours if grace_hours is None else grace_hours
+
+    def listed(info: BlobInfo) -> None:
+        if dry_run:
+            age_h = (time.time() - info.mtime) / 3600
+            console.print(f"would delete {info.digest} {info.size:>12,} B  {age_h:,.1f} h old")
+
+    try:
+        with session_scope() as db:
+            report = storage.collect_garbage(db, blobs, grace_s=grace * 3600, dry_run=dry_run, on_sweep=listed)
+    except DomainError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        for digest in exc.details.get("manifests", []):
+            console.print(f"  unreadable manifest {digest}")
+        raise typer.Exit(code=1) from None
+    verb = "would delete" if dry_run else "deleted"
+    console.print(
+        f"{report.referenced:,} referenced digests ({report.manifests:,} manifests); {report.scanned:,} stored blobs "
+        f"({_mib(report.scanned_bytes)}); kept {report.kept_young:,} unreferenced within the {grace:g} h grace "
+        f"period ({_mib(report.kept_young_bytes)}); {verb} {report.swept:,} blobs ({report.swept_bytes:,} bytes, "
+        f"{_mib(report.swept_bytes)}) in {report.seconds:.1f} s"
+    )
+    if not dry_run:
+        swept = sweep_temp(settings)
+        console.print(f"removed {swept.files} stale temp files ({_mib(swept.bytes)})")
+        from backend.auth import service as auth
+
+        with session_scope() as db:
+            throttles, ended = auth.prune_auth_state(db, settings)
+        console.print(f"pruned {throttles} stale sign-in throttle rows and {ended} long-ended login sessions")
+
+
+@app.command("fsck")
+def fsck(
+    quick: Annotated[bool, typer.Option("--quick", help="check that blobs exist, without hashing them")] = False,
+) -> None:
+    """Check that every referenced blob exists and hashes to its name; exit 1 and name the rows when not."""
+    from backend.storage import service as storage
+
+    with session_scope() as db:
+        report = storage.check_blobs(db, get_blob_store(), quick=quick)
+    for problem in report.problems:
+        via = f" (a chunk of {len(problem.via_manifests)} manifests)" if problem.via_manifests else ""
+        console.print(f"[red]{problem.state}[/red] {problem.digest}{via}")
+        for row in problem.rows:
+            console.print(f"  referenced by {row}")
+    what = "present" if quick else "present and intact"
+    console.print(
+        f"checked {report.checked:,} referenced blobs ({report.manifests:,} manifests, {_mib(report.checked_bytes)}) "
+        f"in {report.seconds:.1f} s: " + ("all " + what if report.ok else f"[red]{len(report.problems)} problems[/red]")
+    )
+    if not report.ok:
+        raise typer.Exit(code=1)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,22 @@ import traceback
 from rich.console import Console
 from rich.table import Table
 
-from bench import RESULTS_PATH, Benchmark, Row, core_spine, merge_results, model_workers, review_scale, viewer
+from bench import (
+    RESULTS_PATH,
+    Benchmark,
+    Row,
+    core_spine,
+    hardening_auth,
+    hardening_bodies,
+    hardening_decode,
+    hardening_fuzz,
+    hardening_headers,
+    hardening_jobs,
+    merge_results,
+    model_workers,
+    review_scale,
+    viewer,
+)
 from bench import evaluation as evaluation_bench
 from bench import exports as exports_bench
 
@@ -25,6 +40,12 @@ BENCHMARKS: list[Benchmark] = [
     exports_bench.run,
     review_scale.run,
     evaluation_bench.run,
+    hardening_jobs.run,
+    hardening_decode.run,
+    hardening_bodies.run,
+    hardening_auth.run,
+    hardening_headers.run,
+    hardening_fuzz.run,
 ]
 
 

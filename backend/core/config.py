@@ -6,7 +6,7 @@ import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,10 +24,12 @@ class Settings(BaseSettings):
     s3_prefix: str = "blobs/"
     broker_url: str = Field(default="", description="Celery broker; empty means an SQLite broker in data_dir.")
     broker_visibility_timeout_s: int = Field(
-        default=3600, description="Seconds before an unacknowledged task (its worker died) is delivered again."
+        default=3600,
+        description="Redis: seconds before an unacknowledged task is delivered again; must exceed job_stale_after_s.",
     )
     job_stale_after_s: int = Field(
-        default=120, description="A running job whose heartbeat is older than this may be claimed again."
+        default=30,
+        description="A running job whose heartbeat is older than this is re-sent or failed by the reaper.",
     )
     job_max_attempts: int = Field(default=3, description="Claims of one job before it is marked failed.")
     task_time_limit_s: int = Field(default=6 * 3600, description="Hard time limit of one task.")
@@ -40,6 +42,111 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     frontend_dist: Path = Path("frontend/dist")
+
+    # --- jobs: recovery of killed workers ---
+    job_heartbeat_s: float | None = Field(
+        default=None,
+        description="Seconds between a running job's heartbeats (a side thread); empty: job_stale_after_s / 6.",
+    )
+    job_reaper_interval_s: float | None = Field(
+        default=None,
+        description="Seconds between passes of each worker's reaper (≤ 30, < job_stale_after_s); "
+        "empty: job_stale_after_s / 3, at most 10.",
+    )
+
+    # --- decoding: bounded decompression of uploads ---
+    decode_slots: int = Field(
+        default=2,
+        description="Heavy decodes (NIfTI volumes and masks, DICOM series) one API process runs at once; 0: no cap.",
+    )
+    decode_wait_s: float = Field(
+        default=20.0, description="Seconds a decode waits for a free slot before the API answers 503 + Retry-After."
+    )
+    max_scan_voxels: int = Field(
+        default=1 << 30,
+        description="Largest scan accepted by an import, in voxels (512x512x4096); checked from the header.",
+    )
+    max_decoded_mb: int = Field(
+        default=3072,
+        description="Largest decoded voxel data of one uploaded NIfTI file or DICOM series, in MiB.",
+    )
+
+    @model_validator(mode="after")
+    def _check_job_recovery(self) -> Settings:
+        """Refuse job-recovery settings under which a killed worker's job could hang or run twice at once."""
+        problems = job_recovery_problems(self)
+        if problems:
+            raise ValueError("job recovery settings refused: " + "; ".join(problems))
+        return self
+
+    @property
+    def resolved_job_heartbeat_s(self) -> float:
+        """Heartbeat period with the default (a sixth of the stale threshold) filled in."""
+        return self.job_heartbeat_s if self.job_heartbeat_s is not None else self.job_stale_after_s / 6
+
+    @property
+    def resolved_job_reaper_interval_s(self) -> float:
+        """Reaper period with the default (a third of the stale threshold, at most 10 s) filled in."""
+        if self.job_reaper_interval_s is not None:
+            return self.job_reaper_interval_s
+        return min(10.0, self.job_stale_after_s / 3)
+
+    # --- request bodies ---
+    max_json_body_kb: int = Field(
+        default=1024,
+        ge=1,
+        description="Largest body, in KiB, of a route that takes no file (JSON bodies, login); refused with 413 "
+        "while streaming. File routes take max_upload_mb, the draft autosave its own 64 MiB.",
+    )
+
+    # --- housekeeping: temp files and blob garbage collection ---
+    temp_max_age_hours: float = Field(
+        default=6.0,
+        gt=0,
+        description="Temp files of interrupted writes and uploads (blob folder tmp/, maskloop-* in the system temp "
+        "folder) untouched this long are removed at API and worker start and periodically.",
+    )
+    housekeeping_interval_s: int = Field(
+        default=3600, ge=0, description="Seconds between the API's periodic temp-file sweeps; 0: only at start."
+    )
+    gc_grace_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="`maskloop gc` keeps an unreferenced blob written (or reused) less than this long ago, so an "
+        "upload whose row is not committed yet survives.",
+    )
+
+    # --- auth: login throttling, token lifetimes, login sessions ---
+    login_max_failures_per_account: int = Field(
+        default=5, ge=0, description="Failed sign-ins of one e-mail (known or not) before it is locked; 0: off."
+    )
+    login_max_failures_per_address: int = Field(
+        default=30, ge=0, description="Failed sign-ins from one client address before it is locked; 0: off."
+    )
+    login_failure_window_s: int = Field(
+        default=3600,
+        ge=1,
+        description="Seconds without a failed sign-in after which an account's or address's count restarts.",
+    )
+    login_lockout_base_s: float = Field(
+        default=2.0, gt=0, description="First lockout in seconds; it doubles with every further failure."
+    )
+    login_lockout_max_s: float = Field(default=900.0, gt=0, description="Longest single lockout in seconds.")
+    login_max_concurrent_hashes: int = Field(
+        default=4, ge=1, description="Password hashes (argon2, 64 MiB each) one API process computes at once."
+    )
+    login_hash_wait_s: float = Field(
+        default=3.0, ge=0, description="Seconds a sign-in waits for a hashing slot before it answers 503."
+    )
+    personal_token_max_days: int = Field(
+        default=30, ge=1, description="Longest (and default) lifetime of a person's API token, in days."
+    )
+    service_token_max_days: int = Field(
+        default=365, ge=1, description="Longest (and default) lifetime of a service account's API token, in days."
+    )
+    session_max_hours: float = Field(
+        default=168.0, gt=0, description="Absolute lifetime of a login session: no refresh extends it past this."
+    )
 
     @property
     def resolved_database_url(self) -> str:
@@ -76,6 +183,32 @@ class Settings(BaseSettings):
     def max_upload_bytes(self) -> int:
         """Upload limit in bytes."""
         return self.max_upload_mb * 1024 * 1024
+
+
+def job_recovery_problems(settings: Settings) -> list[str]:
+    """What is wrong with the job-recovery settings (empty when they are consistent)."""
+    stale = settings.job_stale_after_s
+    problems: list[str] = []
+    if stale < 2:
+        problems.append(f"MASKLOOP_JOB_STALE_AFTER_S={stale} must be at least 2 seconds")
+    heartbeat, reaper = settings.resolved_job_heartbeat_s, settings.resolved_job_reaper_interval_s
+    if not 0 < heartbeat <= stale / 2:
+        # Two heartbeats per stale window at least, so one slow database write never makes a live job look dead.
+        problems.append(f"MASKLOOP_JOB_HEARTBEAT_S={heartbeat:g} must be > 0 and at most half of the stale threshold")
+    if not 0 < reaper <= 30 or reaper >= stale:
+        problems.append(
+            f"MASKLOOP_JOB_REAPER_INTERVAL_S={reaper:g} must be > 0, at most 30 and below "
+            f"MASKLOOP_JOB_STALE_AFTER_S={stale}"
+        )
+    if settings.broker_visibility_timeout_s <= stale:
+        # A redelivered or deferred message must not come back before a live job's heartbeat can go stale.
+        problems.append(
+            f"MASKLOOP_BROKER_VISIBILITY_TIMEOUT_S={settings.broker_visibility_timeout_s} must exceed "
+            f"MASKLOOP_JOB_STALE_AFTER_S={stale}"
+        )
+    if settings.job_max_attempts < 1:
+        problems.append(f"MASKLOOP_JOB_MAX_ATTEMPTS={settings.job_max_attempts} must be at least 1")
+    return problems
 
 
 @lru_cache

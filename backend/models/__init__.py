@@ -3,10 +3,12 @@
 from backend.core.db import Base
 from backend.models.attention import AttentionMap, Prediction, TrainingRound
 from backend.models.audit import AuditEvent
+from backend.models.auth import AuthSession, LoginThrottle
 from backend.models.evaluation import EvaluationCase, EvaluationDetection, EvaluationRun
 from backend.models.jobs import Job
 from backend.models.labels import LabelDraft, LabelVersion, LabelVersionStructure
 from backend.models.projects import LabelSchema, Membership, Project, Structure
+from backend.models.read_events import ReadEvent
 from backend.models.registry import Model, ModelVersion
 from backend.models.scans import Scan
 from backend.models.users import ApiToken, User
@@ -26,6 +28,7 @@ __all__ = [
     "ApiToken",
     "AttentionMap",
     "AuditEvent",
+    "AuthSession",
     "Base",
     "EvaluationCase",
     "EvaluationDetection",
@@ -35,12 +38,14 @@ __all__ = [
     "LabelSchema",
     "LabelVersion",
     "LabelVersionStructure",
+    "LoginThrottle",
     "Membership",
     "Model",
     "ModelVersion",
     "Prediction",
     "Project",
     "QAFinding",
+    "ReadEvent",
     "ReaderSet",
     "ReaderSetMember",
     "Review",
