@@ -280,3 +280,14 @@ def test_a_killed_worker_recovers_on_the_embedded_sqlite_broker(tmp_path: Path) 
     # The embedded broker has no visibility timeout: only the reaper brings the job back.
     with build_stack(tmp_path, embedded=True) as stack:
         _kill_and_recover(stack, _hold_a_job(stack, "solo"), bound_s=25)
+
+
+def test_a_killed_worker_recovers_on_redis_with_default_settings(tmp_path: Path) -> None:
+    """The issue's bound with nothing tuned: the workers run the default stale threshold, heartbeat, reaper interval
+    and Redis visibility timeout (worker_stack shortens the first two for the other tests)."""
+    fields = Settings.model_fields
+    assert fields["job_stale_after_s"].default == 30 and fields["broker_visibility_timeout_s"].default == 3600
+    with build_stack(tmp_path) as stack:
+        stack.env.pop("MASKLOOP_JOB_STALE_AFTER_S")
+        stack.env.pop("MASKLOOP_BROKER_VISIBILITY_TIMEOUT_S")
+        _kill_and_recover(stack, _hold_a_job(stack, "prefork"), bound_s=180)
