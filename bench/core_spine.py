@@ -241,8 +241,11 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 @contextmanager
-def uvicorn_server(url: str, workdir: Path) -> Iterator[tuple[str, Path]]:
-    """A real uvicorn process serving backend.main:app on a free port; yields (base URL, log path)."""
+def uvicorn_process(
+    url: str, workdir: Path, **env_settings: str
+) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
+    """A real uvicorn process serving backend.main:app on a free port (extra `MASKLOOP_*` settings by keyword);
+    yields (base URL, log path, process)."""
     port = _free_port()
     log_path = workdir / "server.log"
     env = dict(os.environ)
@@ -253,6 +256,7 @@ def uvicorn_server(url: str, workdir: Path) -> Iterator[tuple[str, Path]]:
         MASKLOOP_SECRET_KEY=secrets.token_urlsafe(48),
         MASKLOOP_FRONTEND_DIST=str(workdir / "no-frontend"),
         PYTHONUNBUFFERED="1",
+        **{f"MASKLOOP_{key.upper()}": value for key, value in env_settings.items()},
     )
     command = [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--log-level", "warning", "--no-access-log"]
@@ -272,7 +276,7 @@ def uvicorn_server(url: str, workdir: Path) -> Iterator[tuple[str, Path]]:
             if time.monotonic() > deadline:
                 raise BenchError(f"uvicorn did not answer within 60 s:\n{_tail(log_path)}")
             time.sleep(0.2)
-        yield base, log_path
+        yield base, log_path, process
     finally:
         if process.poll() is None:
             process.terminate()
@@ -281,6 +285,13 @@ def uvicorn_server(url: str, workdir: Path) -> Iterator[tuple[str, Path]]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=15)
+
+
+@contextmanager
+def uvicorn_server(url: str, workdir: Path) -> Iterator[tuple[str, Path]]:
+    """A real uvicorn process serving backend.main:app on a free port; yields (base URL, log path)."""
+    with uvicorn_process(url, workdir) as (base, log_path, _process):
+        yield base, log_path
 
 
 def _expect(response: httpx.Response, status: int, what: str, log_path: Path) -> httpx.Response:

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import gzip
 import os
-import secrets
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -36,7 +33,7 @@ import nibabel as nib
 import numpy as np
 
 from bench import Row
-from bench.core_spine import BenchError, _free_port, _tail, pg_database
+from bench.core_spine import BenchError, _tail, pg_database, uvicorn_process
 
 ROOT = Path(__file__).resolve().parents[1]
 BOMB_SHAPE = (512, 512, 6200)
@@ -177,36 +174,7 @@ def live_api(workdir: Path, db_name: str, **env_settings: str) -> Iterator[LiveA
     """A fresh database, a uvicorn process on it and the seeded project with its scan (torn down on exit)."""
     with pg_database(db_name) as url:
         _seed(url)
-        port = _free_port()
-        log_path = workdir / "server.log"
-        env = dict(os.environ)
-        env.update(
-            MASKLOOP_DATABASE_URL=url,
-            MASKLOOP_DATA_DIR=str(workdir / "data"),
-            MASKLOOP_BLOB_ROOT=str(workdir / "blobs"),
-            MASKLOOP_SECRET_KEY=secrets.token_urlsafe(48),
-            MASKLOOP_FRONTEND_DIST=str(workdir / "no-frontend"),
-            PYTHONUNBUFFERED="1",
-            **{f"MASKLOOP_{k.upper()}": v for k, v in env_settings.items()},
-        )
-        command = [sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port)]
-        command += ["--log-level", "warning", "--no-access-log"]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if process.poll() is not None:
-                    raise BenchError(f"uvicorn exited with status {process.returncode}:\n{_tail(log_path)}")
-                try:
-                    if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise BenchError(f"uvicorn did not answer within 60 s:\n{_tail(log_path)}")
-                time.sleep(0.1)
+        with uvicorn_process(url, workdir, **env_settings) as (base, log_path, process):
             with httpx.Client(base_url=base, timeout=60) as client:
                 admin, annotator = _login(client, ADMIN), _login(client, ANNOTATOR)
                 project_id = int(next(p["id"] for p in client.get("/api/projects", headers=admin).json()))
@@ -219,14 +187,6 @@ def live_api(workdir: Path, db_name: str, **env_settings: str) -> Iterator[LiveA
                     raise BenchError(f"scan import: HTTP {response.status_code}: {response.text[:500]}")
                 scan_id = int(response.json()["id"])
             yield LiveApi(base, process.pid, log_path, project_id, scan_id, admin, annotator)
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=15)
 
 
 @dataclass

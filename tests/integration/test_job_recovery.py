@@ -109,8 +109,8 @@ def _hold_a_job(stack: Stack, pool: str) -> dict[str, Any]:
     return {"victim": victim, "scan_id": scan_id, "job": held}
 
 
-def _kill_and_recover(stack: Stack, held: dict[str, Any], bound_s: float) -> None:
-    """SIGKILL the victim while the survivor runs: the job succeeds once within the bound."""
+def _kill_and_recover(stack: Stack, held: dict[str, Any], bound_s: float) -> float:
+    """SIGKILL the victim while the survivor runs: the job succeeds once within the bound; returns the seconds."""
     assert stack.job(held["job"]["id"])["status"] == "running"
     stack.kill_worker(held["victim"], signal.SIGKILL)
     killed_at = time.monotonic()
@@ -121,6 +121,7 @@ def _kill_and_recover(stack: Stack, held: dict[str, Any], bound_s: float) -> Non
     assert done["worker"] != held["job"]["worker"] and done["attempts"] == 2
     versions = _versions(stack, held["scan_id"])
     assert len(versions) == 1 and done["result"]["label_version_id"] == versions[0].id
+    return elapsed
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,7 @@ def test_a_killed_worker_recovers_on_redis_with_a_short_visibility_timeout(
     redis_held: tuple[Stack, dict[str, Any]],
 ) -> None:
     # The unacked message also comes back from Redis (6 s) while the victim's heartbeat is fresh: it is deferred.
-    _kill_and_recover(*redis_held, bound_s=25)
+    assert _kill_and_recover(*redis_held, bound_s=25) > 0
 
 
 class _Ghost:
@@ -279,7 +280,7 @@ def test_the_worker_command_refuses_inconsistent_settings(monkeypatch: pytest.Mo
 def test_a_killed_worker_recovers_on_the_embedded_sqlite_broker(tmp_path: Path) -> None:
     # The embedded broker has no visibility timeout: only the reaper brings the job back.
     with build_stack(tmp_path, embedded=True) as stack:
-        _kill_and_recover(stack, _hold_a_job(stack, "solo"), bound_s=25)
+        assert _kill_and_recover(stack, _hold_a_job(stack, "solo"), bound_s=25) > 0
 
 
 def test_a_killed_worker_recovers_on_redis_with_default_settings(tmp_path: Path) -> None:
@@ -290,4 +291,4 @@ def test_a_killed_worker_recovers_on_redis_with_default_settings(tmp_path: Path)
     with build_stack(tmp_path) as stack:
         stack.env.pop("MASKLOOP_JOB_STALE_AFTER_S")
         stack.env.pop("MASKLOOP_BROKER_VISIBILITY_TIMEOUT_S")
-        _kill_and_recover(stack, _hold_a_job(stack, "prefork"), bound_s=180)
+        assert _kill_and_recover(stack, _hold_a_job(stack, "prefork"), bound_s=180) > 0
