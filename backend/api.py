@@ -27,7 +27,6 @@ from backend.core.errors import (
     ServiceUnavailable,
     TooManyRequests,
     Unauthenticated,
-    error_body,
 )
 from backend.dashboard.router import router as dashboard_router
 from backend.evaluation.router import router as evaluation_router
@@ -86,10 +85,7 @@ async def database_fault_handler(_request: Request, exc: Exception) -> JSONRespo
         detail, details = "the database is unreachable or lost its connection; retry", {"retry_after": DB_RETRY_AFTER_S}
     else:
         raise exc
-    retry_after = str(details.get("retry_after", DB_RETRY_AFTER_S))
-    return JSONResponse(
-        status_code=503, content=error_body(detail, code, details), headers={"Retry-After": retry_after}
-    )
+    return error_response(503, detail, code, details)
 
 
 async def out_of_range_handler(_request: Request, exc: Exception) -> JSONResponse:
