@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -124,17 +125,37 @@ def _clear_caches() -> None:
         cached.cache_clear()
 
 
+_STACK_NUMBERS = itertools.count()
+_REDIS_CLAIM = "maskloop:test-stack"
+
+
+def _claim_redis_db() -> int:
+    """An emptied Redis database (1-15) that no other live stack uses: each stack claims one with a key that it
+    deletes at teardown (and that expires, should a test process die). Two stacks sharing a broker database would
+    take each other's tasks."""
+    start = os.getpid() % 15
+    for offset in range(15):
+        number = 1 + (start + offset) % 15
+        client = redis.Redis(host="127.0.0.1", port=6379, db=number)
+        if client.set(_REDIS_CLAIM, os.getpid(), nx=True, ex=3600):
+            client.flushdb()
+            client.set(_REDIS_CLAIM, os.getpid(), ex=3600)
+            return number
+    raise RuntimeError("all 15 Redis test databases are claimed by live worker stacks")
+
+
 @contextmanager
 def build_stack(tmp: Path, *, embedded: bool = False) -> Iterator[Stack]:
     """Create the database, point this process and its workers at it, and tear everything down after."""
-    name = f"maskloop_workers_{os.getpid()}"
+    # Unique per stack, not only per process: a module-scoped stack may still be alive when a test builds another.
+    name = f"maskloop_workers_{os.getpid()}_{next(_STACK_NUMBERS)}"
+    redis_db: int | None = None
     if embedded:
         url = f"sqlite:///{tmp / 'maskloop.db'}"
         broker = f"sqla+sqlite:///{tmp / 'broker.db'}"
     else:
         url = create_pg_database(name)
-        redis_db = 1 + os.getpid() % 15
-        redis.Redis(host="127.0.0.1", port=6379, db=redis_db).flushdb()
+        redis_db = _claim_redis_db()
         broker = f"redis://127.0.0.1:6379/{redis_db}"
     migrate.upgrade(url)
     env = {
@@ -201,3 +222,5 @@ def build_stack(tmp: Path, *, embedded: bool = False) -> Iterator[Stack]:
         _clear_caches()
         if not embedded:
             drop_pg_database(name)
+        if redis_db is not None:
+            redis.Redis(host="127.0.0.1", port=6379, db=redis_db).delete(_REDIS_CLAIM)
