@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help install frontend demo serve test lint typecheck importlint unit bench services clean
+.PHONY: help install frontend demo serve test lint typecheck importlint unit bench services chromium clean
 
 help:
 	@echo "make demo   - install, migrate an SQLite database under data/, load demo phantoms, serve on :8000"
@@ -41,6 +41,17 @@ demo: install frontend
 serve: install
 	$(BIN)/maskloop serve
 
+# The browser tests drive Debian's Chromium (Playwright cannot download a browser here): installed through apt when
+# this runs as root, otherwise a message naming the command.
+chromium:
+	@command -v chromium >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Chromium for the browser tests (apt-get install -y chromium)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+	  echo "the browser tests need Chromium: run 'sudo apt-get install -y chromium' first" >&2; exit 1; \
+	fi
+
 services:
 	@bash scripts/services.sh
 
@@ -54,13 +65,13 @@ typecheck: install
 importlint: install
 	$(BIN)/lint-imports
 
-test: install frontend services lint typecheck importlint
+test: install frontend chromium services lint typecheck importlint
 	$(BIN)/pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
-bench: install frontend services
+bench: install frontend chromium services
 	$(BIN)/python -m bench
 
 clean:
