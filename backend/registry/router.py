@@ -11,8 +11,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from backend.audit import service as audit
 from backend.auth.dependencies import Blobs, DbSession, SettingsDep
 from backend.core import uploads
+from backend.core.db import end_read_snapshot
 from backend.core.errors import InvalidInput
 from backend.core.ids import PathId
 from backend.imaging import chunks, nifti
@@ -191,11 +193,31 @@ def scan_priorities(
     return [ScanPriorityOut(scan_id=i, case_id=c, score=s) for i, c, s in rows]
 
 
+def _record_read(db: DbSession, request: Request, access: ScanAccess, kind: str, object_id: int, detail: str) -> None:
+    """Append this read of patient-derived data to the read log (in a fresh transaction, see end_read_snapshot)."""
+    end_read_snapshot(db)
+    audit.record_read(
+        db,
+        user_id=access.user.id,
+        project_id=access.scan.project_id,
+        scan_id=access.scan.id,
+        kind=kind,
+        object_id=object_id,
+        detail=detail,
+        client=request.client.host if request.client else None,
+    )
+    db.commit()
+
+
 @router.get("/api/scans/{scan_id}/attention/{structure}", response_class=Response)
-def attention_map(structure: str, db: DbSession, blobs: Blobs, access: ScanAccess = require_scan("read")) -> Response:
-    """A structure's attention map as a uint8 .nii.gz in the scan's geometry (for the viewer's heat overlay)."""
+def attention_map(
+    structure: str, request: Request, db: DbSession, blobs: Blobs, access: ScanAccess = require_scan("read")
+) -> Response:
+    """A structure's attention map as a uint8 .nii.gz in the scan's geometry (for the viewer's heat overlay).
+    The read is logged."""
     found = projects.find_structure(projects.structures_of(db, access.scan.project_id), structure)
     row = service.attention_for(db, access.scan.id, found.id)
+    _record_read(db, request, access, "attention", row.id, found.name)
     manifest = chunks.MaskManifest.from_bytes(blobs.get_bytes(row.manifest_digest))
     mask = chunks.assemble_mask(manifest, blobs.get_bytes)
     body = nifti.to_nifti_gz(mask.astype("uint8"), scans.geometry_of(access.scan).affine)
@@ -224,10 +246,13 @@ def scan_prediction_map(
     prediction_id: PathId,
     map_kind: str,
     structure: str,
+    request: Request,
     db: DbSession,
     blobs: Blobs,
     access: ScanAccess = require_scan("read"),
 ) -> Response:
-    """A uint8-quantised probability (p*255) or entropy map of one structure as .nii.gz on the scan grid."""
+    """A uint8-quantised probability (p*255) or entropy map of one structure as .nii.gz on the scan grid.
+    The read is logged."""
     body, etag = service.prediction_map(db, blobs, access.scan.id, prediction_id, map_kind, structure)
+    _record_read(db, request, access, "prediction", prediction_id, f"{map_kind}/{structure}")
     return Response(body, media_type="application/octet-stream", headers={"ETag": f'"{etag}"'})

@@ -25,6 +25,18 @@ from worker.models.training import save_weights
 pytestmark = pytest.mark.slow
 
 
+def _reads_of(stack: Stack, kind: str, reader: dict[str, str]) -> set[str]:
+    """The details (structure, map) of the logged reads of one kind by the user behind the reader's token."""
+    me = stack.client.get("/api/auth/me", headers=reader).json()
+    reads = stack.client.get(
+        f"/api/projects/{stack.project.id}/audit/reads",
+        headers=stack.headers["lead"],
+        params={"kind": kind, "user_id": me["id"], "page_size": 100},
+    )
+    assert reads.status_code == 200, reads.text
+    return {item["detail"] for item in reads.json()["items"]}
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with build_stack(tmp_path_factory.mktemp("workers")) as built:
@@ -131,6 +143,8 @@ def test_preannotation_writes_a_model_version_authored_by_the_model(stack: Stack
     assert entropy.status_code == 200
     doubt = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(entropy.content)).dataobj)
     assert np.array_equal(doubt, ENTROPY_OF_QUANTISED[np.asarray(shown.dataobj, dtype=np.uint8)])
+    # Both map downloads are reads of patient-derived data: logged with who and what.
+    assert _reads_of(stack, "prediction", stack.headers["viewer"]) >= {"probability/liver", "entropy/liver"}
     # A rerun of the same task (a duplicate delivery) never creates a second version.
     queue.send(queue.TASK_PREANNOTATE, job["id"], "gpu", attempt=1)
     time.sleep(3)
@@ -283,6 +297,7 @@ def test_attention_from_two_models_ranks_scans(stack: Stack) -> None:
     )
     assert overlay.status_code == 200
     assert float(overlay.headers["x-priority"]) == pytest.approx(top["priority"], rel=1e-5)
+    assert top["structure"] in _reads_of(stack, "attention", stack.headers["viewer"])
     one_model = stack.client.post(
         f"/api/projects/{stack.project.id}/attention",
         headers=stack.headers["lead"],
