@@ -161,20 +161,7 @@ export class AuditLog {
     this.params = params
     this.members = await api.get<Member[]>(`/api/projects/${project.id}/members`)
     if (this.reads) return this.openReads(body)
-    const query = new URLSearchParams({ page: String(this.page), page_size: String(PAGE_SIZE) })
-    const actor = params.get('actor')
-    if (actor) query.set('actor_user_id', actor)
-    if (params.get('action')) query.set('action', params.get('action')!)
-    const since = this.since()
-    if (since) query.set('since', since)
-    if (params.get('until')) query.set('until', params.get('until')!)
-    const caseId = params.get('scan')?.trim() ?? ''
-    let scanMissing = false
-    if (caseId) {
-      const scanId = await this.findScan(caseId)
-      if (scanId === null) scanMissing = true
-      else query.set('scan_id', String(scanId))
-    }
+    const { query, caseId, scanMissing } = await this.filterQuery('actor_user_id', 'action')
     const result: AuditPage = scanMissing
       ? { items: [], total: 0, page: 1, page_size: PAGE_SIZE }
       : await api.get<AuditPage>(`/api/projects/${project.id}/audit?${query}`)
@@ -197,13 +184,19 @@ export class AuditLog {
     )
   }
 
-  /** The read log view: who opened which volume, mask or export (same person, scan and time filters). */
-  private async openReads(body: HTMLElement): Promise<void> {
+  /**
+   * The API query of the page's filters (both views share person, scan, time and paging; the person goes as
+   * `actorParam`, the view's own filter as `ownFilter`); a case id that matches no scan is reported, not sent.
+   */
+  private async filterQuery(
+    actorParam: string,
+    ownFilter: string,
+  ): Promise<{ query: URLSearchParams; caseId: string; scanMissing: boolean }> {
     const params = this.params
     const query = new URLSearchParams({ page: String(this.page), page_size: String(PAGE_SIZE) })
     const actor = params.get('actor')
-    if (actor) query.set('user_id', actor)
-    if (params.get('kind')) query.set('kind', params.get('kind')!)
+    if (actor) query.set(actorParam, actor)
+    if (params.get(ownFilter)) query.set(ownFilter, params.get(ownFilter)!)
     const since = this.since()
     if (since) query.set('since', since)
     if (params.get('until')) query.set('until', params.get('until')!)
@@ -214,6 +207,12 @@ export class AuditLog {
       if (scanId === null) scanMissing = true
       else query.set('scan_id', String(scanId))
     }
+    return { query, caseId, scanMissing }
+  }
+
+  /** The read log view: who opened which volume, mask or export (same person, scan and time filters). */
+  private async openReads(body: HTMLElement): Promise<void> {
+    const { query, caseId, scanMissing } = await this.filterQuery('user_id', 'kind')
     const result: ReadPage = scanMissing
       ? { items: [], total: 0, page: 1, page_size: PAGE_SIZE }
       : await api.get<ReadPage>(`/api/projects/${this.project.id}/audit/reads?${query}`)
