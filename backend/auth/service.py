@@ -19,6 +19,7 @@ from backend.audit import service as audit
 from backend.auth import sessions, throttle
 from backend.auth.sessions import OpenedSession
 from backend.core.config import Settings
+from backend.core.db import get_or_404
 from backend.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unauthenticated
 from backend.models import ApiToken, AuthSession, User
 
@@ -328,8 +329,7 @@ def revoke_everything(db: Session, user_id: int, actor: User) -> tuple[int, int]
     """Revoke every API token and login session of a user (administrators); (tokens, sessions) revoked."""
     if not actor.is_admin:
         raise PermissionDenied("only a platform administrator may do this")
-    if db.get(User, user_id) is None:
-        raise NotFound(f"user {user_id} not found")
+    get_user(db, user_id)
     result = db.execute(
         update(ApiToken)
         .where(ApiToken.user_id == user_id, ApiToken.revoked.is_(False))
@@ -347,6 +347,11 @@ def revoke_everything(db: Session, user_id: int, actor: User) -> tuple[int, int]
         details={"api_tokens": tokens, "sessions": session_count},
     )
     return tokens, session_count
+
+
+def get_user(db: Session, user_id: int) -> User:
+    """A user by id."""
+    return get_or_404(db, User, user_id, "user")
 
 
 def get_user_by_email(db: Session, email: str) -> User:

@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from backend.core.config import get_settings
-from backend.core.errors import ServiceUnavailable
+from backend.core.errors import NotFound, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -273,3 +273,14 @@ def end_read_snapshot(session: Session) -> None:
     commit. Used before appending a read event on the viewer's GETs.
     """
     session.commit()
+
+
+M = TypeVar("M", bound=Base)
+
+
+def get_or_404(db: Session, model: type[M], ident: int, what: str) -> M:
+    """The row of `model` with primary key `ident`, or NotFound naming it ("scan 7 not found")."""
+    row = db.get(model, ident)
+    if row is None:
+        raise NotFound(f"{what} {ident} not found")
+    return row

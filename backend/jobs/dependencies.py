@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastapi import Depends
-
-from backend.auth.dependencies import CurrentUser, DbSession
-from backend.core.ids import PathId
+from backend.auth.access import ObjectAccess, object_access
 from backend.jobs import service
 from backend.models import Job, User
-from backend.projects.dependencies import authorize_or_404
 
 
 @dataclass(frozen=True)
@@ -23,17 +18,11 @@ class JobAccess:
     role: str
 
 
-def job_access(permission: str) -> Callable[..., JobAccess]:
-    """A dependency that loads job {job_id} and checks the caller's permission on its project."""
-
-    def dependency(job_id: PathId, db: DbSession, user: CurrentUser) -> JobAccess:
-        job = service.get_job(db, job_id)
-        role = authorize_or_404(db, user, job.project_id, permission, f"job {job_id}")
-        return JobAccess(job=job, user=user, role=role)
-
-    return dependency
+job_access: ObjectAccess[Job, JobAccess] = object_access(
+    service.get_job, lambda job: job.project_id, "job", param="job_id", grant=JobAccess
+)
 
 
 def require_job(permission: str) -> JobAccess:
     """Shorthand for Depends(job_access(permission))."""
-    return Depends(job_access(permission))
+    return job_access.require(permission)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastapi import Depends
+from sqlalchemy.orm import Session
 
-from backend.auth.dependencies import CurrentUser, DbSession
-from backend.core.errors import NotFound
-from backend.core.ids import PathId
+from backend.auth.access import ObjectAccess, object_access
 from backend.labels import service
 from backend.models import LabelVersion, Scan, User
-from backend.projects.dependencies import authorize_or_404
 from backend.quality import service as quality
 from backend.scans import service as scans
 
@@ -27,21 +23,28 @@ class VersionAccess:
     role: str
 
 
-def version_access(permission: str) -> Callable[..., VersionAccess]:
-    """A dependency that loads version {version_id} and checks the caller's permission on its project."""
+def _version_with_scan(db: Session, version_id: int) -> tuple[LabelVersion, Scan]:
+    """A label version and its scan (whose project decides access)."""
+    version = service.get_version(db, version_id)
+    return version, scans.get_scan(db, version.scan_id)
 
-    def dependency(version_id: PathId, db: DbSession, user: CurrentUser) -> VersionAccess:
-        version = service.get_version(db, version_id)
-        scan = scans.get_scan(db, version.scan_id)
-        role = authorize_or_404(db, user, scan.project_id, permission, f"label version {version_id}")
-        if version.id in quality.hidden_version_ids(db, scan.id, user):
-            # Blinding: another reader's version in an open multi-reader set does not exist for this caller.
-            raise NotFound(f"label version {version_id} not found")
-        return VersionAccess(version=version, scan=scan, user=user, role=role)
 
-    return dependency
+def _blinded(db: Session, loaded: tuple[LabelVersion, Scan], user: User) -> bool:
+    """Whether the version is another reader's in an open multi-reader set: for this caller it does not exist."""
+    version, scan = loaded
+    return version.id in quality.hidden_version_ids(db, scan.id, user)
+
+
+version_access: ObjectAccess[tuple[LabelVersion, Scan], VersionAccess] = object_access(
+    _version_with_scan,
+    lambda loaded: loaded[1].project_id,
+    "label version",
+    param="version_id",
+    grant=lambda loaded, user, role: VersionAccess(*loaded, user, role),
+    hidden=_blinded,
+)
 
 
 def require_version(permission: str) -> VersionAccess:
     """Shorthand for Depends(version_access(permission))."""
-    return Depends(version_access(permission))
+    return version_access.require(permission)

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.audit import service as audit
+from backend.core.db import get_or_404
 from backend.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from backend.models import LabelSchema, Membership, Project, Structure, User
 from backend.models.projects import PROJECT_ROLES
@@ -36,6 +37,14 @@ PERMISSIONS: dict[str, frozenset[str]] = {
         | {"read_dashboard", "assign"}
     ),
 }
+
+# The one rule for who leads a project: the roles holding this permission (lead, and platform admin).
+LEAD_PERMISSION = "assign"
+
+
+def is_lead(role: str | None) -> bool:
+    """Whether a project role leads the project (assigns work, sees everyone's work, manages reader sets)."""
+    return role is not None and LEAD_PERMISSION in PERMISSIONS.get(role, frozenset())
 
 
 @dataclass(frozen=True)
@@ -144,10 +153,7 @@ def create_project(
 
 def get_project(db: Session, project_id: int) -> Project:
     """A project by id."""
-    project = db.get(Project, project_id)
-    if project is None:
-        raise NotFound(f"project {project_id} not found")
-    return project
+    return get_or_404(db, Project, project_id, "project")
 
 
 def get_project_by_slug(db: Session, slug: str) -> Project:

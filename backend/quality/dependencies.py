@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastapi import Depends
-
-from backend.auth.dependencies import CurrentUser, DbSession
-from backend.core.ids import PathId
+from backend.auth.access import ObjectAccess, object_access
 from backend.models import QAFinding, ReaderSet, User
-from backend.projects.dependencies import authorize_or_404
 from backend.quality import service
 
 
@@ -32,33 +27,23 @@ class FindingAccess:
     role: str
 
 
-def reader_set_access(permission: str) -> Callable[..., ReaderSetAccess]:
-    """A dependency that loads reader set {reader_set_id} and checks the caller's permission on its project."""
-
-    def dependency(reader_set_id: PathId, db: DbSession, user: CurrentUser) -> ReaderSetAccess:
-        reader_set = service.get_reader_set(db, reader_set_id)
-        role = authorize_or_404(db, user, reader_set.project_id, permission, f"reader set {reader_set_id}")
-        return ReaderSetAccess(reader_set=reader_set, user=user, role=role)
-
-    return dependency
+reader_set_access: ObjectAccess[ReaderSet, ReaderSetAccess] = object_access(
+    service.get_reader_set,
+    lambda reader_set: reader_set.project_id,
+    "reader set",
+    param="reader_set_id",
+    grant=ReaderSetAccess,
+)
+finding_access: ObjectAccess[QAFinding, FindingAccess] = object_access(
+    service.get_finding, lambda finding: finding.project_id, "finding", param="finding_id", grant=FindingAccess
+)
 
 
 def require_reader_set(permission: str) -> ReaderSetAccess:
     """Shorthand for Depends(reader_set_access(permission))."""
-    return Depends(reader_set_access(permission))
-
-
-def finding_access(permission: str) -> Callable[..., FindingAccess]:
-    """A dependency that loads finding {finding_id} and checks the caller's permission on its project."""
-
-    def dependency(finding_id: PathId, db: DbSession, user: CurrentUser) -> FindingAccess:
-        finding = service.get_finding(db, finding_id)
-        role = authorize_or_404(db, user, finding.project_id, permission, f"finding {finding_id}")
-        return FindingAccess(finding=finding, user=user, role=role)
-
-    return dependency
+    return reader_set_access.require(permission)
 
 
 def require_finding(permission: str) -> FindingAccess:
     """Shorthand for Depends(finding_access(permission))."""
-    return Depends(finding_access(permission))
+    return finding_access.require(permission)

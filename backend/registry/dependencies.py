@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastapi import Depends
+from sqlalchemy.orm import Session
 
-from backend.auth.dependencies import CurrentUser, DbSession
-from backend.core.ids import PathId
+from backend.auth.access import ObjectAccess, object_access
 from backend.models import Model, ModelVersion, User
-from backend.projects.dependencies import authorize_or_404
 from backend.registry import service
 
 
@@ -23,22 +20,6 @@ class ModelAccess:
     role: str
 
 
-def model_access(permission: str) -> Callable[..., ModelAccess]:
-    """A dependency that loads model {model_id} and checks the caller's permission on its project."""
-
-    def dependency(model_id: PathId, db: DbSession, user: CurrentUser) -> ModelAccess:
-        model = service.get_model(db, model_id)
-        role = authorize_or_404(db, user, model.project_id, permission, f"model {model_id}")
-        return ModelAccess(model=model, user=user, role=role)
-
-    return dependency
-
-
-def require_model(permission: str) -> ModelAccess:
-    """Shorthand for Depends(model_access(permission))."""
-    return Depends(model_access(permission))
-
-
 @dataclass(frozen=True)
 class ModelVersionAccess:
     """A model version the caller may act on, with its model."""
@@ -49,18 +30,29 @@ class ModelVersionAccess:
     role: str
 
 
-def model_version_access(permission: str) -> Callable[..., ModelVersionAccess]:
-    """A dependency that loads model version {version_id} and checks the caller's permission on its project."""
+def _version_with_model(db: Session, version_id: int) -> tuple[ModelVersion, Model]:
+    """A model version and the model it belongs to (whose project decides access)."""
+    version = service.get_model_version(db, version_id)
+    return version, service.get_model(db, version.model_id)
 
-    def dependency(version_id: PathId, db: DbSession, user: CurrentUser) -> ModelVersionAccess:
-        version = service.get_model_version(db, version_id)
-        model = service.get_model(db, version.model_id)
-        role = authorize_or_404(db, user, model.project_id, permission, f"model version {version_id}")
-        return ModelVersionAccess(version=version, model=model, user=user, role=role)
 
-    return dependency
+model_access: ObjectAccess[Model, ModelAccess] = object_access(
+    service.get_model, lambda model: model.project_id, "model", param="model_id", grant=ModelAccess
+)
+model_version_access: ObjectAccess[tuple[ModelVersion, Model], ModelVersionAccess] = object_access(
+    _version_with_model,
+    lambda loaded: loaded[1].project_id,
+    "model version",
+    param="version_id",
+    grant=lambda loaded, user, role: ModelVersionAccess(*loaded, user, role),
+)
+
+
+def require_model(permission: str) -> ModelAccess:
+    """Shorthand for Depends(model_access(permission))."""
+    return model_access.require(permission)
 
 
 def require_model_version(permission: str) -> ModelVersionAccess:
     """Shorthand for Depends(model_version_access(permission))."""
-    return Depends(model_version_access(permission))
+    return model_version_access.require(permission)

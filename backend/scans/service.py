@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from backend.audit import service as audit
 from backend.core import decode_limits
 from backend.core.blobstore import BlobStore
-from backend.core.errors import Conflict, InvalidInput, NotFound
+from backend.core.db import get_or_404
+from backend.core.errors import Conflict, InvalidInput
 from backend.core.filenames import clean_file_name
 from backend.imaging import dicom, nifti, pants
 from backend.labels import service as labels
@@ -306,10 +307,7 @@ def import_pants_dataset(
 
 def get_scan(db: Session, scan_id: int) -> Scan:
     """A scan by id."""
-    scan = db.get(Scan, scan_id)
-    if scan is None:
-        raise NotFound(f"scan {scan_id} not found")
-    return scan
+    return get_or_404(db, Scan, scan_id, "scan")
 
 
 def _filtered(query: Select[Any], project_id: int, flt: ScanFilter) -> Select[Any]:
@@ -372,3 +370,9 @@ def facets(db: Session, project_id: int) -> dict[str, dict[str, int]]:
 def scan_ids_matching(db: Session, project_id: int, flt: ScanFilter) -> list[int]:
     """Ids of every scan of a project matching a filter, by case id."""
     return [int(i) for i in db.scalars(_filtered(select(Scan.id), project_id, flt).order_by(Scan.case_id))]
+
+
+def scan_ids_by_case(db: Session, project_id: int, case_ids: Sequence[str]) -> dict[str, int]:
+    """The ids of a project's scans with these case ids, by case id (unknown case ids are absent)."""
+    rows = db.execute(select(Scan.id, Scan.case_id).where(Scan.project_id == project_id, Scan.case_id.in_(case_ids)))
+    return {case_id: int(scan_id) for scan_id, case_id in rows}

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastapi import Depends
-
-from backend.auth.dependencies import CurrentUser, DbSession
-from backend.core.ids import PathId
+from backend.auth.access import ObjectAccess, object_access
 from backend.models import ReviewComment, Scan, User
-from backend.projects.dependencies import authorize_or_404
 from backend.workflow import service
 
 
@@ -24,17 +19,15 @@ class CommentAccess:
     role: str
 
 
-def comment_access(permission: str) -> Callable[..., CommentAccess]:
-    """A dependency that loads comment {comment_id} and checks the caller's permission on its project."""
-
-    def dependency(comment_id: PathId, db: DbSession, user: CurrentUser) -> CommentAccess:
-        comment, scan = service.get_comment(db, comment_id)
-        role = authorize_or_404(db, user, scan.project_id, permission, f"comment {comment_id}")
-        return CommentAccess(comment=comment, scan=scan, user=user, role=role)
-
-    return dependency
+comment_access: ObjectAccess[tuple[ReviewComment, Scan], CommentAccess] = object_access(
+    service.get_comment,
+    lambda loaded: loaded[1].project_id,
+    "comment",
+    param="comment_id",
+    grant=lambda loaded, user, role: CommentAccess(*loaded, user, role),
+)
 
 
 def require_comment(permission: str) -> CommentAccess:
     """Shorthand for Depends(comment_access(permission))."""
-    return Depends(comment_access(permission))
+    return comment_access.require(permission)
