@@ -1,4 +1,4 @@
-"""Label versions: immutable per-structure masks with lineage, O(edit) storage and optimistic concurrency."""
+"""Saving label versions: whole masks, a combined label map or box patches, with optimistic concurrency."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import threading
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import lru_cache
 
 import numpy as np
 from sqlalchemy import select, update
@@ -17,10 +15,11 @@ from sqlalchemy.orm import Session
 
 from backend.audit import service as audit
 from backend.core.blobstore import BlobStore, sha256_hex
-from backend.core.errors import Conflict, InvalidInput, NotFound
+from backend.core.errors import Conflict, InvalidInput
 from backend.imaging import chunks
 from backend.imaging.chunks import MaskManifest
-from backend.models import LabelDraft, LabelVersion, LabelVersionStructure, Scan, Structure, User
+from backend.labels.service.masks import entries_by_structure, load_manifest, scan_shape, volume_ml
+from backend.models import LabelVersion, LabelVersionStructure, Scan, User
 from backend.models.labels import VERSION_KINDS
 from backend.projects import service as projects
 from backend.workflow import service as workflow
@@ -67,52 +66,6 @@ class _TrackingPut:
         return digest
 
 
-@dataclass(frozen=True)
-class StructureDiff:
-    """How one structure differs between two versions."""
-
-    structure: str
-    status_a: str
-    status_b: str
-    voxels_a: int
-    voxels_b: int
-    intersection: int
-    added: int
-    removed: int
-    dice: float | None
-
-
-def _shape(scan: Scan) -> tuple[int, int, int]:
-    return (int(scan.shape[0]), int(scan.shape[1]), int(scan.shape[2]))
-
-
-def volume_ml(voxels: int, scan: Scan) -> float:
-    """Volume in millilitres of a voxel count in this scan's geometry."""
-    return voxels * scan.voxel_volume_mm3 / 1000.0
-
-
-@lru_cache(maxsize=4096)
-def _manifest_from_bytes(data: bytes) -> MaskManifest:
-    return MaskManifest.from_bytes(data)
-
-
-def load_manifest(blobs: BlobStore, digest: str) -> MaskManifest:
-    """Read a mask manifest (immutable, so parsed manifests are cached by content)."""
-    return _manifest_from_bytes(blobs.get_bytes(digest))
-
-
-def get_version(db: Session, version_id: int) -> LabelVersion:
-    """A label version by id."""
-    version = db.get(LabelVersion, version_id)
-    if version is None:
-        raise NotFound(f"label version {version_id} not found")
-    return version
-
-
-def _entries_by_structure(version: LabelVersion | None) -> dict[int, LabelVersionStructure]:
-    return {} if version is None else {entry.structure_id: entry for entry in version.structures}
-
-
 def _check_base(db: Session, scan: Scan, base_version_id: int | None, *, branch: bool) -> LabelVersion | None:
     """Load the base version and refuse a stale one early (the conditional UPDATE stays the authority)."""
     base = None
@@ -157,7 +110,7 @@ def _persist(
     """Insert the version and its rows, then move the head only if it is still the base."""
     if kind not in VERSION_KINDS:
         raise InvalidInput(f"unknown version kind {kind!r}")
-    parent_entries = _entries_by_structure(base)
+    parent_entries = entries_by_structure(base)
     version = LabelVersion(
         scan_id=scan.id,
         parent_id=base.id if base else None,
@@ -220,7 +173,7 @@ def _persist(
             "kind": kind,
             "parent_id": version.parent_id,
             "branch": branch,
-            "changed": [sid for sid, row in _entries_by_structure(version).items() if row.changed],
+            "changed": [sid for sid, row in entries_by_structure(version).items() if row.changed],
             "new_bytes": new_bytes,
             "model_version_id": author.model_version_id,
         },
@@ -272,8 +225,8 @@ def create_version(
     workflow.check_can_save(db, scan, author.user_id, kind=kind, branch=branch)
     structures = projects.structures_of(db, scan.project_id)
     base = _check_base(db, scan, base_version_id, branch=branch)
-    inherited = _entries_by_structure(base)
-    shape = _shape(scan)
+    inherited = entries_by_structure(base)
+    shape = scan_shape(scan)
     put = _TrackingPut(blobs)
     entries: dict[int, tuple[str, str | None, int]] = {}
     given: dict[int, np.ndarray] = {}
@@ -364,12 +317,12 @@ def save_patch(
     workflow.check_can_save(db, scan, author.user_id, kind=kind, branch=branch)
     structures = projects.structures_of(db, scan.project_id)
     base = _check_base(db, scan, base_version_id, branch=branch)
-    shape = _shape(scan)
+    shape = scan_shape(scan)
     put = _TrackingPut(blobs)
     # Without a base (a scan's first version) every structure starts as missing; painted ones become present.
     current: dict[int, tuple[str, str | None, int]] = {s.id: ("missing", None, 0) for s in structures}
     current.update(
-        {sid: (row.status, row.manifest_digest, row.voxel_count) for sid, row in _entries_by_structure(base).items()}
+        {sid: (row.status, row.manifest_digest, row.voxel_count) for sid, row in entries_by_structure(base).items()}
     )
     # Validate every box before writing any blob, so a refused save leaves nothing behind.
     resolved = []
@@ -399,173 +352,3 @@ def save_patch(
         branch=branch,
         idempotency_key=idempotency_key,
     )
-
-
-def structure_entry(db: Session, version: LabelVersion, name: str) -> tuple[Structure, LabelVersionStructure]:
-    """The schema structure and this version's row for it."""
-    scan = db.get(Scan, version.scan_id)
-    assert scan is not None
-    structure = projects.find_structure(projects.structures_of(db, scan.project_id), name)
-    for entry in version.structures:
-        if entry.structure_id == structure.id:
-            return structure, entry
-    raise NotFound(f"version {version.id} has no entry for {name!r}")
-
-
-def read_mask(blobs: BlobStore, scan: Scan, entry: LabelVersionStructure) -> np.ndarray:
-    """The full boolean mask of one structure of a version (all-false when missing)."""
-    if entry.status != "present" or not entry.manifest_digest:
-        return np.zeros(_shape(scan), dtype=bool)
-    return chunks.assemble_mask(load_manifest(blobs, entry.manifest_digest), blobs.get_bytes)
-
-
-def default_paint_order(structures: Sequence[Structure]) -> list[Structure]:
-    """Schema order with every structure painted after the one it lies inside, so sub-structures stay visible."""
-    by_name = {s.name: s for s in structures}
-
-    def depth(structure: Structure) -> int:
-        level, seen = 0, set()
-        while structure.inside and structure.inside in by_name and structure.name not in seen:
-            seen.add(structure.name)
-            structure = by_name[structure.inside]
-            level += 1
-        return level
-
-    return sorted(structures, key=lambda s: (depth(s), s.position))
-
-
-def combined_map(
-    db: Session, blobs: BlobStore, version: LabelVersion, order: Sequence[str] | None = None
-) -> tuple[np.ndarray, list[Structure]]:
-    """Flatten a version into one integer map, later structures painted over earlier ones (an export, lossy)."""
-    scan = db.get(Scan, version.scan_id)
-    assert scan is not None
-    structures = projects.structures_of(db, scan.project_id)
-    if order:
-        painted = [projects.find_structure(structures, name) for name in order]
-        if len({s.id for s in painted}) != len(painted):
-            raise InvalidInput("a structure appears twice in the paint order")
-    else:
-        painted = default_paint_order(structures)
-    dtype = np.uint8 if max(s.label_value for s in structures) < 256 else np.uint16
-    out = np.zeros(_shape(scan), dtype=dtype)
-    entries = _entries_by_structure(version)
-    for structure in painted:
-        entry = entries.get(structure.id)
-        if entry is None or entry.status != "present" or not entry.manifest_digest:
-            continue
-        manifest = load_manifest(blobs, entry.manifest_digest)
-        for chunk_entry in manifest.entries:
-            region = chunks.chunk_slices(chunk_entry.flat_index, manifest.shape, manifest.chunk)
-            block = chunks.decode_chunk(blobs.get_bytes(chunk_entry.digest), out[region].shape)
-            out[region][block] = structure.label_value
-    return out, painted
-
-
-def diff_versions(db: Session, blobs: BlobStore, a: LabelVersion, b: LabelVersion) -> list[StructureDiff]:
-    """Per-structure changed voxels and Dice between two versions of one scan (decodes only differing chunks).
-
-    Dice policy (PanTS): 1.0 when both masks are empty, 0.0 when exactly one is; None when either is missing.
-    """
-    if a.scan_id != b.scan_id:
-        raise InvalidInput("versions of different scans cannot be compared")
-    scan = db.get(Scan, a.scan_id)
-    assert scan is not None
-    entries_a, entries_b = _entries_by_structure(a), _entries_by_structure(b)
-    out = []
-    for structure in projects.structures_of(db, scan.project_id):
-        ea, eb = entries_a.get(structure.id), entries_b.get(structure.id)
-        status_a = ea.status if ea else "missing"
-        status_b = eb.status if eb else "missing"
-        count_a = ea.voxel_count if ea else 0
-        count_b = eb.voxel_count if eb else 0
-        if ea is None or eb is None or "missing" in (status_a, status_b):
-            inter, dice = 0, None
-        else:
-            if ea.manifest_digest == eb.manifest_digest:
-                inter = count_a
-            else:
-                assert ea.manifest_digest and eb.manifest_digest
-                inter = chunks.intersection_count(
-                    load_manifest(blobs, ea.manifest_digest),
-                    load_manifest(blobs, eb.manifest_digest),
-                    blobs.get_bytes,
-                )
-            dice = 1.0 if count_a + count_b == 0 else 2.0 * inter / (count_a + count_b)
-        out.append(
-            StructureDiff(
-                structure=structure.name,
-                status_a=status_a,
-                status_b=status_b,
-                voxels_a=count_a,
-                voxels_b=count_b,
-                intersection=inter,
-                added=count_b - inter,
-                removed=count_a - inter,
-                dice=dice,
-            )
-        )
-    return out
-
-
-def list_versions(db: Session, scan: Scan) -> list[LabelVersion]:
-    """Every version of a scan, oldest first (the lineage graph via parent ids)."""
-    return list(db.scalars(select(LabelVersion).where(LabelVersion.scan_id == scan.id).order_by(LabelVersion.id)))
-
-
-def lineage(db: Session, version: LabelVersion) -> list[LabelVersion]:
-    """The chain from a version back to its root, newest first."""
-    chain = [version]
-    while chain[-1].parent_id is not None:
-        chain.append(get_version(db, chain[-1].parent_id))
-    return chain
-
-
-def authors_of(db: Session, versions: Sequence[LabelVersion]) -> dict[int, User]:
-    """Users who authored the given versions, by id."""
-    ids = {v.author_user_id for v in versions if v.author_user_id is not None}
-    if not ids:
-        return {}
-    return {user.id: user for user in db.scalars(select(User).where(User.id.in_(ids)))}
-
-
-MAX_DRAFT_BYTES = 64 * 1024 * 1024
-
-
-def save_draft(
-    db: Session, blobs: BlobStore, scan: Scan, user: User, base_version_id: int | None, payload: bytes
-) -> LabelDraft:
-    """Keep (replace) the user's unsaved edit of a scan; the blob is written before the row points at it."""
-    if len(payload) > MAX_DRAFT_BYTES:
-        raise InvalidInput(f"a draft may hold at most {MAX_DRAFT_BYTES // (1 << 20)} MiB")
-    if base_version_id is not None:
-        base = db.get(LabelVersion, base_version_id)
-        if base is None or base.scan_id != scan.id:
-            raise InvalidInput(f"base version {base_version_id} is not a version of scan {scan.id}")
-    digest = blobs.put_bytes(payload)
-    draft = db.scalar(select(LabelDraft).where(LabelDraft.scan_id == scan.id, LabelDraft.user_id == user.id))
-    if draft is None:
-        draft = LabelDraft(scan_id=scan.id, user_id=user.id)
-        db.add(draft)
-    draft.base_version_id = base_version_id
-    draft.payload_digest = digest
-    draft.payload_bytes = len(payload)
-    draft.updated_at = datetime.now(UTC)
-    db.flush()
-    return draft
-
-
-def get_draft(db: Session, scan: Scan, user: User) -> LabelDraft:
-    """The user's draft of a scan."""
-    draft = db.scalar(select(LabelDraft).where(LabelDraft.scan_id == scan.id, LabelDraft.user_id == user.id))
-    if draft is None:
-        raise NotFound(f"no draft of scan {scan.id}")
-    return draft
-
-
-def delete_draft(db: Session, scan: Scan, user: User) -> None:
-    """Drop the user's draft (after a save, or when they discard it)."""
-    draft = db.scalar(select(LabelDraft).where(LabelDraft.scan_id == scan.id, LabelDraft.user_id == user.id))
-    if draft is not None:
-        db.delete(draft)
-        db.flush()

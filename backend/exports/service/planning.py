@@ -1,0 +1,159 @@
+"""Export planning: one short database read resolving job parameters into plain data for the writer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.core.errors import InvalidInput
+from backend.exports.service.selection import FORMATS, VersionSpec, choose_versions, requested_structures
+from backend.imaging import layouts
+from backend.labels import service as labels
+from backend.models import LabelVersion, Model, ModelVersion, Project, Scan, Structure, User
+from backend.projects import service as projects
+
+
+@dataclass(frozen=True)
+class StructureInfo:
+    """An exported structure: name, schema label value, colour, group and containing parent."""
+
+    name: str
+    label_value: int
+    color: str
+    group: str
+    inside: str | None
+
+
+@dataclass
+class CasePlan:
+    """Everything the writer needs about one scan and its chosen version (no ORM objects)."""
+
+    scan_id: int
+    case_id: str
+    split: str | None
+    image_digest: str
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    metadata_row: dict[str, Any]
+    version_id: int
+    version_kind: str
+    version_author: str
+    model_version: str | None
+    entries: dict[str, tuple[str, str | None]]
+
+
+@dataclass
+class ExportPlan:
+    """A resolved export: format, options, structures (schema order), paint order, cases and skipped scans."""
+
+    format: str
+    version: str
+    project_slug: str
+    structures: list[StructureInfo]
+    paint_order: list[str]
+    cases: list[CasePlan]
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    nnunet_labels: str = "paint-order"
+    dataset_id: int = 1
+    dataset_name: str = "maskloop"
+    seed: str = "maskloop"
+
+
+def _metadata_row(scan: Scan) -> dict[str, Any]:
+    """The PanTS metadata row of a scan: its raw sheet values where it had them, else the normalised fields."""
+    raw = {" ".join(str(k).lower().split()): v for k, v in (scan.raw_metadata or {}).items()}
+    derived: dict[str, Any] = {
+        "shape": "(" + ", ".join(str(int(v)) for v in scan.shape) + ")",
+        "spacing": "(" + ", ".join(f"{float(v):g}" for v in scan.spacing) + ")",
+        "ct phase": (scan.phase or "").replace("-", " ").title().replace("Non Contrast", "Non-contrast"),
+        "sex": scan.sex or "",
+        "age": scan.age if scan.age is not None else "",
+        "manufacturer": scan.manufacturer or "",
+        "manufacturer model": scan.manufacturer_model or "",
+        "site": scan.site or "",
+        "tumor?": "" if scan.tumor is None else int(scan.tumor),
+        "number of pancreatic lesion instances": "" if scan.lesion_instances is None else scan.lesion_instances,
+    }
+    row: dict[str, Any] = {}
+    for column in layouts.EXPORT_METADATA_COLUMNS[1 : len(layouts.EXPORT_METADATA_COLUMNS) - 3]:
+        key = " ".join(column.lower().split())
+        value = raw.get(key)
+        row[column] = value if value not in (None, "") else derived.get(column, "")
+    row["BDMAP ID"] = scan.case_id
+    return row
+
+
+def _author(db: Session, version: LabelVersion) -> tuple[str, str | None]:
+    """A readable author ('user:<email>', 'model:<name> v<n>', 'import') and the model version text."""
+    if version.author_model_version_id is not None:
+        model_version = db.get(ModelVersion, version.author_model_version_id)
+        model = db.get(Model, model_version.model_id) if model_version else None
+        text = f"{model.name} v{model_version.number}" if model and model_version else "unknown model"
+        return f"model:{text}", text
+    if version.author_user_id is not None:
+        user = db.get(User, version.author_user_id)
+        return f"user:{user.email if user else version.author_user_id}", None
+    return version.kind, None
+
+
+def plan_export(db: Session, project: Project, params: dict[str, Any], *, seed: str = "maskloop") -> ExportPlan:
+    """Resolve job parameters into a plan: one chosen version per scan, skipped scans with their reason."""
+    fmt = str(params["format"])
+    if fmt not in FORMATS:
+        raise InvalidInput(f"unknown export format {fmt!r}")
+    spec = VersionSpec.parse(str(params["version"]))
+    schema = projects.structures_of(db, project.id)
+    names = requested_structures(db, project, params.get("structures"))
+    selected: list[Structure] = [s for s in schema if s.name in set(names)]
+    order = [s.name for s in labels.default_paint_order(selected)]
+    ids = [int(i) for i in params["scan_ids"]]
+    rows = {s.id: s for s in db.scalars(select(Scan).where(Scan.project_id == project.id, Scan.id.in_(ids)))}
+    chosen = choose_versions(db, project, spec, [i for i in ids if i in rows])
+    by_id = {s.id: s.name for s in schema}
+    plan = ExportPlan(
+        format=fmt,
+        version=str(spec),
+        project_slug=project.slug,
+        structures=[StructureInfo(s.name, s.label_value, s.color, s.group, s.inside) for s in selected],
+        paint_order=order,
+        cases=[],
+        nnunet_labels=str(params.get("nnunet_labels", "paint-order")),
+        dataset_id=int(params.get("dataset_id", 1)),
+        dataset_name=str(params.get("dataset_name") or project.slug),
+        seed=seed,
+    )
+    for scan_id in ids:
+        scan = rows.get(scan_id)
+        if scan is None:
+            plan.skipped.append({"scan_id": scan_id, "case_id": None, "reason": "the scan was deleted"})
+            continue
+        version_id, reason = chosen[scan_id]
+        if version_id is None:
+            plan.skipped.append({"scan_id": scan_id, "case_id": scan.case_id, "reason": reason})
+            continue
+        version = labels.get_version(db, version_id)
+        author, model_text = _author(db, version)
+        entries = {
+            by_id[e.structure_id]: (e.status, e.manifest_digest) for e in version.structures if e.structure_id in by_id
+        }
+        plan.cases.append(
+            CasePlan(
+                scan_id=scan.id,
+                case_id=scan.case_id,
+                split=scan.split,
+                image_digest=scan.image_digest,
+                shape=(int(scan.shape[0]), int(scan.shape[1]), int(scan.shape[2])),
+                affine=np.asarray(scan.affine, dtype=np.float64),
+                metadata_row=_metadata_row(scan),
+                version_id=version.id,
+                version_kind=version.kind,
+                version_author=author,
+                model_version=model_text,
+                entries=entries,
+            )
+        )
+    return plan

@@ -1,0 +1,226 @@
+"""Export writing: the dataset folder of a plan, with no database (blobs only), and its manifest.json."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend.core.blobstore import BlobStore
+from backend.exports.service.planning import CasePlan, ExportPlan
+from backend.imaging import chunks, dicom_seg, layouts, nifti
+from backend.labels import service as labels
+
+MANIFEST_NAME = "manifest.json"
+Progress = Callable[[int, int, str], None]
+
+
+def maskloop_version() -> str:
+    """The installed maskloop version (pyproject's when not installed as a distribution)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("maskloop")
+    except PackageNotFoundError:
+        return "0.1.0"
+
+
+def _masks(blobs: BlobStore, case: CasePlan, names: Sequence[str]) -> dict[str, np.ndarray | None]:
+    """The case's masks of the exported structures; None for a structure missing in the version."""
+    out: dict[str, np.ndarray | None] = {}
+    for name in names:
+        status, digest = case.entries.get(name, ("missing", None))
+        if status != "present" or not digest:
+            out[name] = None
+            continue
+        manifest = labels.load_manifest(blobs, digest)
+        out[name] = chunks.assemble_mask(manifest, blobs.get_bytes)
+    return out
+
+
+def _pants_specs(plan: ExportPlan) -> list[layouts.LabelSpec]:
+    values = {s.name: s.label_value for s in plan.structures}
+    return [layouts.LabelSpec(name, values[name]) for name in plan.paint_order]
+
+
+def _consecutive_specs(plan: ExportPlan) -> tuple[list[layouts.LabelSpec], list[layouts.LabelSpec]]:
+    """nnU-Net/MSD labels 1..n in schema order, and the same labels in paint order."""
+    specs = layouts.consecutive_labels([s.name for s in plan.structures])
+    by_name = {spec.name: spec for spec in specs}
+    return specs, [by_name[name] for name in plan.paint_order]
+
+
+def _root_name(plan: ExportPlan) -> str:
+    if plan.format == "nnunet":
+        return layouts.nnunet_folder_name(plan.dataset_id, plan.dataset_name)
+    return f"{plan.project_slug}-{plan.format}"
+
+
+def write_export(
+    blobs: BlobStore, plan: ExportPlan, out_dir: Path, *, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Write the export under out_dir/<dataset folder> with a manifest.json; returns the manifest."""
+    root = out_dir / _root_name(plan)
+    root.mkdir(parents=True, exist_ok=True)
+    names = [s.name for s in plan.structures]
+    pants_order = _pants_specs(plan)
+    consecutive, consecutive_order = _consecutive_specs(plan)
+    encoder = layouts.RegionEncoder(plan.paint_order) if plan.nnunet_labels == "regions" else None
+    exported: list[dict[str, Any]] = []
+    metadata_rows: list[dict[str, Any]] = []
+    total = len(plan.cases)
+    for index, case in enumerate(plan.cases):
+        image = blobs.get_bytes(case.image_digest)
+        masks = _masks(blobs, case, names)
+        files: list[Path]
+        if plan.format == "pants":
+            combined = layouts.paint_combined(masks, pants_order, case.shape)
+            files = layouts.write_pants_case(
+                root,
+                case.case_id,
+                split=case.split,
+                image_nii_gz=image,
+                affine=case.affine,
+                masks=masks,
+                combined=combined,
+            )
+            metadata_rows.append(
+                {
+                    **case.metadata_row,
+                    "label_version_id": case.version_id,
+                    "version_kind": case.version_kind,
+                    "version_author": case.version_author,
+                }
+            )
+        elif plan.format in ("nnunet", "msd"):
+            if encoder is not None:
+                label_map = encoder.encode(masks, case.shape)
+            else:
+                label_map = layouts.paint_combined(masks, consecutive_order, case.shape)
+            writer = layouts.write_nnunet_case if plan.format == "nnunet" else layouts.write_msd_case
+            files = writer(root, case.case_id, image_nii_gz=image, affine=case.affine, label_map=label_map)
+        else:
+            files = _write_dicom_case(root, plan, case, image, masks)
+        exported.append(
+            {
+                "scan_id": case.scan_id,
+                "case_id": case.case_id,
+                "label_version_id": case.version_id,
+                "version_kind": case.version_kind,
+                "version_author": case.version_author,
+                "missing_structures": [n for n in names if masks[n] is None],
+                "files": [str(p.relative_to(root)) for p in files],
+            }
+        )
+        if progress is not None:
+            progress(index + 1, total, case.case_id)
+    extra: dict[str, Any] = {}
+    if plan.format == "pants":
+        layouts.write_metadata_sheet(root, metadata_rows, layouts.EXPORT_METADATA_COLUMNS)
+    elif plan.format == "nnunet":
+        description = f"maskloop export of project {plan.project_slug}, version {plan.version}"
+        if encoder is not None:
+            regions = encoder.regions()
+            dataset = layouts.nnunet_dataset_json(
+                regions,
+                len(plan.cases),
+                name=plan.dataset_name,
+                description=description,
+                regions_class_order=list(range(1, len(regions) + 1)),
+            )
+            extra["nnunet_regions"] = regions
+        else:
+            dataset = layouts.nnunet_dataset_json(
+                {spec.name: spec.value for spec in consecutive},
+                len(plan.cases),
+                name=plan.dataset_name,
+                description=description,
+            )
+        layouts.write_json(root / "dataset.json", dataset)
+    elif plan.format == "msd":
+        dataset = layouts.msd_dataset_json(
+            consecutive,
+            [c.case_id for c in plan.cases],
+            name=plan.dataset_name,
+            description=f"maskloop export of project {plan.project_slug}, version {plan.version}",
+        )
+        layouts.write_json(root / "dataset.json", dataset)
+    manifest = _manifest(plan, exported, consecutive, extra)
+    layouts.write_json(root / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def _manifest(
+    plan: ExportPlan, exported: list[dict[str, Any]], consecutive: list[layouts.LabelSpec], extra: dict[str, Any]
+) -> dict[str, Any]:
+    """What the export holds and how it was made."""
+    if plan.format in ("nnunet", "msd") and plan.nnunet_labels == "paint-order":
+        label_values = {spec.name: spec.value for spec in consecutive}
+    elif plan.format == "pants":
+        label_values = {s.name: s.label_value for s in plan.structures}
+    else:
+        label_values = {}
+    paint_note = {
+        "pants": "combined_labels.nii.gz paints structures in paint_order (schema label values); later ones win",
+        "nnunet": (
+            "labelsTr paint structures in paint_order with label_values; later ones win"
+            if plan.nnunet_labels == "paint-order"
+            else "region-based: each class is one combination of structures; labels map structures to classes"
+        ),
+        "msd": "labelsTr paint structures in paint_order with label_values; later ones win",
+        "dicom-seg": "not flattened: one SEG segment per structure, overlaps kept",
+    }[plan.format]
+    return {
+        "format": plan.format,
+        "maskloop_version": maskloop_version(),
+        "created_at": datetime.now(UTC).isoformat(),
+        "project": plan.project_slug,
+        "version": plan.version,
+        "structures": [
+            {"name": s.name, "label_value": s.label_value, "color": s.color, "group": s.group, "inside": s.inside}
+            for s in plan.structures
+        ],
+        "paint_order": plan.paint_order,
+        "label_values": label_values,
+        "paint_order_note": paint_note,
+        "nnunet_labels": plan.nnunet_labels if plan.format == "nnunet" else None,
+        "scans": exported,
+        "skipped": plan.skipped,
+        **extra,
+    }
+
+
+def _write_dicom_case(
+    root: Path, plan: ExportPlan, case: CasePlan, image: bytes, masks: dict[str, np.ndarray | None]
+) -> list[Path]:
+    """<case>/CT/<nnnn>.dcm (the scan as a DICOM series) and <case>/SEG/seg.dcm (one segment per structure)."""
+    volume = nifti.load_nifti_bytes(image, f"{case.case_id}.nii.gz")
+    seed = f"{plan.seed}:{case.scan_id}:{case.version_id}"
+    ids = dicom_seg.SeriesIds.derive(case.case_id, seed)
+    series = dicom_seg.ct_series(volume.data, volume.geometry.affine, ids, description=f"{case.case_id} CT")
+    files = dicom_seg.write_datasets(series, root / case.case_id / "CT")
+    infos = {s.name: s for s in plan.structures}
+    segments = [
+        (dicom_seg.SegmentSpec(name, infos[name].color, infos[name].group == "lesion"), mask)
+        for name, mask in masks.items()
+        if mask is not None
+    ]
+    if not segments:
+        return files
+    seg = dicom_seg.segmentation(
+        series,
+        segments,
+        manual=case.version_kind in ("human", "import", "fusion"),
+        algorithm_name=(case.model_version or "model").rsplit(" ", 1)[0],
+        algorithm_version=(case.model_version or "v1").rsplit(" ", 1)[-1],
+        series_uid=dicom_seg.uid(seed, "seg-series"),
+        sop_uid=dicom_seg.uid(seed, "seg"),
+        series_description=f"{case.case_id} labels v{case.version_id}",
+    )
+    path = root / case.case_id / "SEG" / "seg.dcm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(dicom_seg.seg_to_bytes(seg))
+    return [*files, path]

@@ -1,0 +1,52 @@
+"""Label versions: immutable per-structure masks with lineage, O(edit) storage and optimistic concurrency."""
+
+from backend.labels.service.drafts import MAX_DRAFT_BYTES, delete_draft, get_draft, save_draft
+from backend.labels.service.masks import (
+    combined_map,
+    default_paint_order,
+    entries_by_structure,
+    load_manifest,
+    read_mask,
+    volume_ml,
+)
+from backend.labels.service.saves import (
+    Author,
+    BoxPatch,
+    create_version,
+    create_version_from_label_map,
+    save_patch,
+)
+from backend.labels.service.versions import (
+    StructureDiff,
+    authors_of,
+    diff_versions,
+    get_version,
+    lineage,
+    list_versions,
+    structure_entry,
+)
+
+__all__ = [
+    "MAX_DRAFT_BYTES",
+    "Author",
+    "BoxPatch",
+    "StructureDiff",
+    "authors_of",
+    "combined_map",
+    "create_version",
+    "create_version_from_label_map",
+    "default_paint_order",
+    "delete_draft",
+    "diff_versions",
+    "entries_by_structure",
+    "get_draft",
+    "get_version",
+    "lineage",
+    "list_versions",
+    "load_manifest",
+    "read_mask",
+    "save_draft",
+    "save_patch",
+    "structure_entry",
+    "volume_ml",
+]
