@@ -12,10 +12,14 @@ from backend.core.config import get_settings
 from backend.core.queue import QUEUES, configure
 from backend.jobs.reaper import Reaper
 from backend.storage.temp import sweep_temp
+from worker.pipelines.predictors import load_configured_predictors
 
 app = Celery("maskloop", include=["worker.tasks"])
 configure(app, get_settings())
 app.conf.task_queues = [Queue(name) for name in QUEUES]
+# Predictors beyond the bundled ones register now, before the pool forks: a module that fails to import stops the
+# worker at start instead of failing every job of its architecture.
+load_configured_predictors()
 
 # Every worker's main process runs a reaper (Redis and the embedded SQLite broker alike, which has no visibility
 # timeout): several are safe, each decision being a conditional UPDATE.

@@ -148,6 +148,18 @@ class Settings(BaseSettings):
         default=168.0, gt=0, description="Absolute lifetime of a login session: no refresh extends it past this."
     )
 
+    # --- predictors: architectures beyond the bundled unet, segresnet and classical ---
+    predictor_modules: str = Field(
+        default="",
+        description="Comma-separated Python modules the worker imports at start; each registers its predictors "
+        "(worker.models.predictors.register), so a new architecture is one module named here.",
+    )
+    extra_architectures: dict[str, dict[str, bool]] = Field(
+        default_factory=dict,
+        description='Architectures the API accepts beyond its catalogue, as JSON {"name": {"trainable": false, '
+        '"needs_weights": true}}: the API process never imports predictor modules, so it learns their names here.',
+    )
+
     @property
     def resolved_database_url(self) -> str:
         """Database URL with the embedded SQLite default filled in."""

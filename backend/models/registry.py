@@ -11,8 +11,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 from backend.core.db import Base, JSONType
 from backend.models._common import created_at_column
 
-ARCHITECTURES = ("unet", "segresnet", "classical")
-
 
 class Model(Base):
     """A segmentation model of a project: what it predicts and how its input is prepared."""
@@ -20,13 +18,14 @@ class Model(Base):
     __tablename__ = "models"
     __table_args__ = (
         UniqueConstraint("project_id", "name", name="uq_models_project_name"),
-        CheckConstraint("architecture IN ('unet', 'segresnet', 'classical')", name="architecture_known"),
         CheckConstraint("promotion_policy IN ('manual', 'auto')", name="promotion_policy_known"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
     name: Mapped[str] = mapped_column(String(100), nullable=False)
+    # A name from the architecture catalogue (backend.core.inference_rules, extended by predictor registrations):
+    # data checked by the API, not a CHECK constraint, so a new architecture needs no migration.
     architecture: Mapped[str] = mapped_column(String(32), nullable=False)
     config: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     structures: Mapped[list[str]] = mapped_column(JSONType, nullable=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,8 +11,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.audit import service as audit
-from backend.core import decode_limits
+from backend.core import decode_limits, inference_rules
 from backend.core.blobstore import BlobStore
+from backend.core.config import get_settings
+from backend.core.db import get_or_404
 from backend.core.errors import Conflict, InvalidInput, NotFound
 from backend.imaging import bounded, chunks, softmaps
 from backend.models import (
@@ -26,7 +27,6 @@ from backend.models import (
     Structure,
     TrainingRound,
 )
-from backend.models.registry import ARCHITECTURES
 from backend.projects import service as projects
 from backend.workflow import service as workflow
 
@@ -44,41 +44,41 @@ CLASSICAL_STRUCTURES = (
     "stomach",
 )
 DEFAULT_PREPROCESSING = {"orientation": "RAS", "target_spacing": [1.5, 1.5, 1.5], "hu_window": [-175.0, 250.0]}
-DEFAULT_INFERENCE = {"roi_size": [96, 96, 96], "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 1}
+DEFAULT_INFERENCE = inference_rules.DEFAULT_INFERENCE
 
 
 PROMOTION_POLICIES = ("manual", "auto")
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format (its legacy pickle format holds nothing compressed)
 
 
 def validate_inference(settings: dict[str, Any]) -> dict[str, Any]:
     """Check a model's sliding-window settings at registration, so a typo fails there and not in every job."""
-    unknown = sorted(set(settings) - {"roi_size", "overlap", "mode", "sw_batch_size", "device", "amp"})
-    if unknown:
-        raise InvalidInput(
-            f"unknown inference settings {unknown}; use roi_size, overlap, mode, sw_batch_size, device, amp"
-        )
-    roi = settings.get("roi_size", [96, 96, 96])
-    if not isinstance(roi, list | tuple) or len(roi) != 3 or not all(_positive_int(v) for v in roi):
-        raise InvalidInput(f"roi_size must be three positive integers, got {roi!r}")
-    overlap = settings.get("overlap", 0.25)
-    if isinstance(overlap, bool) or not isinstance(overlap, int | float) or not 0.25 <= overlap < 1:
-        raise InvalidInput("sliding-window overlap must be at least 0.25 and below 1")
-    if settings.get("mode", "gaussian") not in ("gaussian", "constant"):
-        raise InvalidInput("mode must be 'gaussian' or 'constant'")
-    if not _positive_int(settings.get("sw_batch_size", 1)):
-        raise InvalidInput("sw_batch_size must be a positive integer")
-    device = settings.get("device")
-    if device is not None and not (isinstance(device, str) and _DEVICE.match(device)):
-        raise InvalidInput(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if not isinstance(settings.get("amp", True), bool):
-        raise InvalidInput("amp must be true or false")
-    return dict(settings)
+    try:
+        return inference_rules.check_inference(settings)
+    except inference_rules.InferenceSettingsError as exc:
+        raise InvalidInput(str(exc)) from exc
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def architecture_traits(architecture: str) -> inference_rules.ArchitectureTraits:
+    """An architecture's traits (trainable? needs weights?) from the shared catalogue or the configured extras."""
+    try:
+        return inference_rules.traits_of(architecture, get_settings().extra_architectures)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
+
+
+def is_trainable(architecture: str) -> bool:
+    """Whether models of this architecture can be fine-tuned (False for an unknown one)."""
+    try:
+        return architecture_traits(architecture).trainable
+    except InvalidInput:
+        return False
+
+
+def _check_retrainable(architecture: str, promotion: dict[str, Any]) -> None:
+    """The auto policy retrains: refuse it for an architecture without trainable weights."""
+    if promotion["policy"] == "auto" and not is_trainable(architecture):
+        raise InvalidInput(f"a {architecture} model has no weights to retrain; its promotion policy stays manual")
 
 
 def validate_promotion(value: Any) -> dict[str, Any]:
@@ -131,11 +131,9 @@ def create_model(
     actor_user_id: int | None = None,
 ) -> Model:
     """Register a model; its structures must all be in the project's schema."""
-    if architecture not in ARCHITECTURES:
-        raise InvalidInput(f"unknown architecture {architecture!r}; use one of {list(ARCHITECTURES)}")
+    architecture_traits(architecture)  # an unknown architecture is refused before anything else
     promotion = _promotion_settings(dict(config or {}), promotion_policy, retrain_every_approvals)
-    if promotion["policy"] == "auto" and architecture == "classical":
-        raise InvalidInput("the classical pre-annotator has no weights to retrain; its policy stays manual")
+    _check_retrainable(architecture, promotion)
     if not structures:
         raise InvalidInput("a model must predict at least one structure")
     schema = projects.structures_of(db, project_id)
@@ -173,8 +171,7 @@ def create_model(
 def update_promotion(db: Session, model: Model, value: Any, *, actor_user_id: int | None = None) -> Model:
     """Change a model's promotion policy (``config["promotion"]`` and its mirrored columns)."""
     promotion = validate_promotion(value)
-    if promotion["policy"] == "auto" and model.architecture == "classical":
-        raise InvalidInput("the classical pre-annotator has no weights to retrain; its policy stays manual")
+    _check_retrainable(model.architecture, promotion)
     before = {"policy": model.promotion_policy, "retrain_every_approvals": model.retrain_every_approvals}
     model.config = {**dict(model.config), "promotion": promotion}
     model.promotion_policy = promotion["policy"]
@@ -194,10 +191,7 @@ def update_promotion(db: Session, model: Model, value: Any, *, actor_user_id: in
 
 def get_model(db: Session, model_id: int) -> Model:
     """A model by id."""
-    model = db.get(Model, model_id)
-    if model is None:
-        raise NotFound(f"model {model_id} not found")
-    return model
+    return get_or_404(db, Model, model_id, "model")
 
 
 def get_model_by_name(db: Session, project_id: int, name: str) -> Model:
@@ -215,10 +209,7 @@ def list_models(db: Session, project_id: int) -> list[Model]:
 
 def get_model_version(db: Session, version_id: int) -> ModelVersion:
     """A model version by id."""
-    version = db.get(ModelVersion, version_id)
-    if version is None:
-        raise NotFound(f"model version {version_id} not found")
-    return version
+    return get_or_404(db, ModelVersion, version_id, "model version")
 
 
 def list_versions(db: Session, model: Model) -> list[ModelVersion]:
@@ -242,7 +233,7 @@ def add_version(
     actor_user_id: int | None = None,
 ) -> ModelVersion:
     """Store weights (blob first) and register them as the model's next version."""
-    if model.architecture != "classical" and not weights:
+    if architecture_traits(model.architecture).needs_weights and not weights:
         raise InvalidInput(f"model {model.name!r} ({model.architecture}) needs a weights file")
     if weights and weights.startswith(_ZIP_MAGIC):
         # The API never unpacks weights (it has no torch), but a worker will: refuse a zip bomb now, from the

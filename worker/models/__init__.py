@@ -1,1 +1,1 @@
-"""Pure ML code of the worker: networks, preprocessing, inference, classical pre-annotation, attention, training."""
+"""Pure ML code of the worker: predictors by architecture, networks, preprocessing, inference, attention, training."""

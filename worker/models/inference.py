@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +16,7 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 from scipy.special import xlogy
 
+from backend.core.inference_rules import DEFAULT_INFERENCE, MIN_OVERLAP, inference_problems
 from worker.models.preprocessing import Preprocessing, to_model_space, to_scan_space
 
 __all__ = [
@@ -50,17 +53,30 @@ class InferenceConfig:
     roi_multiple: int = 16
 
     def __post_init__(self) -> None:
-        """Validate the fields."""
-        if len(self.roi_size) != 3 or min(self.roi_size) < 1:
-            raise ValueError(f"roi_size must be three positive ints, got {self.roi_size!r}")
-        if not 0.25 <= self.overlap < 1.0:
-            raise ValueError(f"overlap must be within [0.25, 1), got {self.overlap}")
-        if self.mode not in ("gaussian", "constant"):
-            raise ValueError(f"mode must be 'gaussian' or 'constant', got {self.mode!r}")
-        if self.sw_batch_size < 1:
-            raise ValueError("sw_batch_size must be >= 1")
+        """Validate the fields by the rules the API checks a model's settings with (``inference_rules``)."""
+        # numpy integers (a patch size computed from an array shape) are integers here.
+        roi = tuple(int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v for v in self.roi_size)
+        object.__setattr__(self, "roi_size", roi)
+        settings = {"roi_size": roi, "overlap": self.overlap, "mode": self.mode, "sw_batch_size": self.sw_batch_size}
+        problems = inference_problems({**settings, "device": self.device, "amp": self.amp})
+        if problems:
+            raise ValueError(problems[0])
         if self.roi_multiple < 0:
             raise ValueError("roi_multiple must be >= 0")
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> InferenceConfig:
+        """A model's stored sliding-window settings, defaults filled in; an overlap stored below the floor is raised
+        to it (rows older than the API's check), everything else must pass the shared rules."""
+        raw = {**DEFAULT_INFERENCE, **settings}
+        return cls(
+            roi_size=tuple(int(v) for v in raw["roi_size"]),  # type: ignore[arg-type]
+            overlap=max(MIN_OVERLAP, float(raw["overlap"])),
+            mode=str(raw["mode"]),
+            sw_batch_size=int(raw["sw_batch_size"]),
+            device=raw.get("device"),
+            amp=bool(raw.get("amp", True)),
+        )
 
 
 def select_device(requested: str | None) -> torch.device:

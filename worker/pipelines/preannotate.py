@@ -24,7 +24,7 @@ from backend.registry import service as registry
 from backend.scans import service as scans
 from worker.models.maps import masks_of, quantise_stack
 from worker.pipelines import common
-from worker.pipelines.predictors import ModelSpec, predict
+from worker.pipelines.predictors import ModelSpec, predict, spec_of
 
 
 def run(job_id: int) -> None:
@@ -50,7 +50,7 @@ def _run(claimed: common.Claimed) -> None:
         schema = projects.structures_of(db, scan.project_id)
         for name in model.structures:
             projects.find_structure(schema, name)
-        spec = ModelSpec.of(model, version)
+        spec = spec_of(model, version)
         image_digest, base_version_id, case_id = scan.image_digest, scan.head_version_id, scan.case_id
     reporter = common.Reporter(claimed)
     reporter.update(1, f"loading {case_id}", force=True)

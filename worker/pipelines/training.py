@@ -28,7 +28,7 @@ from worker.models.training import (
     train,
 )
 from worker.pipelines import common
-from worker.pipelines.predictors import ModelSpec, predict
+from worker.pipelines.predictors import ModelSpec, predict, spec_of
 
 
 def run(job_id: int) -> None:
@@ -154,7 +154,7 @@ def _run(claimed: common.Claimed) -> None:
             list(params["label_version_ids"]), float(params["heldout_fraction"]), int(params.get("seed", 0))
         )
         train_items, val_items = _items(db, train_ids, structures), _items(db, val_ids, structures)
-        new_spec_base = ModelSpec.of(model, previous) if previous else None
+        new_spec_base = spec_of(model, previous) if previous else None
         architecture, config, prep = model.architecture, dict(model.config), dict(model.preprocessing)
         model_id = model.id
     reporter.update(2, f"loading {len(train_items) + len(val_items)} scans", force=True)
