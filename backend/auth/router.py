@@ -33,8 +33,8 @@ from backend.auth.schemas import (
     UserOut,
 )
 from backend.core.config import Settings
-from backend.core.errors import NotFound, Unauthenticated
 from backend.core.ids import PathId
+from backend.flows import accounts
 from backend.models import User
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -81,23 +81,21 @@ def login(body: LoginRequest, request: Request, response: Response, db: DbSessio
 
     Throttled per account and per client address (429 with Retry-After while locked, even for the right password).
     """
-    try:
-        user, opened = service.sign_in(
-            db,
-            body.email,
-            body.password,
-            settings,
-            client_address=_client_address(request),
-            user_agent=request.headers.get("user-agent", ""),
-        )
-    except Unauthenticated:
-        db.commit()  # the counted failure must outlive the refusal
-        raise
-    db.commit()
-    token, expires_at = service.issue_access_token(user, settings, session=opened.session)
+    signed_in = accounts.sign_in(
+        db,
+        body.email,
+        body.password,
+        settings,
+        client_address=_client_address(request),
+        user_agent=request.headers.get("user-agent", ""),
+    )
+    opened = signed_in.opened
     _set_session_cookies(response, request, opened.refresh_token, opened.csrf_token, settings)
     return TokenOut(
-        access_token=token, expires_at=expires_at, user=UserOut.model_validate(user), csrf_token=opened.csrf_token
+        access_token=signed_in.access_token,
+        expires_at=signed_in.expires_at,
+        user=UserOut.model_validate(signed_in.user),
+        csrf_token=opened.csrf_token,
     )
 
 
@@ -107,14 +105,13 @@ def cookie_session(request: Request, db: DbSession, settings: SettingsDep, x_csr
 
     401 without a live session cookie, 403 `csrf_failed` when the header is missing or wrong.
     """
-    user, token, expires_at = service.cookie_refresh(
+    user, token, expires_at = accounts.cookie_refresh(
         db,
         settings,
         refresh_cookie=request.cookies.get(REFRESH_COOKIE),
         csrf_header=x_csrf_token,
         csrf_cookie=request.cookies.get(CSRF_COOKIE),
     )
-    db.commit()
     return TokenOut(
         access_token=token, expires_at=expires_at, user=UserOut.model_validate(user), csrf_token=x_csrf_token
     )
@@ -128,7 +125,7 @@ def logout(
 
     Send the bearer token, or the refresh cookie with `X-CSRF-Token`.
     """
-    service.sign_out(
+    accounts.sign_out(
         db,
         settings,
         bearer=token,
@@ -136,7 +133,6 @@ def logout(
         csrf_header=x_csrf_token,
         csrf_cookie=request.cookies.get(CSRF_COOKIE),
     )
-    db.commit()
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     _clear_session_cookies(response, request)
     return response
@@ -151,21 +147,16 @@ def me(user: CurrentUser) -> User:
 @router.post("/refresh", response_model=TokenOut)
 def refresh(principal: CurrentPrincipal, db: DbSession, settings: SettingsDep) -> TokenOut:
     """A fresh token for a still-valid login session (API clients), never valid past the session's absolute end."""
-    token, expires_at = service.refresh_session(db, principal, settings)
-    db.commit()
+    token, expires_at = accounts.refresh_session(db, principal, settings)
     return TokenOut(access_token=token, expires_at=expires_at, user=UserOut.model_validate(principal.user))
 
 
 @router.post("/tokens", response_model=ApiTokenOut, status_code=status.HTTP_201_CREATED)
 def create_token(body: ApiTokenCreate, db: DbSession, user: CurrentUser, settings: SettingsDep) -> ApiTokenOut:
     """Create an API token (for a model worker's service account, or oneself), at most the account kind's lifetime."""
-    owner = user if body.user_id is None else db.get(User, body.user_id)
-    if owner is None:
-        raise NotFound(f"user {body.user_id} not found")
-    plaintext, token = service.create_api_token(
-        db, owner, body.name, actor=user, settings=settings, expires_in_days=body.expires_in_days
+    owner, plaintext, token = accounts.create_api_token(
+        db, body.name, settings, owner_id=body.user_id, expires_in_days=body.expires_in_days, actor=user
     )
-    db.commit()
     return ApiTokenOut(id=token.id, name=token.name, user_id=owner.id, token=plaintext, expires_at=token.expires_at)
 
 
@@ -180,8 +171,7 @@ def list_tokens(db: DbSession, user: CurrentUser, user_id: PathId | None = None)
 @router.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
 def revoke_token(token_id: PathId, db: DbSession, user: CurrentUser) -> None:
     """Revoke one of one's API tokens (administrators: anyone's)."""
-    service.revoke_api_token(db, token_id, user)
-    db.commit()
+    accounts.revoke_api_token(db, token_id, actor=user)
 
 
 @router.get("/sessions", response_model=list[SessionOut])
@@ -199,15 +189,13 @@ def list_sessions(db: DbSession, principal: CurrentPrincipal, user_id: PathId | 
 @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
 def revoke_session(session_id: PathId, db: DbSession, user: CurrentUser) -> None:
     """End one of one's login sessions (administrators: anyone's); its access tokens stop working at once."""
-    service.revoke_session(db, session_id, user)
-    db.commit()
+    accounts.revoke_session(db, session_id, actor=user)
 
 
 @users_router.post("/{user_id}/revoke-tokens", response_model=RevokedOut)
 def revoke_user_credentials(user_id: PathId, db: DbSession, admin: AdminUser) -> RevokedOut:
     """Revoke every API token and login session of a user (platform administrators only)."""
-    tokens, session_count = service.revoke_everything(db, user_id, admin)
-    db.commit()
+    tokens, session_count = accounts.revoke_credentials(db, user_id, actor=admin)
     return RevokedOut(api_tokens_revoked=tokens, sessions_revoked=session_count)
 
 
@@ -220,14 +208,12 @@ def list_users(db: DbSession, _admin: AdminUser) -> list[User]:
 @users_router.post("", response_model=UserOut, status_code=status.HTTP_201_CREATED)
 def create_user(body: UserCreate, db: DbSession, admin: AdminUser) -> User:
     """Create a user or service account (platform administrators only)."""
-    user = service.create_user(
+    return accounts.create_user(
         db,
         body.email,
         body.password,
         body.display_name,
         is_admin=body.is_admin,
         is_service=body.is_service,
-        actor_user_id=admin.id,
+        actor=admin,
     )
-    db.commit()
-    return user

@@ -11,6 +11,7 @@ from backend.core.errors import Conflict
 from backend.evaluation import metrics, service
 from backend.evaluation.dependencies import EvaluationAccess, require_evaluation
 from backend.evaluation.schemas import CasesOut, EvaluationCreate, EvaluationOut, EvaluationPage, LeaderboardOut
+from backend.flows import jobs as job_flows
 from backend.jobs import service as jobs
 from backend.models import EvaluationRun
 from backend.projects.dependencies import ProjectAccess, require_project
@@ -60,10 +61,7 @@ def create_evaluation(
         nsd_tolerance_mm=body.nsd_tolerance_mm,
         detection=body.detection.model_dump() if body.detection else None,
     )
-    run, job = service.launch(db, access.project, access.user, request)
-    db.commit()
-    service.dispatch(db, job)
-    db.commit()
+    run, _ = job_flows.launch_evaluation(db, access.project, request, actor=access.user)
     return run_out(db, run)
 
 

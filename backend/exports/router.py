@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from backend.audit import service as audit
 from backend.auth.dependencies import Blobs, DbSession
-from backend.core.db import end_read_snapshot
 from backend.exports import service
 from backend.exports.dependencies import JobAccess, require_export
 from backend.exports.schemas import ExportJobOut, ExportRequest
+from backend.flows import jobs as job_flows
+from backend.flows import reads
 from backend.jobs import service as jobs
 from backend.projects.dependencies import ProjectAccess, require_project
 from backend.scans import service as scans
@@ -39,10 +39,7 @@ def create_export(
         dataset_id=body.dataset_id,
         dataset_name=body.dataset_name,
     )
-    job = jobs.create_job(db, project_id=access.project.id, kind="export", created_by=access.user.id, params=params)
-    db.commit()
-    jobs.dispatch(db, [job])
-    db.commit()
+    job = job_flows.launch_export(db, access.project, params, actor=access.user)
     return ExportJobOut(
         job_id=job.id,
         status=job.status,
@@ -60,10 +57,9 @@ def download_export(
 ) -> Response:
     """The export archive (.tar.gz); 409 while the job has not finished. The download is logged as a read."""
     digest, name = service.download_of(access.job)
-    end_read_snapshot(db)
-    audit.record_read(
+    reads.record_read(
         db,
-        user_id=access.user.id,
+        actor=access.user,
         project_id=access.job.project_id,
         scan_id=None,
         kind="export",
@@ -72,7 +68,6 @@ def download_export(
         digest=digest,
         client=request.client.host if request.client else None,
     )
-    db.commit()
     headers = {"Content-Disposition": f'attachment; filename="{name}"', "ETag": f'"{digest}"'}
     path = blobs.local_path(digest)
     if path is not None and path.exists():

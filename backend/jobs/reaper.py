@@ -20,7 +20,7 @@ from sqlalchemy.pool import NullPool
 
 from backend.core.config import Settings
 from backend.core.db import make_engine
-from backend.jobs import recovery, service
+from backend.jobs import outbox, recovery
 from backend.models import Job
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class Reaper:
         with self._session() as db:
             job = db.get(Job, job_id)
             if job is not None and job.status == "queued":
-                service.dispatch(db, [job], resend=True)
+                outbox.send_after_commit(db, [job], resend=True)  # sent when this session commits
 
     def _loop(self) -> None:
         interval = self.settings.resolved_job_reaper_interval_s

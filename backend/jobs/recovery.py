@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from backend.audit import service as audit
-from backend.jobs.service import UNSENT_PREFIX
+from backend.jobs.outbox import UNSENT_PREFIX
 from backend.models import Job
 
 # What the reaper decided about a stale running job.

@@ -11,6 +11,7 @@ from backend.auth.dependencies import DbSession
 from backend.core.config import get_settings
 from backend.core.errors import NotFound
 from backend.core.ids import PathId
+from backend.flows import jobs as job_flows
 from backend.jobs import service
 from backend.jobs.dependencies import JobAccess, require_job
 from backend.jobs.schemas import (
@@ -89,18 +90,19 @@ def preannotate(
     Approved scans are read-only and skipped: the response's `X-Skipped-Approved` header counts them and
     `X-Skipped-Approved-Scans` lists their ids (the first 1000). Only approved scans selected: 409 `scan_approved`.
     """
-    model, version = service.resolve_model_version(db, access.project.id, body.model_version_id, body.model)
-    scan_ids = service.select_scans(
-        db, access.project, scan_ids=body.scan_ids, flt=_filter(body.filter), all_scans=body.all
+    launch = job_flows.launch_preannotation(
+        db,
+        access.project,
+        model_version_id=body.model_version_id,
+        model_name=body.model,
+        scan_ids=body.scan_ids,
+        flt=_filter(body.filter),
+        all_scans=body.all,
+        actor=access.user,
     )
-    targets, skipped = service.preannotation_targets(db, access.project, scan_ids)
-    response.headers[SKIPPED_APPROVED] = str(len(skipped))
-    response.headers[SKIPPED_APPROVED_SCANS] = ",".join(str(i) for i in skipped[:1000])
-    jobs = service.launch_preannotation(db, access.project, access.user, model=model, version=version, scan_ids=targets)
-    db.commit()
-    service.dispatch(db, jobs)
-    db.commit()
-    return _outs(db, jobs)
+    response.headers[SKIPPED_APPROVED] = str(len(launch.skipped))
+    response.headers[SKIPPED_APPROVED_SCANS] = ",".join(str(i) for i in launch.skipped[:1000])
+    return _outs(db, launch.jobs)
 
 
 @router.post("/api/projects/{project_id}/attention", response_model=list[JobOut], status_code=201)
@@ -108,15 +110,15 @@ def attention(
     body: AttentionRequest, db: DbSession, access: ProjectAccess = require_project("run_jobs")
 ) -> list[JobOut]:
     """Queue attention-map computation for scans predicted by ≥ 2 model versions."""
-    scan_ids = service.select_scans(
-        db, access.project, scan_ids=body.scan_ids, flt=_filter(body.filter), all_scans=body.all
+    jobs = job_flows.launch_attention(
+        db,
+        access.project,
+        scan_ids=body.scan_ids,
+        flt=_filter(body.filter),
+        all_scans=body.all,
+        model_version_ids=body.model_version_ids,
+        actor=access.user,
     )
-    jobs = service.launch_attention(
-        db, access.project, access.user, scan_ids=scan_ids, model_version_ids=body.model_version_ids
-    )
-    db.commit()
-    service.dispatch(db, jobs)
-    db.commit()
     return _outs(db, jobs)
 
 
@@ -128,20 +130,17 @@ def train(
     model = registry.get_model(db, model_id)
     if model.project_id != access.project.id:
         raise NotFound(f"model {model_id} not found")
-    job = service.launch_training(
+    job = job_flows.launch_training(
         db,
         access.project,
-        access.user,
-        model=model,
+        model,
         label_version_ids=body.label_version_ids,
         epochs=body.epochs,
         heldout_fraction=body.heldout_fraction,
         seed=body.seed,
         init=body.init,
+        actor=access.user,
     )
-    db.commit()
-    service.dispatch(db, [job])
-    db.commit()
     return _outs(db, [job])[0]
 
 
@@ -174,8 +173,7 @@ def cancel(db: DbSession, access: JobAccess = require_job("run_jobs")) -> JobOut
     A running job whose worker is gone (heartbeat older than `job_stale_after_s`) is cancelled at once; one whose
     worker dies after the request is cancelled by the workers' reaper.
     """
-    job = service.request_cancel(db, access.job, access.user.id, get_settings().job_stale_after_s)
-    db.commit()
+    job = job_flows.cancel(db, access.job, actor=access.user, stale_after_s=get_settings().job_stale_after_s)
     return _outs(db, [job])[0]
 
 
@@ -185,6 +183,5 @@ def force_fail(db: DbSession, body: FailRequest | None = None, access: JobAccess
 
     A worker still on it stops at its next heartbeat and writes nothing.
     """
-    job = service.force_fail(db, access.job, access.user.id, body.reason if body else None)
-    db.commit()
+    job = job_flows.force_fail(db, access.job, body.reason if body else None, actor=access.user)
     return _outs(db, [job])[0]

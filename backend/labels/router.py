@@ -13,12 +13,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
-from backend.audit import service as audit
 from backend.auth.dependencies import Blobs, DbSession, SettingsDep
 from backend.core import uploads
-from backend.core.db import end_read_snapshot, read_after_commit
+from backend.core.db import read_after_commit
 from backend.core.errors import InvalidInput, NotFound, PayloadTooLarge
 from backend.core.ids import PathId
+from backend.flows import labels as flows
+from backend.flows import reads
 from backend.imaging import chunks, nifti
 from backend.labels import service
 from backend.labels.dependencies import VersionAccess, require_version
@@ -92,14 +93,6 @@ def _one_out(db: DbSession, version: LabelVersion, scan: Scan) -> VersionOut:
     return version_out(version, scan, structures, service.authors_of(db, [version]), _fusion_inputs(db, [version]))
 
 
-def _kind_for(user: User, kind: str) -> str:
-    if kind not in ("human", "import", "model"):
-        raise InvalidInput(f"kind {kind!r} cannot be uploaded; use 'human', 'import' or 'model'")
-    if kind == "model" and not user.is_service:
-        raise InvalidInput("only a model worker's service account may upload a 'model' version")
-    return kind
-
-
 @router.get("/api/scans/{scan_id}/versions", response_model=list[VersionOut])
 def list_versions(db: DbSession, access: ScanAccess = require_scan("read")) -> list[VersionOut]:
     """Every version of a scan, oldest first; parent ids give the lineage graph."""
@@ -160,7 +153,8 @@ async def create_from_masks(
 def _create_from_masks(
     db: DbSession, blobs: Blobs, settings: SettingsDep, access: ScanAccess, fields: MasksForm
 ) -> VersionOut:
-    kind = _kind_for(access.user, fields.kind)
+    # A kind the caller may not upload is refused before any mask is decoded.
+    kind = flows.upload_kind(access.user, fields.kind)
     geometry = scans.geometry_of(access.scan)
     masks = {}
     mask_values: dict[str, nifti.MaskValues] = {}
@@ -170,22 +164,19 @@ def _create_from_masks(
             raise InvalidInput("every mask file needs a name: <structure>.nii.gz")
         data = uploads.read_limited(upload, settings.max_upload_bytes)
         masks[name], mask_values[name] = nifti.load_mask_with_values(data, geometry, upload.filename or name)
-    version = service.create_version(
+    version = flows.save_masks(
         db,
         blobs,
         access.scan,
-        author=service.Author(user_id=access.user.id),
+        masks,
         kind=kind,
         message=fields.message,
         base_version_id=fields.base_version_id,
-        masks=masks,
         missing=[m.strip() for m in fields.missing.split(",") if m.strip()],
         idempotency_key=fields.idempotency_key,
+        mask_values=mask_values,
+        actor=access.user,
     )
-    if kind == "import":
-        # An imported version is checked at once (the mask values tell QA about float masks off {0, 1}).
-        quality.run_qa(db, blobs, access.scan, version, mask_values=mask_values, actor=access.user)
-    db.commit()
     return read_after_commit(db, lambda: _one_out(db, version, access.scan))
 
 
@@ -210,24 +201,21 @@ async def create_from_label_map(
 def _create_from_label_map(
     db: DbSession, blobs: Blobs, settings: SettingsDep, access: ScanAccess, fields: LabelMapForm
 ) -> VersionOut:
-    kind = _kind_for(access.user, fields.kind)
+    kind = flows.upload_kind(access.user, fields.kind)
     data = uploads.read_limited(fields.file, settings.max_upload_bytes)
     filename = fields.file.filename or "labels.nii.gz"
     label_map = nifti.load_label_map_bytes(data, scans.geometry_of(access.scan), filename)
-    version = service.create_version_from_label_map(
+    version = flows.save_label_map(
         db,
         blobs,
         access.scan,
         label_map,
-        author=service.Author(user_id=access.user.id),
         kind=kind,
         message=fields.message,
         base_version_id=fields.base_version_id,
         idempotency_key=fields.idempotency_key,
+        actor=access.user,
     )
-    if kind == "import":
-        quality.run_qa(db, blobs, access.scan, version, actor=access.user)
-    db.commit()
     return read_after_commit(db, lambda: _one_out(db, version, access.scan))
 
 
@@ -292,18 +280,17 @@ def _apply_patch(
             raise InvalidInput(f"patch part {box.part!r} is missing from the upload")
         data = uploads.read_limited(part, settings.max_upload_bytes)
         patches.append(service.BoxPatch(box.structure, origin, chunks.decode_box(data, size, box.encoding)))
-    version = service.save_patch(
+    version = flows.save_patch(
         db,
         blobs,
         access.scan,
-        author=service.Author(user_id=access.user.id),
+        patches,
         base_version_id=meta.base_version_id,
-        patches=patches,
         message=meta.message,
         branch=meta.branch,
         idempotency_key=meta.idempotency_key,
+        actor=access.user,
     )
-    db.commit()
     return read_after_commit(db, lambda: _one_out(db, version, access.scan))
 
 
@@ -333,10 +320,9 @@ def get_mask(
     etag = f'"{entry.manifest_digest}-{access.scan.image_digest[:16]}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
     cached = etag in request.headers.get("if-none-match", "")
-    end_read_snapshot(db)
-    audit.record_read(
+    reads.record_read(
         db,
-        user_id=access.user.id,
+        actor=access.user,
         project_id=access.scan.project_id,
         scan_id=access.scan.id,
         kind="mask",
@@ -346,7 +332,6 @@ def get_mask(
         client=request.client.host if request.client else None,
         not_modified=cached,
     )
-    db.commit()
     if cached:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     mask = service.read_mask(blobs, access.scan, entry)
@@ -366,10 +351,9 @@ def get_combined(
     """All structures flattened into one label map with an explicit paint order (an export: overlaps are lost)."""
     names = [n.strip() for n in order.split(",") if n.strip()] if order else None
     label_map, painted = service.combined_map(db, blobs, access.version, names)
-    end_read_snapshot(db)
-    audit.record_read(
+    reads.record_read(
         db,
-        user_id=access.user.id,
+        actor=access.user,
         project_id=access.scan.project_id,
         scan_id=access.scan.id,
         kind="combined",
@@ -377,7 +361,6 @@ def get_combined(
         detail=",".join(s.name for s in painted),
         client=request.client.host if request.client else None,
     )
-    db.commit()
     body = nifti.to_nifti_gz(label_map, scans.geometry_of(access.scan).affine)
     return Response(
         body,
@@ -437,8 +420,9 @@ async def put_draft(
         raise InvalidInput('a draft is a JSON object {"base_version_id": int|null, "payload": {...}}') from exc
     if base_version_id is not None and not isinstance(base_version_id, int):
         raise InvalidInput("base_version_id must be an integer or null")
-    draft = await run_in_threadpool(service.save_draft, db, blobs, access.scan, access.user, base_version_id, payload)
-    db.commit()
+    draft = await run_in_threadpool(
+        lambda: flows.save_draft(db, blobs, access.scan, base_version_id, payload, actor=access.user)
+    )
     return _draft_out(draft, access.scan, payload)
 
 
@@ -452,5 +436,4 @@ def get_draft(db: DbSession, blobs: Blobs, access: ScanAccess = require_scan("wr
 @router.delete("/api/scans/{scan_id}/draft", status_code=status.HTTP_204_NO_CONTENT)
 def delete_draft(db: DbSession, access: ScanAccess = require_scan("write_labels")) -> None:
     """Discard the caller's draft of this scan."""
-    service.delete_draft(db, access.scan, access.user)
-    db.commit()
+    flows.delete_draft(db, access.scan, actor=access.user)

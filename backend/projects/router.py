@@ -6,11 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from backend.auth import service as auth
 from backend.auth.dependencies import AdminUser, Blobs, CurrentUser, DbSession
-from backend.core.errors import InvalidInput, NotFound, PermissionDenied
 from backend.core.ids import PathId
-from backend.models import Project, User
+from backend.flows import projects as flows
+from backend.models import Project
 from backend.projects import service
 from backend.projects.dependencies import ProjectAccess, require_project
 from backend.projects.schemas import (
@@ -21,9 +20,6 @@ from backend.projects.schemas import (
     SchemaOut,
     StructureOut,
 )
-from backend.quality import service as quality
-from backend.registry import service as registry
-from backend.workflow import service as workflow
 
 router = APIRouter(prefix="/api/projects", tags=["projects"])
 
@@ -49,15 +45,16 @@ def list_projects(db: DbSession, user: CurrentUser) -> list[ProjectOut]:
 @router.post("", response_model=ProjectOut, status_code=status.HTTP_201_CREATED)
 def create_project(body: ProjectCreate, db: DbSession, blobs: Blobs, admin: AdminUser) -> ProjectOut:
     """Create a project (platform administrators); the PanTS schema unless structures are given."""
-    specs = None
-    if body.structures is not None:
-        specs = service.parse_structures([s.model_dump() for s in body.structures])
-    project = service.create_project(
-        db, body.slug, body.name, admin, specs, schema_name=body.schema_name, description=body.description
+    project = flows.create_project(
+        db,
+        blobs,
+        body.slug,
+        body.name,
+        structures=None if body.structures is None else [s.model_dump() for s in body.structures],
+        schema_name=body.schema_name,
+        description=body.description,
+        actor=admin,
     )
-    # Every project can pre-annotate at once with the weightless classical model.
-    registry.ensure_classical_model(db, blobs, project.id)
-    db.commit()
     return _out(project, "admin")
 
 
@@ -89,29 +86,22 @@ def list_members(db: DbSession, access: ProjectAccess = require_project("read"))
 @router.put("/{project_id}/members", response_model=MemberOut)
 def set_member(body: MemberIn, db: DbSession, access: ProjectAccess = require_project("manage_members")) -> MemberOut:
     """Add a member or change a role (leads and admins)."""
-    user: User | None
-    if body.user_id is not None:
-        user = db.get(User, body.user_id)
-        if user is None:
-            raise NotFound(f"user {body.user_id} not found")
-    elif body.email:
-        user = auth.get_user_by_email(db, body.email)
-    else:
-        raise InvalidInput("give the member's email or user_id")
-    if access.role != "admin" and "admin" in (body.role, service.member_role(db, access.project.id, user.id)):
-        raise PermissionDenied("only a project admin may grant the admin role or change a project admin's role")
-    service.set_membership(db, access.project.id, user, body.role, access.user)
-    db.commit()
+    user = flows.set_member(
+        db,
+        access.project,
+        body.role,
+        user_id=body.user_id,
+        email=body.email,
+        actor=access.user,
+        actor_role=access.role,
+    )
     return MemberOut(user_id=user.id, email=user.email, display_name=user.display_name, role=body.role)
 
 
 @router.delete("/{project_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
 def remove_member(user_id: PathId, db: DbSession, access: ProjectAccess = require_project("manage_members")) -> None:
     """Remove a member (leads and admins; only admins remove a project admin)."""
-    if access.role != "admin" and service.member_role(db, access.project.id, user_id) == "admin":
-        raise PermissionDenied("only a project admin may remove a project admin")
-    service.remove_membership(db, access.project.id, user_id, access.user)
-    db.commit()
+    flows.remove_member(db, access.project, user_id, actor=access.user, actor_role=access.role)
 
 
 @router.patch("/{project_id}/settings", response_model=ProjectOut)
@@ -119,8 +109,5 @@ def update_settings(
     body: dict[str, Any], db: DbSession, access: ProjectAccess = require_project("manage_members")
 ) -> ProjectOut:
     """Change project settings, e.g. {"attention": {"std": 0.1, "entropy": 0.05}} (leads and admins)."""
-    if "workflow" in body:
-        body = {**body, "workflow": quality.validate_settings(workflow.validate_settings(body["workflow"]))}
-    project = service.update_settings(db, access.project, body, access.user)
-    db.commit()
+    project = flows.update_settings(db, access.project, body, actor=access.user)
     return _out(project, access.role)

@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from backend.auth.dependencies import Blobs, DbSession
+from backend.flows import jobs as job_flows
+from backend.flows import quality as quality_flows
 from backend.jobs import service as jobs
 from backend.jobs.router import job_out
 from backend.models import QAFinding, ReaderSet, User
@@ -69,9 +71,11 @@ def _set_out(db: DbSession, reader_set: ReaderSet, viewer: User) -> ReaderSetOut
 def _findings_out(db: DbSession, findings: list[QAFinding]) -> list[FindingOut]:
     if not findings:
         return []
-    names: dict[int, str] = {}
-    for project_id in {f.project_id for f in findings}:
-        names.update(service.structure_names(db, project_id))
+    names = {
+        structure_id: name
+        for project_id in {f.project_id for f in findings}
+        for structure_id, name in service.structure_names(db, project_id).items()
+    }
     cases = service.case_ids(db, [f.scan_id for f in findings])
     return [
         FindingOut(
@@ -100,17 +104,16 @@ def create_reader_sets(
     body: ReaderSetCreate, db: DbSession, access: ProjectAccess = require_project("read")
 ) -> list[ReaderSetOut]:
     """Open blinded multi-reader sets (lead): chosen scans or a seeded random fraction; readers chosen or picked."""
-    created = service.create_reader_sets(
+    created = quality_flows.create_reader_sets(
         db,
         access.project,
-        access.user,
         scan_ids=body.scan_ids,
         sample_fraction=body.sample_fraction,
         readers=body.readers,
         n_readers=body.n_readers,
         seed=body.seed,
+        actor=access.user,
     )
-    db.commit()
     return [_set_out(db, s, access.user) for s in created]
 
 
@@ -131,8 +134,7 @@ def submit(
     body: ReaderSubmit, db: DbSession, blobs: Blobs, access: ReaderSetAccess = require_reader_set("write_labels")
 ) -> ReaderSetOut:
     """A reader submits their version; the last submission computes agreement (below threshold: adjudication)."""
-    reader_set = service.submit(db, blobs, access.reader_set, access.user, body.version_id)
-    db.commit()
+    reader_set = quality_flows.submit_reading(db, blobs, access.reader_set, body.version_id, actor=access.user)
     return _set_out(db, reader_set, access.user)
 
 
@@ -146,10 +148,7 @@ def fuse(
     when the job succeeds the `fusion` version becomes the head and the set is `fused` with its
     `fusion_version_id`. `GET /api/reader-sets/{id}` shows the job's status and progress meanwhile.
     """
-    job = jobs.launch_fusion(db, access.reader_set, access.user, body.method)
-    db.commit()
-    jobs.dispatch(db, [job])
-    db.commit()
+    job = job_flows.launch_fusion(db, access.reader_set, body.method, actor=access.user)
     positions = jobs.queue_positions(db, [job])
     return FuseAccepted(
         job=job_out(job, positions.get(job.id)), reader_set=_set_out(db, access.reader_set, access.user)
@@ -173,8 +172,7 @@ def run_qa(
     db: DbSession, blobs: Blobs, body: QARunRequest | None = None, access: ScanAccess = require_scan("write_labels")
 ) -> list[FindingOut]:
     """Run the QA rules now on a version (default: the head); returns that version's open findings."""
-    findings = service.run_qa_head(db, blobs, access.scan, body.version_id if body else None, access.user)
-    db.commit()
+    findings = quality_flows.rerun_qa(db, blobs, access.scan, body.version_id if body else None, actor=access.user)
     return _findings_out(db, findings)
 
 
@@ -183,8 +181,7 @@ def update_finding(
     body: FindingUpdate, db: DbSession, access: FindingAccess = require_finding("write_labels")
 ) -> FindingOut:
     """Resolve, dismiss (reviewers and leads) or reopen a finding."""
-    finding = service.set_finding_status(db, access.finding, body.status, access.user, access.role)
-    db.commit()
+    finding = quality_flows.set_finding_status(db, access.finding, body.status, actor=access.user, role=access.role)
     return _findings_out(db, [finding])[0]
 
 

@@ -11,12 +11,12 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from backend.audit import service as audit
 from backend.auth.dependencies import Blobs, DbSession, SettingsDep
 from backend.core import uploads
-from backend.core.db import end_read_snapshot
 from backend.core.errors import InvalidInput
 from backend.core.ids import PathId
+from backend.flows import reads
+from backend.flows import registry as registry_flows
 from backend.imaging import chunks, nifti
 from backend.models import Model
 from backend.projects import service as projects
@@ -57,8 +57,7 @@ def list_models(db: DbSession, access: ProjectAccess = require_project("read")) 
 @router.post("/api/projects/{project_id}/models", response_model=ModelOut, status_code=status.HTTP_201_CREATED)
 def create_model(body: ModelCreate, db: DbSession, access: ProjectAccess = require_project("run_jobs")) -> ModelOut:
     """Register a model (leads and admins)."""
-    model = service.create_model(db, access.project.id, actor_user_id=access.user.id, **body.model_dump())
-    db.commit()
+    model = registry_flows.register_model(db, access.project, actor=access.user, **body.model_dump())
     return model_out(db, model)
 
 
@@ -71,9 +70,8 @@ def get_model(db: DbSession, access: ModelAccess = require_model("read")) -> Mod
 @router.patch("/api/models/{model_id}", response_model=ModelOut)
 def update_model(body: ModelUpdate, db: DbSession, access: ModelAccess = require_model("run_jobs")) -> ModelOut:
     """Change the promotion policy (manual, or auto: retrain after every N approvals and promote on a win)."""
-    service.update_promotion(db, access.model, body.promotion, actor_user_id=access.user.id)
-    db.commit()
-    return model_out(db, access.model)
+    model = registry_flows.set_promotion_policy(db, access.model, body.promotion, actor=access.user)
+    return model_out(db, model)
 
 
 @router.get("/api/models/{model_id}/versions", response_model=list[ModelVersionOut])
@@ -118,25 +116,23 @@ def _upload_version(
         provenance_json, validation_json = json.loads(fields.provenance), json.loads(fields.validation)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"provenance/validation must be JSON objects: {exc.msg}") from exc
-    version = service.add_version(
+    version = registry_flows.add_version(
         db,
         blobs,
         access.model,
         weights=data,
         provenance={**provenance_json, "uploaded_by": access.user.id},
         validation=validation_json,
-        actor_user_id=access.user.id,
+        actor=access.user,
     )
-    db.commit()
     return ModelVersionOut.model_validate(version)
 
 
 @router.post("/api/model-versions/{version_id}/promote", response_model=ModelVersionOut)
 def promote(db: DbSession, access: ModelVersionAccess = require_model_version("run_jobs")) -> ModelVersionOut:
     """Promote a version; refused (409) unless it beat the promoted one on their shared held-out set."""
-    service.promote(db, access.version, access.user.id)
-    db.commit()
-    return ModelVersionOut.model_validate(access.version)
+    version = registry_flows.promote(db, access.version, actor=access.user)
+    return ModelVersionOut.model_validate(version)
 
 
 @router.get("/api/models/{model_id}/rounds", response_model=list[TrainingRoundOut])
@@ -194,11 +190,10 @@ def scan_priorities(
 
 
 def _record_read(db: DbSession, request: Request, access: ScanAccess, kind: str, object_id: int, detail: str) -> None:
-    """Append this read of patient-derived data to the read log (in a fresh transaction, see end_read_snapshot)."""
-    end_read_snapshot(db)
-    audit.record_read(
+    """Append this read of patient-derived data to the read log (in a transaction of its own)."""
+    reads.record_read(
         db,
-        user_id=access.user.id,
+        actor=access.user,
         project_id=access.scan.project_id,
         scan_id=access.scan.id,
         kind=kind,
@@ -206,7 +201,6 @@ def _record_read(db: DbSession, request: Request, access: ScanAccess, kind: str,
         detail=detail,
         client=request.client.host if request.client else None,
     )
-    db.commit()
 
 
 @router.get("/api/scans/{scan_id}/attention/{structure}", response_class=Response)

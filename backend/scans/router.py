@@ -13,11 +13,11 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from backend.audit import service as audit
 from backend.auth.dependencies import Blobs, DbSession, SettingsDep
 from backend.core import uploads
-from backend.core.db import end_read_snapshot
 from backend.core.errors import InvalidInput
+from backend.flows import labels as flows
+from backend.flows import reads
 from backend.models import Scan
 from backend.projects.dependencies import ProjectAccess, require_project
 from backend.scans import service
@@ -85,19 +85,17 @@ def _import_nifti(
     db: DbSession, blobs: Blobs, settings: SettingsDep, access: ProjectAccess, fields: ImportNiftiForm
 ) -> Scan:
     data = uploads.read_limited(fields.file, settings.max_upload_bytes)
-    scan = service.import_nifti(
+    return flows.import_scan_nifti(
         db,
         blobs,
         access.project,
-        access.user,
         data,
         fields.file.filename or "volume.nii.gz",
         case_id=fields.case_id,
         split=fields.split,
         raw_metadata=_parse_metadata(fields.metadata),
+        actor=access.user,
     )
-    db.commit()
-    return scan
 
 
 @router.post(
@@ -133,18 +131,16 @@ def _import_dicom(
             path = Path(tmp) / f"{index:06d}.dcm"
             path.write_bytes(data)
             paths.append(path)
-        scan = service.import_dicom(
+        return flows.import_scan_dicom(
             db,
             blobs,
             access.project,
-            access.user,
             paths,
             case_id=fields.case_id,
             split=fields.split,
             raw_metadata=_parse_metadata(fields.metadata),
+            actor=access.user,
         )
-    db.commit()
-    return scan
 
 
 @router.get("/api/projects/{project_id}/scans", response_model=ScanPage)
@@ -203,10 +199,9 @@ def get_volume(request: Request, db: DbSession, blobs: Blobs, access: ScanAccess
     headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
     cached = etag in request.headers.get("if-none-match", "")
     # A 304 is logged too: the browser shows the volume again from its cache, so the person did read it.
-    end_read_snapshot(db)
-    audit.record_read(
+    reads.record_read(
         db,
-        user_id=access.user.id,
+        actor=access.user,
         project_id=scan.project_id,
         scan_id=scan.id,
         kind="volume",
@@ -215,7 +210,6 @@ def get_volume(request: Request, db: DbSession, blobs: Blobs, access: ScanAccess
         client=request.client.host if request.client else None,
         not_modified=cached,
     )
-    db.commit()
     if cached:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     path = blobs.local_path(scan.image_digest)

@@ -8,13 +8,11 @@ from fastapi import APIRouter, Query, status
 from fastapi.responses import Response
 
 from backend.auth.dependencies import Blobs, DbSession
-from backend.core.errors import DomainError
-from backend.jobs import service as jobs
-from backend.labels import service as labels
+from backend.flows import review as flows
 from backend.models import Project, Review, ReviewComment, Scan, User
 from backend.projects import service as projects
 from backend.projects.dependencies import ProjectAccess, require_project
-from backend.quality import service as quality
+from backend.scans import service as scans
 from backend.scans.dependencies import ScanAccess, require_scan
 from backend.workflow import service
 from backend.workflow.dependencies import CommentAccess, require_comment
@@ -38,17 +36,6 @@ from backend.workflow.schemas import (
 )
 
 router = APIRouter(tags=["workflow"])
-
-
-def _after_approval(db: DbSession, scan: Scan) -> None:
-    """Once a scan is approved, launch the retraining that an 'auto' model's policy asks for (after the commit)."""
-    if service.ensure_task(db, scan).state != "approved":
-        return
-    launched = jobs.on_scan_approved(db, scan.project_id)
-    if launched:
-        db.commit()
-        jobs.dispatch(db, launched)
-        db.commit()
 
 
 def _ref(user_id: int | None, names: dict[int, str]) -> UserRef | None:
@@ -200,28 +187,26 @@ def worklist(
 )
 def next_task(body: NextTaskIn, db: DbSession, access: ProjectAccess = require_project("read")) -> TaskOut | Response:
     """Claim the highest-priority task waiting for the caller (with the edit lease); 204 when none."""
-    task = service.next_task(db, access.project, access.user, access.role, body.kind)
+    task = flows.next_task(db, access.project, body.kind, actor=access.user, role=access.role)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    db.commit()
-    return _one(db, service.scan_of(db, task.scan_id), access.user, access.role)
+    return _one(db, scans.get_scan(db, task.scan_id), access.user, access.role)
 
 
 @router.post("/api/projects/{project_id}/assignments", response_model=AssignmentOut)
 def assign(
-    body: AssignmentIn, db: DbSession, access: ProjectAccess = require_project(service.LEAD_PERMISSION)
+    body: AssignmentIn, db: DbSession, access: ProjectAccess = require_project(projects.LEAD_PERMISSION)
 ) -> AssignmentOut:
     """Assign scans (or some of their structures) to an annotator or reviewer; a null user unassigns (leads)."""
-    updated = service.assign(
+    updated = flows.assign(
         db,
         access.project,
-        access.user,
         scan_ids=body.scan_ids,
         user_id=body.user_id,
         role=body.role,
         structure_ids=body.structure_ids,
+        actor=access.user,
     )
-    db.commit()
     return AssignmentOut(updated=updated)
 
 
@@ -237,20 +222,16 @@ def transition(body: TransitionIn, db: DbSession, blobs: Blobs, access: ScanAcce
 
     After a submit the QA rules run on the submitted version (their findings show on the task and in review).
     """
-    task = service.transition(
-        db, access.scan, access.user, access.role, body.action, version_id=body.version_id, message=body.message
+    flows.transition(
+        db,
+        blobs,
+        access.scan,
+        body.action,
+        version_id=body.version_id,
+        message=body.message,
+        actor=access.user,
+        role=access.role,
     )
-    db.commit()
-    if body.action == "submit" and task.submitted_version_id is not None:
-        version = labels.get_version(db, task.submitted_version_id)
-        try:
-            quality.run_qa(db, blobs, access.scan, version, actor=access.user)
-            db.commit()
-        except DomainError:
-            # The submit stands; QA can be rerun with POST /api/scans/{id}/qa.
-            db.rollback()
-    if body.action == "approve":
-        _after_approval(db, access.scan)
     return _one(db, access.scan, access.user, access.role)
 
 
@@ -277,35 +258,30 @@ def list_transitions(db: DbSession, access: ScanAccess = require_scan("read")) -
 @router.post("/api/scans/{scan_id}/lease", response_model=TaskOut)
 def acquire_lease(db: DbSession, access: ScanAccess = require_scan("write_labels")) -> TaskOut:
     """Take or renew (heartbeat) the edit lease; 409 lease_held while someone else holds a live one."""
-    service.acquire_lease(db, access.scan, access.user, access.role)
-    db.commit()
+    flows.acquire_lease(db, access.scan, actor=access.user, role=access.role)
     return _one(db, access.scan, access.user, access.role)
 
 
 @router.delete("/api/scans/{scan_id}/lease", response_model=TaskOut)
 def release_lease(db: DbSession, access: ScanAccess = require_scan("read")) -> TaskOut:
     """Release the edit lease (its holder), or force-release it (a lead)."""
-    service.release_lease(db, access.scan, access.user, access.role)
-    db.commit()
+    flows.release_lease(db, access.scan, actor=access.user, role=access.role)
     return _one(db, access.scan, access.user, access.role)
 
 
 @router.post("/api/scans/{scan_id}/reviews", response_model=ReviewOut, status_code=status.HTTP_201_CREATED)
 def create_review(body: ReviewIn, db: DbSession, access: ScanAccess = require_scan("review")) -> ReviewOut:
     """Approve or request changes on the head version at the current review level, with located comments."""
-    review = service.submit_review(
+    review = flows.submit_review(
         db,
         access.scan,
-        access.user,
-        access.role,
         version_id=body.version_id,
         decision=body.decision,
         message=body.message,
         comments=[_spec(c) for c in body.comments],
+        actor=access.user,
+        role=access.role,
     )
-    db.commit()
-    if body.decision == "approve":
-        _after_approval(db, access.scan)
     project = projects.get_project(db, access.scan.project_id)
     out = _reviews_out(db, project, access.scan, [review])[0]
     out.task = _one(db, access.scan, access.user, access.role)
@@ -328,8 +304,7 @@ def list_comments(db: DbSession, access: ScanAccess = require_scan("read")) -> l
 @router.post("/api/scans/{scan_id}/comments", response_model=CommentOut, status_code=status.HTTP_201_CREATED)
 def create_comment(body: CommentIn, db: DbSession, access: ScanAccess = require_scan("write_labels")) -> CommentOut:
     """Pin a comment on the scan: optionally a version, a structure, a slice (axis + index) and/or a voxel."""
-    comment = service.add_comment(db, access.scan, access.user, _spec(body))
-    db.commit()
+    comment = flows.add_comment(db, access.scan, _spec(body), actor=access.user)
     return _comments_out(db, access.scan.project_id, [comment])[0]
 
 
@@ -338,14 +313,12 @@ def patch_comment(
     body: CommentPatch, db: DbSession, access: CommentAccess = require_comment("write_labels")
 ) -> CommentOut:
     """Resolve (or re-open) a comment."""
-    comment = service.set_comment_resolved(db, access.comment, access.user, body.resolved)
-    db.commit()
+    comment = flows.set_comment_resolved(db, access.comment, body.resolved, actor=access.user)
     return _comments_out(db, access.scan.project_id, [comment])[0]
 
 
 @router.post("/api/scans/{scan_id}/activity", response_model=ActivityOut)
 def report_activity(body: ActivityIn, db: DbSession, access: ScanAccess = require_scan("write_labels")) -> ActivityOut:
     """Add active editing seconds (the editor reports about every 30 s of input) to the task and today's tally."""
-    task = service.record_activity(db, access.scan, access.user, body.active_seconds)
-    db.commit()
+    task = flows.record_activity(db, access.scan, body.active_seconds, actor=access.user)
     return ActivityOut(scan_id=task.scan_id, active_seconds=task.active_seconds)

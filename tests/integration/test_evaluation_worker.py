@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from backend import cli
 from backend.evaluation import service as evaluation
+from backend.jobs import outbox
 from backend.models import EvaluationCase, Job, Project, User
 from tests.factories import small_phantom, upload_masks, upload_scan
 from tests.integration.test_evaluation import STRUCTURES, _approve, _model_version, _predict
@@ -87,7 +88,8 @@ def test_the_pipeline_in_process_matches_and_a_rerun_replaces_its_results(stack:
         run, job = evaluation.launch(
             db, project, lead, evaluation.EvaluationRequest(model_version_id=model_version_id, name="in-process")
         )
-        db.commit()  # never dispatched: this process runs it
+        outbox.withhold(db, [job])  # never dispatched: this process runs it (the stack's worker would take it)
+        db.commit()
         run_id, job_id = run.id, job.id
     evaluate_pipeline.run(job_id)
     first = _report(stack, run_id)

@@ -231,6 +231,6 @@ def _patch_cli(monkeypatch: pytest.MonkeyPatch, db: Session, blobs: LocalBlobSto
     def scope() -> Iterator[Session]:
         yield db
 
-    monkeypatch.setattr(cli, "session_scope", scope)
-    monkeypatch.setattr(cli, "get_blob_store", lambda: blobs)
-    monkeypatch.setattr(cli, "get_settings", lambda: settings)
+    monkeypatch.setattr(cli.storage, "session_scope", scope)
+    monkeypatch.setattr(cli.storage, "get_blob_store", lambda: blobs)
+    monkeypatch.setattr(cli.storage, "get_settings", lambda: settings)

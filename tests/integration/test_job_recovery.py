@@ -26,6 +26,7 @@ from backend.core import queue
 from backend.core.config import Settings, get_settings
 from backend.imaging.nifti import to_nifti_gz
 from backend.imaging.phantom import generate_phantom
+from backend.jobs import outbox
 from backend.jobs import service as jobs_service
 from backend.models import Job, LabelVersion, ModelVersion
 from tests.integration.worker_stack import Stack, build_stack
@@ -228,6 +229,7 @@ def test_the_reaper_fails_a_job_whose_attempts_are_spent_and_resends_a_lost_mess
             model_version_id=_classical(redis_stack),
         )
         job.sent_at = datetime.now(UTC) - timedelta(seconds=60)
+        outbox.withhold(db, [job])  # the message is lost: only the reaper's re-send can run it
         db.commit()
         lost = job.id
     done = redis_stack.wait_job(lost, timeout=30)
@@ -266,7 +268,7 @@ def test_inconsistent_recovery_settings_are_refused() -> None:
 def test_the_worker_command_refuses_inconsistent_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MASKLOOP_BROKER_VISIBILITY_TIMEOUT_S", "10")
     monkeypatch.setenv("MASKLOOP_JOB_STALE_AFTER_S", "30")
-    monkeypatch.setattr("backend.cli.os.execv", lambda *args: pytest.fail(f"the worker started: {args}"))
+    monkeypatch.setattr("backend.cli.server.os.execv", lambda *args: pytest.fail(f"the worker started: {args}"))
     get_settings.cache_clear()
     try:
         result = CliRunner().invoke(cli_app, ["worker"])

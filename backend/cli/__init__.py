@@ -1,0 +1,31 @@
+"""The `maskloop` command line: serve, migrate, create-user, create-project, import, demo-data, jobs, gc, fsck.
+
+A thin shell over the flows (`backend/flows/`): each command parses its options, calls one use case and prints the
+outcome. The commands live in one module per group; they are registered here, in the order `--help` lists them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from backend.cli import accounts, data, jobs, server, storage
+from backend.flows.demo import DEMO_PASSWORD
+
+__all__ = ["DEMO_PASSWORD", "app"]
+
+app = typer.Typer(help="maskloop: collaborative CT segmentation platform.", no_args_is_help=True)
+
+app.command()(server.migrate)
+app.command()(server.serve)
+app.command("worker")(server.run_worker)
+app.command("create-user")(accounts.create_user)
+app.command("create-project")(accounts.create_project)
+app.command("import")(data.import_data)
+app.command("demo-data")(data.demo_data)
+app.command()(jobs.preannotate)
+app.command()(jobs.train)
+app.command("jobs")(jobs.list_jobs)
+app.command("export")(jobs.export_dataset)
+app.command("evaluate")(jobs.evaluate)
+app.command("gc")(storage.gc)
+app.command("fsck")(storage.fsck)
