@@ -20,11 +20,27 @@ _PLACEHOLDER = """<!doctype html><html><head><meta name="color-scheme" content="
 <p>The browser workspace is served here once <code>frontend/</code> is built.</p></body></html>"""
 
 
+def _build_routes(app: FastAPI) -> None:
+    """Build every route before the first request: FastAPI analyses an included router's routes lazily, on the
+    first request matched against it, which would add ~70 ms to the first request of each API process."""
+    scope: dict[str, object] = {
+        "type": "http",
+        "path": "/__warm-up__",
+        "method": "GET",
+        "root_path": "",
+        "headers": [],
+        "query_string": b"",
+    }
+    for route in app.router.routes:
+        route.matches(dict(scope))
+
+
 def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """Start-up and shutdown of one app: stale temp files (a killed import's) go at start, then periodically."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        _build_routes(_app)
         # Cheap when there is nothing to remove (two folder listings): tests start many apps.
         sweeper = TempSweeper(settings).start()
         try:

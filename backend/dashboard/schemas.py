@@ -1,6 +1,7 @@
 """Response bodies of the lead dashboard (`GET /api/projects/{pid}/dashboard/...`).
 
-Every endpoint answers one of the models below; the charts page is built from these shapes. Conventions:
+Every endpoint answers one of the models below (validated from the service's dataclass of the same shape,
+`backend.dashboard.service.results`); the charts page is built from these shapes. Conventions:
 
 * counts by workflow state are objects keyed by every state of `backend.models.workflow.TASK_STATES`
   (`new`, `pre_annotated`, `annotating`, `submitted`, `in_review`, `changes_requested`, `approved`,
@@ -96,7 +97,10 @@ class StructuresOut(BaseModel):
     computed_at: datetime = Field(
         description="when the volume statistics last changed (recomputed on every new version)"
     )
-    cached: bool = Field(description="true when served from the in-memory volume table (kept current incrementally)")
+    cached: bool = Field(
+        description="true when this API process had answered before and re-read only the structures whose shared "
+        "aggregates changed since"
+    )
 
 
 class PersonDay(BaseModel):

@@ -4,6 +4,7 @@ from backend.core.db import Base
 from backend.models.attention import AttentionMap, Prediction, TrainingRound
 from backend.models.audit import AuditEvent
 from backend.models.auth import AuthSession, LoginThrottle
+from backend.models.dashboard import DashboardDecision, DashboardTotal, DashboardVolume
 from backend.models.evaluation import EvaluationCase, EvaluationDetection, EvaluationRun
 from backend.models.jobs import Job
 from backend.models.labels import LabelDraft, LabelVersion, LabelVersionStructure
@@ -30,6 +31,9 @@ __all__ = [
     "AuditEvent",
     "AuthSession",
     "Base",
+    "DashboardDecision",
+    "DashboardTotal",
+    "DashboardVolume",
     "EvaluationCase",
     "EvaluationDetection",
     "EvaluationRun",
