@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 
 from backend import api
 from backend.core.config import Settings, get_settings
+from backend.core.db import warm_up
 from backend.core.security_headers import SecurityHeadersMiddleware
 from backend.storage.temp import TempSweeper
 
@@ -41,6 +42,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         _build_routes(_app)
+        warm_up(settings)
         # Cheap when there is nothing to remove (two folder listings): tests start many apps.
         sweeper = TempSweeper(settings).start()
         try:
