@@ -33,6 +33,8 @@ export class CommentMarkers {
   includeResolved = false
   private openId: number | null = null
   private pending = false
+  /** Ticks of the popup's "resolved" box whose request is still in flight: a redraw meanwhile keeps showing them. */
+  private resolving = new Map<number, boolean>()
   placed: PlacedMarker[] = []
   /** Called when the popup's "resolved" box is ticked. */
   onResolve: ((c: CommentOut, resolved: boolean) => void) | null = null
@@ -54,6 +56,7 @@ export class CommentMarkers {
 
   setComments(comments: CommentOut[]): void {
     this.comments = comments
+    this.resolving.clear()
     if (this.openId !== null && !comments.some((c) => c.id === this.openId)) this.openId = null
     this.schedule()
   }
@@ -176,9 +179,13 @@ export class CommentMarkers {
               { class: 'check' },
               h('input', {
                 type: 'checkbox',
-                checked: c.resolved,
+                checked: this.resolving.get(c.id) ?? c.resolved,
                 'data-testid': 'comment-popup-resolved',
-                onchange: (e: Event) => this.onResolve?.(c, (e.target as HTMLInputElement).checked),
+                onchange: (e: Event) => {
+                  const resolved = (e.target as HTMLInputElement).checked
+                  this.resolving.set(c.id, resolved)
+                  this.onResolve?.(c, resolved)
+                },
               }),
               ' resolved',
             )

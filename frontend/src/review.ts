@@ -406,10 +406,14 @@ export class ReviewController {
   }
 
   async setCommentResolved(c: CommentOut, resolved: boolean): Promise<void> {
-    await api.send('PATCH', `/api/comments/${c.id}`, { json: { resolved } })
-    c.resolved = resolved
-    this.markers.setComments(this.comments)
-    this.renderBody()
+    try {
+      await api.send('PATCH', `/api/comments/${c.id}`, { json: { resolved } })
+      c.resolved = resolved
+    } finally {
+      // Also on a refusal: the popup's box goes back to what the server holds.
+      this.markers.setComments(this.comments)
+      this.renderBody()
+    }
   }
 
   async setFinding(f: FindingOut, status: 'resolved' | 'dismissed'): Promise<void> {
