@@ -14,10 +14,13 @@ help:
 	@echo "make bench  - run the benchmarks and write bench/results.json"
 	@echo "make frontend - build the browser workspace into frontend/dist (npm ci + vite)"
 
+# The real MONAI Label client for the compatibility tests is installed with --no-deps and is not a pyproject pin: its
+# wheel depends on the whole MONAI Label server stack, while the client module needs only requests.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel
 	$(BIN)/pip install -q -e '.[ml,dev]'
+	$(BIN)/pip install -q --no-deps monailabel==0.8.5
 	touch $(STAMP)
 
 install: $(STAMP)

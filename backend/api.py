@@ -35,6 +35,8 @@ from backend.http_errors import error_response, install_error_handlers, install_
 from backend.jobs.router import router as jobs_router
 from backend.labels import service as labels_service
 from backend.labels.router import router as labels_router
+from backend.monailabel.router import GatewayTimeout
+from backend.monailabel.router import router as monailabel_router
 from backend.projects.router import router as projects_router
 from backend.quality.router import router as quality_router
 from backend.registry.router import router as registry_router
@@ -42,6 +44,7 @@ from backend.scans.router import router as scans_router
 from backend.workflow.router import router as workflow_router
 
 STATUS_OF: dict[type[DomainError], int] = {
+    GatewayTimeout: 504,
     InvalidInput: 422,
     NotFound: 404,
     Unauthenticated: 401,
@@ -102,8 +105,24 @@ async def out_of_range_handler(_request: Request, exc: Exception) -> JSONRespons
 
 # Body routes that work without a bearer token (their own check is a password or the refresh cookie + CSRF).
 PUBLIC_BODY_ROUTES = frozenset(
-    {("POST", "/api/auth/login"), ("POST", "/api/auth/session"), ("POST", "/api/auth/logout")}
+    {
+        ("POST", "/api/auth/login"),
+        ("POST", "/api/auth/session"),
+        ("POST", "/api/auth/logout"),
+        ("POST", "/monailabel/{project}/auth/token"),
+    }
 )
+# MONAI Label's form login, one per project URL (its template above is what the OpenAPI lists).
+_MONAILABEL_TOKEN = re.compile(r"/monailabel/[^/]+/auth/token")
+
+
+class _PublicRoutes(frozenset[tuple[str, str]]):
+    """The public body routes: the exact ones, and every project's MONAI Label login."""
+
+    def __contains__(self, item: object) -> bool:
+        if super().__contains__(item):
+            return True
+        return isinstance(item, tuple) and item[0] == "POST" and bool(_MONAILABEL_TOKEN.fullmatch(str(item[1])))
 
 
 def body_policy(settings: Settings) -> BodyPolicy:
@@ -123,6 +142,7 @@ def body_policy(settings: Settings) -> BodyPolicy:
         ("POST", r"/api/scans/[^/]+/versions(/combined|/patch)?", upload),
         ("POST", r"/api/models/[^/]+/versions", upload),
         ("PUT", r"/api/scans/[^/]+/draft", draft),
+        ("PUT", r"/monailabel/[^/]+/datastore/label", upload),
     )
     return BodyPolicy(
         default=Limit(
@@ -130,7 +150,7 @@ def body_policy(settings: Settings) -> BodyPolicy:
             f"request body is larger than the limit of {settings.max_json_body_kb} KiB for this route",
         ),
         routes=tuple((method, re.compile(path), limit) for method, path, limit in routes),
-        public=PUBLIC_BODY_ROUTES,
+        public=_PublicRoutes(PUBLIC_BODY_ROUTES),
         secret_key=lambda: settings.resolved_secret_key,
     )
 
@@ -156,6 +176,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         app.include_router(router)
     app.include_router(quality_router)
     app.include_router(evaluation_router)
+    app.include_router(monailabel_router)
 
     @app.get("/api/health", tags=["meta"])
     def health() -> dict[str, str]:

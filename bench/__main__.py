@@ -26,6 +26,7 @@ from bench import (
     hardening_jobs,
     merge_results,
     model_workers,
+    monailabel,
     review_scale,
     viewer,
 )
@@ -46,6 +47,7 @@ BENCHMARKS: list[Benchmark] = [
     hardening_auth.run,
     hardening_headers.run,
     hardening_fuzz.run,
+    monailabel.run,
 ]
 
 

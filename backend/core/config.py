@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     secret_key: str = Field(default="", description="Signs bearer tokens; empty means a random key kept in data_dir.")
     token_ttl_minutes: int = 12 * 60
     max_upload_mb: int = Field(default=2048, description="Largest accepted upload, in MiB.")
+    monailabel_infer_timeout_s: float = Field(
+        default=60.0, gt=0, description="How long a MONAI Label infer request waits for its job before a 504."
+    )
     max_patch_voxels: int = Field(default=64_000_000, description="Largest patch box accepted, in voxels.")
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -8,6 +8,7 @@ from backend.models.dashboard import DashboardDecision, DashboardTotal, Dashboar
 from backend.models.evaluation import EvaluationCase, EvaluationDetection, EvaluationRun
 from backend.models.jobs import Job
 from backend.models.labels import LabelDraft, LabelVersion, LabelVersionStructure
+from backend.models.monailabel import MonaiLabelClient
 from backend.models.projects import LabelSchema, Membership, Project, Structure
 from backend.models.read_events import ReadEvent
 from backend.models.registry import Model, ModelVersion
@@ -46,6 +47,7 @@ __all__ = [
     "Membership",
     "Model",
     "ModelVersion",
+    "MonaiLabelClient",
     "Prediction",
     "Project",
     "QAFinding",

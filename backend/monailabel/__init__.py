@@ -1,0 +1,1 @@
+"""MONAI Label-compatible endpoints (3D Slicer, OHIF) per project: /monailabel/{project}/."""

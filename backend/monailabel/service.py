@@ -1,0 +1,130 @@
+"""MONAI Label reads: scans by case id, datastore pages, model and label descriptions, label decoding."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from backend.core.blobstore import BlobStore
+from backend.core.errors import InvalidInput, NotFound
+from backend.imaging import nifti
+from backend.labels import service as labels
+from backend.models import LabelVersion, Model, Project, Scan, ScanTask, Structure
+from backend.projects import service as projects
+from backend.scans import service as scans
+
+DATASTORE_PAGE = 1000
+
+
+def scan_by_case_id(db: Session, project: Project, case_id: str) -> Scan:
+    """A scan of the project by its case id (MONAI Label's image id); 404 otherwise."""
+    scan = db.scalar(select(Scan).where(Scan.project_id == project.id, Scan.case_id == case_id))
+    if scan is None:
+        raise NotFound(f"image {case_id!r} not found")
+    return scan
+
+
+def structures(db: Session, project: Project) -> list[Structure]:
+    """The project's structures in label-value order."""
+    return sorted(projects.structures_of(db, project.id), key=lambda s: s.label_value)
+
+
+def models_of(db: Session, project: Project) -> list[Model]:
+    """The project's registered models."""
+    return list(db.scalars(select(Model).where(Model.project_id == project.id).order_by(Model.name)))
+
+
+def datastore_counts(db: Session, project: Project) -> tuple[int, int]:
+    """(total scans, scans with a label version)."""
+    total = db.scalar(select(func.count()).select_from(Scan).where(Scan.project_id == project.id)) or 0
+    done = (
+        db.scalar(
+            select(func.count())
+            .select_from(Scan)
+            .where(Scan.project_id == project.id, Scan.head_version_id.is_not(None))
+        )
+        or 0
+    )
+    return int(total), int(done)
+
+
+def approved_count(db: Session, project: Project) -> int:
+    """How many scans of the project are approved."""
+    query = select(func.count()).select_from(ScanTask).where(ScanTask.project_id == project.id)
+    return int(db.scalar(query.where(ScanTask.state == "approved")) or 0)
+
+
+def datastore_page(db: Session, project: Project, limit: int = DATASTORE_PAGE) -> list[Scan]:
+    """The first `limit` scans of the project by id."""
+    query = select(Scan).where(Scan.project_id == project.id).order_by(Scan.id).limit(limit)
+    return list(db.scalars(query))
+
+
+def _codecs() -> Any:
+    """The MONAI Label codecs module (backend/imaging/monailabel_io.py), or None where it is not installed yet."""
+    try:
+        return importlib.import_module("backend.imaging.monailabel_io")
+    except ImportError:
+        return None
+
+
+def decode_label(
+    filename: str,
+    data: bytes,
+    scan: Scan,
+    schema: Sequence[Structure],
+    label_info: Sequence[tuple[str, int]] | None,
+) -> dict[str, np.ndarray]:
+    """Per-structure masks from an uploaded label file (combined .nii.gz map, or .seg.nrrd through the codecs)."""
+    geometry = scans.geometry_of(scan)
+    indices: Mapping[str, int] = {s.name: s.label_value for s in schema}
+    parents = {s.name: s.inside for s in schema if s.inside}
+    codecs = _codecs()
+    if codecs is not None:
+        result: dict[str, np.ndarray] = codecs.read_label_upload(
+            filename,
+            data,
+            shape=tuple(int(v) for v in geometry.shape),
+            affine=geometry.affine,
+            label_info=label_info,
+            schema_indices=indices,
+            parents=parents,
+        )
+        return result
+    if not filename.endswith((".nii", ".nii.gz")):
+        raise InvalidInput(f"label file {filename!r} must be a .nii.gz combined map")
+    label_map = nifti.load_label_map_bytes(data, geometry, filename)
+    mapping = dict(label_info) if label_info else dict(indices)
+    unknown = sorted(set(mapping) - set(indices))
+    if unknown:
+        raise InvalidInput(f"labels {unknown[:20]} are not structures of the project's schema")
+    masks = {name: label_map == idx for name, idx in mapping.items()}
+    for name, parent in parents.items():
+        if name in masks and parent in masks:
+            masks[parent] = masks[parent] | masks[name]
+    return masks
+
+
+def label_file(db: Session, blobs: BlobStore, scan: Scan, version: LabelVersion, extension: str) -> tuple[str, bytes]:
+    """A version as a label file: a combined .nii.gz map, or a .seg.nrrd keeping overlaps (extension '.nrrd')."""
+    affine = scans.geometry_of(scan).affine
+    if extension.lower() not in (".nrrd", ".seg.nrrd"):
+        label_map, _ = labels.combined_map(db, blobs, version)
+        return f"{scan.case_id}.nii.gz", nifti.to_nifti_gz(label_map, affine)
+    codecs = _codecs()
+    if codecs is None:
+        raise InvalidInput("this server cannot write .seg.nrrd yet; ask for .nii.gz")
+    schema = {s.id: s for s in projects.structures_of(db, scan.project_id)}
+    masks: dict[str, np.ndarray] = {}
+    for structure_id, entry in labels.entries_by_structure(version).items():
+        if structure_id in schema and entry.status == "present":
+            masks[schema[structure_id].name] = labels.read_mask(blobs, scan, entry)
+    indices = {s.name: s.label_value for s in schema.values()}
+    colours = {s.name: s.color for s in schema.values()}
+    data: bytes = codecs.write_seg_nrrd(masks, indices, colours, affine)
+    return f"{scan.case_id}.seg.nrrd", data
