@@ -20,6 +20,7 @@ from backend.core.db import DB_RETRY_AFTER_S, DatabaseUnavailable, connection_fa
 from backend.core.errors import (
     Conflict,
     DomainError,
+    GatewayTimeout,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
@@ -35,7 +36,6 @@ from backend.http_errors import error_response, install_error_handlers, install_
 from backend.jobs.router import router as jobs_router
 from backend.labels import service as labels_service
 from backend.labels.router import router as labels_router
-from backend.monailabel.router import GatewayTimeout
 from backend.monailabel.router import router as monailabel_router
 from backend.projects.router import router as projects_router
 from backend.quality.router import router as quality_router

@@ -61,6 +61,12 @@ class TooManyRequests(DomainError):
     code = "too_many_requests"
 
 
+class GatewayTimeout(DomainError):
+    """Work the request waited for (an inference job) outlasted its timeout; the work goes on. Maps to 504."""
+
+    code = "timeout"
+
+
 class ServiceUnavailable(DomainError):
     """A dependency (database, broker) is briefly unreachable; nothing was changed. Maps to 503 with Retry-After."""
 

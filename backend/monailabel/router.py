@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from backend.auth.dependencies import Blobs, CurrentUser, DbSession, SettingsDep
-from backend.core.errors import DomainError, InvalidInput, NotFound
+from backend.core.errors import GatewayTimeout, InvalidInput, NotFound
 from backend.flows import accounts, reads
 from backend.flows import monailabel as flows
 from backend.imaging import nifti
@@ -28,12 +28,6 @@ router = APIRouter(prefix="/monailabel/{project}", tags=["monailabel"])
 
 NIFTI_MEDIA = "application/octet-stream"
 VERSION = "0.8.5"
-
-
-class GatewayTimeout(DomainError):
-    """An inference that outlasted its timeout (its job goes on)."""
-
-    code = "timeout"
 
 
 ProjectRef = Annotated[str, Path(description="The project's slug or id", max_length=64)]
