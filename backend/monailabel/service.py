@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
+import random
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.core.blobstore import BlobStore
-from backend.core.errors import InvalidInput, NotFound
-from backend.imaging import nifti
+from backend.core.errors import NotFound
+from backend.imaging import monailabel_io, nifti
 from backend.labels import service as labels
-from backend.models import LabelVersion, Model, Project, Scan, ScanTask, Structure
+from backend.models import LabelVersion, Model, MonaiLabelClient, Project, Scan, ScanTask, Structure, User
 from backend.projects import service as projects
 from backend.scans import service as scans
 
@@ -65,14 +64,6 @@ def datastore_page(db: Session, project: Project, limit: int = DATASTORE_PAGE) -
     return list(db.scalars(query))
 
 
-def _codecs() -> Any:
-    """The MONAI Label codecs module (backend/imaging/monailabel_io.py), or None where it is not installed yet."""
-    try:
-        return importlib.import_module("backend.imaging.monailabel_io")
-    except ImportError:
-        return None
-
-
 def decode_label(
     filename: str,
     data: bytes,
@@ -84,30 +75,15 @@ def decode_label(
     geometry = scans.geometry_of(scan)
     indices: Mapping[str, int] = {s.name: s.label_value for s in schema}
     parents = {s.name: s.inside for s in schema if s.inside}
-    codecs = _codecs()
-    if codecs is not None:
-        result: dict[str, np.ndarray] = codecs.read_label_upload(
-            filename,
-            data,
-            shape=tuple(int(v) for v in geometry.shape),
-            affine=geometry.affine,
-            label_info=label_info,
-            schema_indices=indices,
-            parents=parents,
-        )
-        return result
-    if not filename.endswith((".nii", ".nii.gz")):
-        raise InvalidInput(f"label file {filename!r} must be a .nii.gz combined map")
-    label_map = nifti.load_label_map_bytes(data, geometry, filename)
-    mapping = dict(label_info) if label_info else dict(indices)
-    unknown = sorted(set(mapping) - set(indices))
-    if unknown:
-        raise InvalidInput(f"labels {unknown[:20]} are not structures of the project's schema")
-    masks = {name: label_map == idx for name, idx in mapping.items()}
-    for name, parent in parents.items():
-        if name in masks and parent in masks:
-            masks[parent] = masks[parent] | masks[name]
-    return masks
+    return monailabel_io.read_label_upload(
+        filename,
+        data,
+        shape=tuple(int(v) for v in geometry.shape),
+        affine=geometry.affine,
+        label_info=label_info,
+        schema_indices=indices,
+        parents=parents,
+    )
 
 
 def label_file(db: Session, blobs: BlobStore, scan: Scan, version: LabelVersion, extension: str) -> tuple[str, bytes]:
@@ -116,9 +92,6 @@ def label_file(db: Session, blobs: BlobStore, scan: Scan, version: LabelVersion,
     if extension.lower() not in (".nrrd", ".seg.nrrd"):
         label_map, _ = labels.combined_map(db, blobs, version)
         return f"{scan.case_id}.nii.gz", nifti.to_nifti_gz(label_map, affine)
-    codecs = _codecs()
-    if codecs is None:
-        raise InvalidInput("this server cannot write .seg.nrrd yet; ask for .nii.gz")
     schema = {s.id: s for s in projects.structures_of(db, scan.project_id)}
     masks: dict[str, np.ndarray] = {}
     for structure_id, entry in labels.entries_by_structure(version).items():
@@ -126,5 +99,40 @@ def label_file(db: Session, blobs: BlobStore, scan: Scan, version: LabelVersion,
             masks[schema[structure_id].name] = labels.read_mask(blobs, scan, entry)
     indices = {s.name: s.label_value for s in schema.values()}
     colours = {s.name: s.color for s in schema.values()}
-    data: bytes = codecs.write_seg_nrrd(masks, indices, colours, affine)
+    data = monailabel_io.write_seg_nrrd(masks, indices, colours, affine)
     return f"{scan.case_id}.seg.nrrd", data
+
+
+# Strategies other than maskloop's priority pick among the scans still open for annotation.
+OPEN_STATES = ("new", "annotating", "changes_requested")
+
+
+def pick_open_scan(db: Session, project: Project, strategy: str) -> Scan | None:
+    """An open scan of the project: the first by id ('first') or a random one ('random'); None when none is open."""
+    query = (
+        select(Scan)
+        .join(ScanTask, ScanTask.scan_id == Scan.id)
+        .where(Scan.project_id == project.id, ScanTask.state.in_(OPEN_STATES))
+    )
+    if strategy == "first":
+        return db.scalars(query.order_by(Scan.id).limit(1)).first()
+    count = db.scalar(select(func.count()).select_from(query.subquery())) or 0
+    if count == 0:
+        return None
+    return db.scalars(query.order_by(Scan.id).offset(random.randrange(count)).limit(1)).first()
+
+
+def remembered_base(db: Session, user: User, client_id: str, scan: Scan) -> tuple[bool, int | None]:
+    """Whether this client was given the scan, and the head it was given then."""
+    row = db.get(MonaiLabelClient, (user.id, client_id, scan.id))
+    return (row is not None, row.base_version_id if row is not None else None)
+
+
+def remember_base(db: Session, user: User, client_id: str, scan: Scan, version_id: int | None) -> None:
+    """Note the head a client was given with a scan: the base of its next save."""
+    row = db.get(MonaiLabelClient, (user.id, client_id, scan.id))
+    if row is None:
+        db.add(MonaiLabelClient(user_id=user.id, client_id=client_id, scan_id=scan.id, base_version_id=version_id))
+    else:
+        row.base_version_id = version_id
+    db.flush()
