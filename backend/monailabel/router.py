@@ -16,13 +16,11 @@ from backend.auth.dependencies import Blobs, CurrentUser, DbSession, SettingsDep
 from backend.core.errors import GatewayTimeout, InvalidInput, NotFound
 from backend.flows import accounts, reads
 from backend.flows import monailabel as flows
-from backend.imaging import nifti
 from backend.labels import service as labels
 from backend.monailabel import service
 from backend.monailabel.dependencies import require_project
 from backend.monailabel.schemas import LabelParams, SampleOut, SampleRequest, TokenOut
 from backend.projects.dependencies import ProjectAccess
-from backend.scans import service as scans
 
 router = APIRouter(prefix="/monailabel/{project}", tags=["monailabel"])
 
@@ -181,7 +179,7 @@ def datastore_label(
     if scan.head_version_id is None:
         raise NotFound(f"image {label!r} has no label yet")
     version = labels.get_version(db, scan.head_version_id)
-    label_map, painted = labels.combined_map(db, blobs, version)
+    written = service.label_file(db, blobs, scan, version, ".nii.gz")
     reads.record_read(
         db,
         actor=access.user,
@@ -189,12 +187,11 @@ def datastore_label(
         scan_id=scan.id,
         kind="combined",
         object_id=version.id,
-        detail=",".join(s.name for s in painted),
+        detail=",".join(written.structures),
         client=request.client.host if request.client else None,
     )
-    body = nifti.to_nifti_gz(label_map, scans.geometry_of(scan).affine)
-    headers = {"Content-Disposition": f'attachment; filename="{scan.case_id}.nii.gz"'}
-    return Response(body, media_type=NIFTI_MEDIA, headers=headers)
+    headers = {"Content-Disposition": f'attachment; filename="{written.filename}"'}
+    return Response(written.data, media_type=NIFTI_MEDIA, headers=headers)
 
 
 def _label_params(raw: object) -> LabelParams:
@@ -320,8 +317,8 @@ async def infer(
         }
         if output == "json":
             return Response(json.dumps(answer), media_type="application/json")
-        filename, payload = service.label_file(db, blobs, scan, result.version, extension)
-        return _multipart(answer, filename, payload)
+        written = service.label_file(db, blobs, scan, result.version, extension)
+        return _multipart(answer, written.filename, written.data)
 
     return await run_in_threadpool(_run)
 

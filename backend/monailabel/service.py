@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import func, select
@@ -86,12 +87,22 @@ def decode_label(
     )
 
 
-def label_file(db: Session, blobs: BlobStore, scan: Scan, version: LabelVersion, extension: str) -> tuple[str, bytes]:
+@dataclass(frozen=True)
+class LabelFile:
+    """A version written as a label file, and the structures it holds (for the read log)."""
+
+    filename: str
+    data: bytes
+    structures: list[str]
+
+
+def label_file(db: Session, blobs: BlobStore, scan: Scan, version: LabelVersion, extension: str) -> LabelFile:
     """A version as a label file: a combined .nii.gz map, or a .seg.nrrd keeping overlaps (extension '.nrrd')."""
     affine = scans.geometry_of(scan).affine
     if extension.lower() not in (".nrrd", ".seg.nrrd"):
-        label_map, _ = labels.combined_map(db, blobs, version)
-        return f"{scan.case_id}.nii.gz", nifti.to_nifti_gz(label_map, affine)
+        label_map, painted = labels.combined_map(db, blobs, version)
+        data = nifti.to_nifti_gz(label_map, affine)
+        return LabelFile(f"{scan.case_id}.nii.gz", data, [s.name for s in painted])
     schema = {s.id: s for s in projects.structures_of(db, scan.project_id)}
     masks: dict[str, np.ndarray] = {}
     for structure_id, entry in labels.entries_by_structure(version).items():
@@ -100,7 +111,7 @@ def label_file(db: Session, blobs: BlobStore, scan: Scan, version: LabelVersion,
     indices = {s.name: s.label_value for s in schema.values()}
     colours = {s.name: s.color for s in schema.values()}
     data = monailabel_io.write_seg_nrrd(masks, indices, colours, affine)
-    return f"{scan.case_id}.seg.nrrd", data
+    return LabelFile(f"{scan.case_id}.seg.nrrd", data, list(masks))
 
 
 # Strategies other than maskloop's priority pick among the scans still open for annotation.
