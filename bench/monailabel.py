@@ -139,10 +139,13 @@ def _scan_ids(url: str, project_id: int) -> dict[str, int]:
 
 
 def next_samples(
-    client: httpx.Client, prefix: str, annotators: list[dict[str, str]], ids: dict[str, int], n: int
-) -> list[float]:
-    """Wall times (ms) of `n` priority next-sample calls by the annotators in turn (leases released after)."""
+    client: httpx.Client, prefix: str, annotators: list[dict[str, str]], ids: dict[str, int], n: int, project_id: int
+) -> tuple[list[float], list[float]]:
+    """Wall times (ms) of `n` priority next-sample calls by the annotators in turn, each followed by maskloop's own
+    next-task call by the same annotator (the same claim through maskloop's API, for a same-run ratio); every
+    lease is released after its call, unmeasured."""
     times: list[float] = []
+    own_times: list[float] = []
     served = 0
     for i in range(SAMPLE_WARMUP + n):
         who = i % len(annotators)
@@ -160,10 +163,17 @@ def next_samples(
             if scan_id is None:
                 raise BenchError(f"activelearning/priority returned unknown image id {case_id!r}")
             _check(client.delete(f"/api/scans/{scan_id}/lease", headers=headers), f"release lease of {case_id}")
+        started = time.perf_counter()
+        own = client.post(f"/api/projects/{project_id}/next-task", json={"kind": "annotate"}, headers=headers)
+        own_elapsed = (time.perf_counter() - started) * 1000.0
+        _check(own, "next-task", (200, 204))
+        if own.status_code == 200:
+            _check(client.delete(f"/api/scans/{own.json()['scan_id']}/lease", headers=headers), "release lease")
         if i >= SAMPLE_WARMUP:
             times.append(elapsed)
+            own_times.append(own_elapsed)
     _log(f"next sample: {served} of {SAMPLE_WARMUP + n} calls served an image")
-    return times
+    return times, own_times
 
 
 def _import_scan(
@@ -271,7 +281,7 @@ def run(n_scans: int | None = None, shape: tuple[int, int, int] = FULL_SHAPE) ->
         paths = set(client.get("/openapi.json").json().get("paths", {}))
         if not any(p.startswith("/monailabel/") for p in paths):
             _log("the /monailabel/ endpoints are not there yet: skipped")
-            return rows_of([], [], [], seeded.scans, shape)
+            return rows_of([], [], [], [], seeded.scans, shape)
         prefix = "/monailabel/pants-scale"
         t = time.perf_counter()
         combined, masks, volume, affine = combined_head(shape, structures)
@@ -284,14 +294,14 @@ def run(n_scans: int | None = None, shape: tuple[int, int, int] = FULL_SHAPE) ->
         scan_id, head = _import_scan(client, seeded.project_id, volume, affine, masks)
         annotators = [_login(client, email) for _, email in seeded.people["annotator"]]
         ids = _scan_ids(url, seeded.project_id)
-        sample_times = next_samples(client, prefix, annotators, ids, SAMPLE_REQUESTS)
+        sample_times, own_times = next_samples(client, prefix, annotators, ids, SAMPLE_REQUESTS, seeded.project_id)
         lead = _login(client, seeded.people["lead"][0][1])
         value = next(int(s["label_value"]) for s in structures if s["name"] == EDITED)
         save_times, sizes = save_labels(client, prefix, lead, combined, affine, structures, SAVES)
         final = _brush_replay(combined, value, SAVE_WARMUP + SAVES)
         version_id = _verify(client, scan_id, head, final, value)
         _log(f"last save: version {version_id}, only {EDITED} changed, voxel count right")
-    return rows_of(sample_times, save_times, sizes, seeded.scans, shape)
+    return rows_of(sample_times, own_times, save_times, sizes, seeded.scans, shape)
 
 
 def _brush_replay(combined: np.ndarray, value: int, saves: int) -> np.ndarray:
@@ -304,10 +314,16 @@ def _brush_replay(combined: np.ndarray, value: int, saves: int) -> np.ndarray:
 
 
 def rows_of(
-    sample_times: list[float], save_times: list[float], sizes: list[int], scans: int, shape: tuple[int, int, int]
+    sample_times: list[float],
+    own_times: list[float],
+    save_times: list[float],
+    sizes: list[int],
+    scans: int,
+    shape: tuple[int, int, int],
 ) -> list[Row]:
     """The result rows (NaN where nothing was measured)."""
     nxt, save = percentile(sample_times, 95), percentile(save_times, 50)
+    own = percentile(own_times, 95)
     grid = "×".join(str(v) for v in shape)
     return [
         Row(
@@ -320,6 +336,9 @@ def rows_of(
         ),
         Row("monailabel_next_sample_p50_ms", "MONAI Label activelearning/priority p50", percentile(sample_times, 50),
             "ms"),
+        Row("monailabel_next_task_p95_ms", "maskloop's own next-task p95, same run, interleaved", own, "ms"),
+        Row("monailabel_next_sample_vs_next_task", "activelearning/priority p95 over maskloop's next-task p95",
+            nxt / own if own else math.nan, "×"),
         Row(
             "monailabel_save_label_p50_ms",
             f"MONAI Label PUT datastore/label p50 ({grid} uint8 .nii.gz, 28 structures, {len(save_times)} saves)",

@@ -7,10 +7,8 @@ Each writing flow is one transaction ending in one commit (the services flush).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
 from sqlalchemy.orm import Session
 
 from backend.core.blobstore import BlobStore
@@ -55,26 +53,53 @@ def save_label(
     db: Session,
     blobs: BlobStore,
     scan: Scan,
-    masks: Mapping[str, np.ndarray],
+    label: service.DecodedLabel,
     *,
     client_id: str,
     message: str = "",
     actor: User,
 ) -> LabelVersion:
-    """Save a client's label as a version on the head it was given (409 naming the head's author when stale)."""
+    """Save a client's label as a version on the head it was given (409 naming the head's author when stale).
+
+    A combined map is compared with the map of that base: only the structures it changed are rewritten (as box
+    patches), so the rest keep their exact masks, overlaps included. A .seg.nrrd replaces the masks it holds.
+    """
     known, base = service.remembered_base(db, actor, client_id, scan)
     if not known:
         base = scan.head_version_id  # a client that never fetched the scan through us builds on the head it sees now
-    version = labels.create_version(
-        db,
-        blobs,
-        scan,
-        author=labels.Author(user_id=actor.id),
-        kind="human",
-        message=message or f"MONAI Label client {client_id}",
-        base_version_id=base,
-        masks=masks,
-    )
+    author = labels.Author(user_id=actor.id)
+    message = message or f"MONAI Label client {client_id}"
+    if label.label_map is not None and label.names is not None:
+        base_version = labels.get_version(db, base) if base is not None else None
+        patches = labels.patches_from_label_map(
+            db,
+            blobs,
+            scan,
+            base_version,
+            label.label_map,
+            label.names,
+            filename=label.filename,
+            declared=label.declared,
+        )
+        if patches:
+            version = labels.save_patch(
+                db, blobs, scan, author=author, base_version_id=base, patches=patches, message=message
+            )
+        else:  # the same label again: a version identical to its base, so the save is still recorded
+            version = labels.create_version(
+                db, blobs, scan, author=author, kind="human", message=message, base_version_id=base, masks={}
+            )
+    else:
+        version = labels.create_version(
+            db,
+            blobs,
+            scan,
+            author=author,
+            kind="human",
+            message=message,
+            base_version_id=base,
+            masks=label.masks or {},
+        )
     service.remember_base(db, actor, client_id, scan, version.id)
     db.commit()
     return version

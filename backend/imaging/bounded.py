@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import io
 import zipfile
-import zlib
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
+from zlib_ng import zlib_ng
 
 from backend.core.errors import InvalidInput, PayloadTooLarge
 
 GZIP_MAGIC = b"\x1f\x8b"
+# zlib-ng inflates the same streams as zlib with identical results, about 5x faster on mask-like data (a 512x512x300
+# label map: ~50 ms instead of ~270 ms), which is most of what a whole-label upload costs.
 # Compressed input fed to zlib per call and decoded output produced per call: big enough that the per-call
 # overhead vanishes, small enough that the temporary bytes objects stay a few MiB.
+_INFLATE_ERROR = cast("type[Exception]", zlib_ng.error)  # its stub declares an instance, not the class
 _IN_BLOCK = 1 << 20
 _OUT_BLOCK = 8 << 20
 
@@ -88,7 +91,7 @@ class GzipStream:
         self._in = 0  # next compressed byte not yet handed to zlib
         self._pos = 0
         self._members = 1
-        self._inflater = zlib.decompressobj(wbits=31)
+        self._inflater = zlib_ng.decompressobj(wbits=31)
         self._done = False
 
     def _next_input(self) -> bytes:
@@ -114,7 +117,7 @@ class GzipStream:
                 file=self.name,
             )
         self._members += 1
-        self._inflater = zlib.decompressobj(wbits=31)
+        self._inflater = zlib_ng.decompressobj(wbits=31)
         self._src = memoryview(stripped)
         self._in = 0
 
@@ -136,7 +139,7 @@ class GzipStream:
                 out = self._inflater.decompress(data, n)
                 if out:
                     return out
-        except zlib.error as exc:
+        except _INFLATE_ERROR as exc:
             raise InvalidInput(f"{self.name}: corrupt gzip stream ({exc})", file=self.name) from exc
         return b""
 
@@ -264,7 +267,7 @@ def inflated_size(data: bytes | memoryview, wbits: int, limit: int, name: str) -
     """Decoded size of deflate/zlib/gzip data (per `wbits`), counted piece by piece and never held in memory;
     413 as soon as it passes `limit`, 422 when the stream is corrupt or truncated."""
     src = memoryview(data).cast("B")
-    inflater = zlib.decompressobj(wbits)
+    inflater = zlib_ng.decompressobj(wbits)
     total, pos = 0, 0
     try:
         while not inflater.eof:
@@ -279,7 +282,7 @@ def inflated_size(data: bytes | memoryview, wbits: int, limit: int, name: str) -
                 raise PayloadTooLarge(
                     f"{name}: decompresses to more than {mib(limit)}; refusing it", file=name, limit_bytes=limit
                 )
-    except zlib.error as exc:
+    except _INFLATE_ERROR as exc:
         raise InvalidInput(f"{name}: corrupt compressed data ({exc})", file=name) from exc
     return total
 

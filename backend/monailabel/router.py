@@ -240,8 +240,8 @@ async def put_label(
         await form.close()
 
     def _save() -> dict[str, str]:
-        masks = service.decode_label(filename, data, scan, service.structures(db, access.project), _label_info(params))
-        version = flows.save_label(db, blobs, scan, masks, client_id=params.client_id, actor=access.user)
+        label = service.decode_label(filename, data, scan, service.structures(db, access.project), _label_info(params))
+        version = flows.save_label(db, blobs, scan, label, client_id=params.client_id, actor=access.user)
         return {"image": scan.case_id, "label": scan.case_id, "version": str(version.id)}
 
     return await run_in_threadpool(_save)

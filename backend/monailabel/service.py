@@ -7,14 +7,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from backend.core.blobstore import BlobStore
-from backend.core.errors import NotFound
-from backend.imaging import monailabel_io, nifti
+from backend.core.errors import InvalidInput, NotFound
+from backend.imaging import monailabel_io, monailabel_write, nifti
 from backend.labels import service as labels
 from backend.models import LabelVersion, Model, MonaiLabelClient, Project, Scan, ScanTask, Structure, User
+from backend.models._common import utcnow
 from backend.projects import service as projects
 from backend.scans import service as scans
 
@@ -65,26 +68,48 @@ def datastore_page(db: Session, project: Project, limit: int = DATASTORE_PAGE) -
     return list(db.scalars(query))
 
 
+@dataclass(frozen=True)
+class DecodedLabel:
+    """An uploaded label: a combined map with the structure each value names (.nii.gz; `declared` when the client
+    named them in label_info), or whole masks per structure (.seg.nrrd, whose segments may overlap)."""
+
+    filename: str
+    label_map: np.ndarray | None = None
+    names: Mapping[int, str] | None = None
+    declared: bool = False
+    masks: dict[str, np.ndarray] | None = None
+
+
 def decode_label(
     filename: str,
     data: bytes,
     scan: Scan,
     schema: Sequence[Structure],
     label_info: Sequence[tuple[str, int]] | None,
-) -> dict[str, np.ndarray]:
-    """Per-structure masks from an uploaded label file (combined .nii.gz map, or .seg.nrrd through the codecs)."""
+) -> DecodedLabel:
+    """Decode an uploaded label file on the scan's grid (combined .nii.gz map, or .seg.nrrd through the codecs)."""
     geometry = scans.geometry_of(scan)
     indices: Mapping[str, int] = {s.name: s.label_value for s in schema}
+    shape = tuple(int(v) for v in geometry.shape)
+    name = monailabel_io.base_name(filename)
+    if not data:
+        raise InvalidInput(f"{name}: the label file is empty", file=name)
+    if monailabel_io.label_format(name, data) == "nifti":
+        label_map, names = monailabel_io.read_combined_upload(
+            name, data, shape=shape, affine=geometry.affine, label_info=label_info, schema_indices=indices
+        )
+        return DecodedLabel(name, label_map=label_map, names=names, declared=label_info is not None)
     parents = {s.name: s.inside for s in schema if s.inside}
-    return monailabel_io.read_label_upload(
-        filename,
+    masks = monailabel_io.read_label_upload(
+        name,
         data,
-        shape=tuple(int(v) for v in geometry.shape),
+        shape=shape,
         affine=geometry.affine,
         label_info=label_info,
         schema_indices=indices,
         parents=parents,
     )
+    return DecodedLabel(name, masks=masks)
 
 
 @dataclass(frozen=True)
@@ -110,7 +135,7 @@ def label_file(db: Session, blobs: BlobStore, scan: Scan, version: LabelVersion,
             masks[schema[structure_id].name] = labels.read_mask(blobs, scan, entry)
     indices = {s.name: s.label_value for s in schema.values()}
     colours = {s.name: s.color for s in schema.values()}
-    data = monailabel_io.write_seg_nrrd(masks, indices, colours, affine)
+    data = monailabel_write.write_seg_nrrd(masks, indices, colours, affine)
     return LabelFile(f"{scan.case_id}.seg.nrrd", data, list(masks))
 
 
@@ -135,15 +160,22 @@ def pick_open_scan(db: Session, project: Project, strategy: str) -> Scan | None:
 
 def remembered_base(db: Session, user: User, client_id: str, scan: Scan) -> tuple[bool, int | None]:
     """Whether this client was given the scan, and the head it was given then."""
-    row = db.get(MonaiLabelClient, (user.id, client_id, scan.id))
+    # populate_existing: remember_base writes with a plain upsert, which an already loaded row would not show.
+    row = db.get(MonaiLabelClient, (user.id, client_id, scan.id), populate_existing=True)
     return (row is not None, row.base_version_id if row is not None else None)
 
 
 def remember_base(db: Session, user: User, client_id: str, scan: Scan, version_id: int | None) -> None:
-    """Note the head a client was given with a scan: the base of its next save."""
-    row = db.get(MonaiLabelClient, (user.id, client_id, scan.id))
-    if row is None:
-        db.add(MonaiLabelClient(user_id=user.id, client_id=client_id, scan_id=scan.id, base_version_id=version_id))
-    else:
-        row.base_version_id = version_id
-    db.flush()
+    """Note the head a client was given with a scan: the base of its next save (one upsert, race-free)."""
+    table = MonaiLabelClient.__table__
+    assert isinstance(table, Table)
+    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    now = utcnow()
+    statement = insert(table).values(
+        user_id=user.id, client_id=client_id, scan_id=scan.id, base_version_id=version_id, updated_at=now
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=["user_id", "client_id", "scan_id"],
+        set_={"base_version_id": version_id, "updated_at": now},
+    )
+    db.execute(statement)

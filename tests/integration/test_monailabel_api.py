@@ -151,6 +151,65 @@ def test_save_label_versions_stale_and_approved(
     assert approved.status_code == 409, approved.text
 
 
+def _digests(db: Session, version_id: int) -> dict[str, tuple[str | None, int]]:
+    version = labels.get_version(db, version_id)
+    scan = db.get(Scan, version.scan_id)
+    assert scan is not None
+    names = {s.id: s.name for s in projects.structures_of(db, scan.project_id)}
+    return {names[sid]: (e.manifest_digest, e.voxel_count) for sid, e in labels.entries_by_structure(version).items()}
+
+
+def test_combined_save_rewrites_only_the_structures_it_changed(
+    client: TestClient, world: World, labelled: dict[str, Any], db: Session
+) -> None:
+    headers, phantom = world.headers["annotator"], labelled["phantom"]
+    _sample(client, headers, "slicer-a")
+    head = labelled["version"]["id"]
+    schema = {s.name: s.label_value for s in projects.structures_of(db, world.project.id)}
+    before = _digests(db, head)
+    label_map = _combined(client, headers, head).astype(np.uint8)
+    liver = np.argwhere(label_map == schema["liver"])[:40]
+    label_map[tuple(liver.T)] = 0
+    # A visible head voxel repainted as body: the parts change, the pancreas holding both does not.
+    moved = np.argwhere(label_map == schema["pancreas_head"])[:5]
+    label_map[tuple(moved.T)] = schema["pancreas_body"]
+    response = _put_label(client, headers, "case-a", label_map, phantom.affine)
+    assert response.status_code == 200, response.text
+    after = _digests(db, int(response.json()["version"]))
+    changed = sorted(name for name in before if before[name] != after[name])
+    assert changed == ["liver", "pancreas_body", "pancreas_head"]
+    assert after["liver"][1] == before["liver"][1] - 40
+    assert after["pancreas_head"][1] == before["pancreas_head"][1] - 5
+    assert after["pancreas_body"][1] == before["pancreas_body"][1] + 5
+    # A changed voxel carrying a value that names no structure is refused, naming the value.
+    label_map[0, 0, 0] = 250
+    stray = _put_label(client, headers, "case-a", label_map, phantom.affine)
+    assert stray.status_code == 422, stray.text
+    assert "250" in stray.json()["detail"]
+
+
+def test_combined_save_with_client_indices_maps_them_to_the_schema(
+    client: TestClient, world: World, labelled: dict[str, Any], db: Session
+) -> None:
+    headers, phantom = world.headers["annotator"], labelled["phantom"]
+    _sample(client, headers, "slicer-a")
+    head = labelled["version"]["id"]
+    before = _digests(db, head)
+    # The client names only the liver, under its own index 200, and painted 30 background voxels with it; the
+    # voxels of structures it does not name stay as it received them.
+    liver = next(s.label_value for s in projects.structures_of(db, world.project.id) if s.name == "liver")
+    label_map = _combined(client, headers, head).astype(np.uint8)
+    spots = np.argwhere(label_map == 0)[:30]
+    label_map[label_map == liver] = 200
+    label_map[tuple(spots.T)] = 200
+    info = [{"name": "liver", "idx": 200}]
+    response = _put_label(client, headers, "case-a", label_map, phantom.affine, label_info=info)
+    assert response.status_code == 200, response.text
+    after = _digests(db, int(response.json()["version"]))
+    assert sorted(name for name in before if before[name] != after[name]) == ["liver"]
+    assert after["liver"][1] == before["liver"][1] + 30
+
+
 def test_wrong_grid_and_other_project(client: TestClient, world: World, labelled: dict[str, Any], db: Session) -> None:
     headers, phantom = world.headers["annotator"], labelled["phantom"]
     _sample(client, headers, "slicer-a")

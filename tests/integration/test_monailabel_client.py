@@ -34,7 +34,8 @@ mlclient = pytest.importorskip(
 
 import nrrd  # noqa: E402
 
-from backend.imaging.monailabel_io import read_label_upload, write_combined_map  # noqa: E402
+from backend.imaging.monailabel_io import read_label_upload  # noqa: E402
+from backend.imaging.monailabel_write import write_combined_map  # noqa: E402
 from backend.imaging.nifti import to_nifti_gz  # noqa: E402
 from backend.imaging.phantom import Phantom  # noqa: E402
 from backend.models import ScanTask, User  # noqa: E402

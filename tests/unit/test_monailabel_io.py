@@ -14,6 +14,7 @@ import pytest
 
 from backend.core.errors import InvalidInput, PayloadTooLarge
 from backend.imaging import monailabel_io as mio
+from backend.imaging import monailabel_write as mwrite
 from backend.imaging.nifti import to_nifti_gz
 
 SHAPE = (12, 10, 8)
@@ -50,7 +51,7 @@ def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
 
 def test_combined_map_round_trip_keeps_parts_and_parent_rule() -> None:
     masks = _masks()
-    data = mio.write_combined_map(masks, SCHEMA, AFFINE)
+    data = mwrite.write_combined_map(masks, SCHEMA, AFFINE)
     assert data[:2] == b"\x1f\x8b"
     got = _read("C:\\Users\\doc\\Desktop\\label.nii.gz", data)
     # Parts are written on top of their parent; the parent rule restores the whole pancreas.
@@ -70,7 +71,7 @@ def test_parent_rule_on_a_combined_map_with_label_info() -> None:
 
 def test_seg_nrrd_round_trip_keeps_overlaps_as_separate_segments() -> None:
     masks = _masks()
-    data = mio.write_seg_nrrd(masks, SCHEMA, COLOURS, AFFINE)
+    data = mwrite.write_seg_nrrd(masks, SCHEMA, COLOURS, AFFINE)
     got = _read("/tmp/Segmentation.seg.nrrd", data)
     _same(got, masks)
     # Readable by pynrrd: a layered 4D array with Slicer's segment fields, the pancreas on its own layer.
@@ -86,7 +87,7 @@ def test_seg_nrrd_round_trip_keeps_overlaps_as_separate_segments() -> None:
 
 def test_seg_nrrd_is_readable_by_pynrrd_in_lps(tmp_path: Path) -> None:
     masks = {"liver": _masks()["liver"]}
-    data = mio.write_seg_nrrd(masks, SCHEMA, {}, AFFINE)
+    data = mwrite.write_seg_nrrd(masks, SCHEMA, {}, AFFINE)
     path = tmp_path / "l.seg.nrrd"
     path.write_bytes(data)
     arr, header = nrrd.read(str(path))
@@ -147,7 +148,7 @@ def test_wrong_affine_is_refused_naming_the_difference() -> None:
         _read("label.nii.gz", to_nifti_gz(np.zeros(SHAPE, dtype=np.uint8), moved))
     assert "affine" in exc.value.message and "3 mm" in exc.value.message
     flipped = np.diag([-0.8, 0.8, 2.5, 1.0])
-    seg = mio.write_seg_nrrd({"liver": _masks()["liver"]}, SCHEMA, {}, flipped)
+    seg = mwrite.write_seg_nrrd({"liver": _masks()["liver"]}, SCHEMA, {}, flipped)
     with pytest.raises(InvalidInput) as exc:
         _read("x.seg.nrrd", seg)
     assert "orientation" in exc.value.message and "LAS" in exc.value.message
@@ -156,7 +157,7 @@ def test_wrong_affine_is_refused_naming_the_difference() -> None:
 def test_seg_nrrd_too_big_for_the_scan_is_refused() -> None:
     big = {"liver": np.ones((12, 10, 9), dtype=bool)}
     with pytest.raises(InvalidInput) as exc:
-        _read("x.seg.nrrd", mio.write_seg_nrrd(big, SCHEMA, {}, AFFINE))
+        _read("x.seg.nrrd", mwrite.write_seg_nrrd(big, SCHEMA, {}, AFFINE))
     assert "(12, 10, 9)" in exc.value.message and "(12, 10, 8)" in exc.value.message
 
 
@@ -178,7 +179,7 @@ def test_garbage_is_refused_with_invalid_input(name: str, data: bytes) -> None:
 
 
 def test_truncated_and_bomb_nrrd_refused_before_inflating() -> None:
-    good = mio.write_seg_nrrd({"liver": _masks()["liver"]}, SCHEMA, {}, AFFINE)
+    good = mwrite.write_seg_nrrd({"liver": _masks()["liver"]}, SCHEMA, {}, AFFINE)
     with pytest.raises(InvalidInput):
         _read("x.seg.nrrd", good[:-20])
     # A header declaring a huge grid is refused (413) from the header alone.
@@ -203,7 +204,7 @@ def test_unknown_names_and_stray_values_are_refused() -> None:
     with pytest.raises(InvalidInput) as exc:
         _read("l.nii.gz", to_nifti_gz(labels, AFFINE), [("spleen", 42)])
     assert "spleen" in exc.value.message
-    seg = mio.write_seg_nrrd({"liver": _masks()["liver"]}, {"kidney": 1, "liver": 1}, {}, AFFINE)
+    seg = mwrite.write_seg_nrrd({"liver": _masks()["liver"]}, {"kidney": 1, "liver": 1}, {}, AFFINE)
     renamed = seg.replace(b"Segment0_Name:=liver", b"Segment0_Name:=kidney")
     with pytest.raises(InvalidInput) as exc:
         _read("l.seg.nrrd", renamed)
@@ -259,6 +260,6 @@ def test_combined_map_paint_order() -> None:
     b[4:8] = True
     idx = {"liver": 1, "pancreas": 2}
     for order, winner in ((["liver", "pancreas"], 2), (["pancreas", "liver"], 1), (None, 2)):
-        got = mio.write_combined_map({"liver": a, "pancreas": b}, idx, AFFINE, order=order)
+        got = mwrite.write_combined_map({"liver": a, "pancreas": b}, idx, AFFINE, order=order)
         labels = _read("c.nii.gz", got, [("liver", 1), ("pancreas", 2)], parents={})
         assert bool(labels["liver"][5, 0, 0]) == (winner == 1)

@@ -1,5 +1,6 @@
 """Label versions: immutable per-structure masks with lineage, O(edit) storage and optimistic concurrency."""
 
+from backend.labels.service.combined import patches_from_label_map
 from backend.labels.service.drafts import MAX_DRAFT_BYTES, delete_draft, get_draft, save_draft
 from backend.labels.service.masks import (
     combined_map,
@@ -44,6 +45,7 @@ __all__ = [
     "lineage",
     "list_versions",
     "load_manifest",
+    "patches_from_label_map",
     "read_mask",
     "save_draft",
     "save_patch",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Literal
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -64,9 +65,17 @@ def default_paint_order(structures: Sequence[Structure]) -> list[Structure]:
 
 
 def combined_map(
-    db: Session, blobs: BlobStore, version: LabelVersion, order: Sequence[str] | None = None
+    db: Session,
+    blobs: BlobStore,
+    version: LabelVersion,
+    order: Sequence[str] | None = None,
+    *,
+    memory_order: Literal["C", "F"] = "C",
 ) -> tuple[np.ndarray, list[Structure]]:
-    """Flatten a version into one integer map, later structures painted over earlier ones (an export, lossy)."""
+    """Flatten a version into one integer map, later structures painted over earlier ones (an export, lossy).
+
+    `memory_order` "F" matches a decoded NIfTI's layout, so comparing the two is one linear pass.
+    """
     scan = db.get(Scan, version.scan_id)
     assert scan is not None
     structures = projects.structures_of(db, scan.project_id)
@@ -77,7 +86,7 @@ def combined_map(
     else:
         painted = default_paint_order(structures)
     dtype = np.uint8 if max(s.label_value for s in structures) < 256 else np.uint16
-    out = np.zeros(scan_shape(scan), dtype=dtype)
+    out = np.zeros(scan_shape(scan), dtype=dtype, order=memory_order)
     entries = entries_by_structure(version)
     for structure in painted:
         entry = entries.get(structure.id)

@@ -59,9 +59,9 @@ def next_task(db: Session, project: Project, user: User, role: str, kind: str) -
                 if task is not None and user.id in prior_approvers(db, [task]).get(scan_id, set()):
                     continue
             if claim(db, scan_id, user.id, config, now, *conditions):
-                task = db.get(ScanTask, scan_id)
+                # One SELECT that also refreshes a row the session already held (the claim UPDATE bypassed it).
+                task = db.get(ScanTask, scan_id, populate_existing=True)
                 assert task is not None
-                db.refresh(task)
                 audit.record(
                     db,
                     actor_user_id=user.id,
