@@ -1,4 +1,4 @@
-"""The `maskloop` command line: serve, migrate, create-user, create-project, import, demo-data, jobs, gc, fsck.
+"""The `maskloop` command line: serve, migrate, users, projects, import, demo-data, jobs, gc, fsck, backup, erase.
 
 A thin shell over the flows (`backend/flows/`): each command parses its options, calls one use case and prints the
 outcome. The commands live in one module per group; they are registered here, in the order `--help` lists them.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from backend.cli import accounts, data, jobs, server, storage
+from backend.cli import accounts, backup, data, jobs, server, storage
 from backend.flows.demo import DEMO_PASSWORD
 
 __all__ = ["DEMO_PASSWORD", "app"]
@@ -29,3 +29,6 @@ app.command("export")(jobs.export_dataset)
 app.command("evaluate")(jobs.evaluate)
 app.command("gc")(storage.gc)
 app.command("fsck")(storage.fsck)
+app.command("backup")(backup.backup)
+app.command("restore")(backup.restore)
+app.command("erase")(backup.erase)

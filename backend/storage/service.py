@@ -63,17 +63,17 @@ def _distinct_digests(db: Session, column: InstrumentedAttribute[Any]) -> Iterat
         yield str(value)
 
 
-def _json_digests(value: Any) -> Iterator[str]:
+def json_digests(value: Any) -> Iterator[str]:
     """Every sha256-looking string anywhere in a JSON value."""
     if isinstance(value, str):
         if _DIGEST_RE.match(value):
             yield value
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _json_digests(item)
+            yield from json_digests(item)
     elif isinstance(value, list):
         for item in value:
-            yield from _json_digests(item)
+            yield from json_digests(item)
 
 
 def _json_rows(db: Session, column: InstrumentedAttribute[Any]) -> Iterator[tuple[str, list[str]]]:
@@ -81,7 +81,7 @@ def _json_rows(db: Session, column: InstrumentedAttribute[Any]) -> Iterator[tupl
     pk = inspect(column.class_).primary_key
     query = select(*pk, column).execution_options(yield_per=1000)
     for row in db.execute(query):
-        digests = list(_json_digests(row[-1]))
+        digests = list(json_digests(row[-1]))
         if digests:
             yield _row_label(column, pk, row[:-1]), digests
 
