@@ -30,6 +30,8 @@ from backend.core.errors import (
     Unauthenticated,
 )
 from backend.dashboard.router import router as dashboard_router
+from backend.editing.router import install_openapi_models as install_editing_openapi
+from backend.editing.router import router as editing_router
 from backend.evaluation.router import router as evaluation_router
 from backend.exports.router import router as exports_router
 from backend.http_errors import error_response, install_error_handlers, install_openapi
@@ -140,6 +142,7 @@ def body_policy(settings: Settings) -> BodyPolicy:
     routes = (
         ("POST", r"/api/projects/[^/]+/scans(/dicom)?", upload),
         ("POST", r"/api/scans/[^/]+/versions(/combined|/patch)?", upload),
+        ("POST", r"/api/scans/[^/]+/operations", upload),
         ("POST", r"/api/models/[^/]+/versions", upload),
         ("PUT", r"/api/scans/[^/]+/draft", draft),
         ("PUT", r"/monailabel/[^/]+/datastore/label", upload),
@@ -177,6 +180,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.include_router(quality_router)
     app.include_router(evaluation_router)
     app.include_router(monailabel_router)
+    app.include_router(editing_router)
 
     @app.get("/api/health", tags=["meta"])
     def health() -> dict[str, str]:
@@ -184,3 +188,4 @@ def install(app: FastAPI, settings: Settings) -> None:
         return {"status": "ok"}
 
     install_openapi(app)
+    install_editing_openapi(app)

@@ -18,6 +18,7 @@ from bench import (
     Benchmark,
     Row,
     core_spine,
+    editor_ops,
     hardening_auth,
     hardening_bodies,
     hardening_decode,
@@ -48,6 +49,7 @@ BENCHMARKS: list[Benchmark] = [
     hardening_headers.run,
     hardening_fuzz.run,
     monailabel.run,
+    editor_ops.run,
 ]
 
 
