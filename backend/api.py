@@ -39,6 +39,8 @@ from backend.jobs.router import router as jobs_router
 from backend.labels import service as labels_service
 from backend.labels.router import router as labels_router
 from backend.monailabel.router import router as monailabel_router
+from backend.observability.router import metrics_router
+from backend.observability.router import router as observability_router
 from backend.projects.router import router as projects_router
 from backend.quality.router import router as quality_router
 from backend.registry.router import router as registry_router
@@ -181,6 +183,9 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.include_router(evaluation_router)
     app.include_router(monailabel_router)
     app.include_router(editing_router)
+    app.include_router(observability_router)  # /api/health/ready
+    if settings.metrics_enabled:
+        app.include_router(metrics_router)  # /metrics
 
     @app.get("/api/health", tags=["meta"])
     def health() -> dict[str, str]:

@@ -13,6 +13,7 @@ from backend import api
 from backend.core.config import Settings, get_settings
 from backend.core.db import warm_up
 from backend.core.security_headers import SecurityHeadersMiddleware
+from backend.observability import wiring as observability
 from backend.storage.temp import TempSweeper
 
 # No inline styles: the Content-Security-Policy (core/security_headers.py) would refuse them.
@@ -74,7 +75,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Added last, so it wraps every route, mount and middleware installed above (CSP, framing, nosniff...).
     docs = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
-    app.add_middleware(SecurityHeadersMiddleware, docs_paths=[p for p in docs if p])
+    app.add_middleware(
+        SecurityHeadersMiddleware, docs_paths=[p for p in docs if p], connect_sources=settings.presign_connect_sources
+    )
+    # Outermost of all: request ids for logs and answers, latency and status metrics of every answer.
+    observability.install(app, settings)
     return app
 
 

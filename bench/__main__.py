@@ -33,6 +33,8 @@ from bench import (
 )
 from bench import evaluation as evaluation_bench
 from bench import exports as exports_bench
+from bench import imports as imports_bench
+from bench import s3 as s3_bench
 
 # The registry: add a module's entry point here to have `make bench` run it.
 BENCHMARKS: list[Benchmark] = [
@@ -49,6 +51,8 @@ BENCHMARKS: list[Benchmark] = [
     hardening_headers.run,
     hardening_fuzz.run,
     monailabel.run,
+    imports_bench.run,
+    s3_bench.run,
     editor_ops.run,
 ]
 

@@ -16,12 +16,13 @@ from sqlalchemy.orm import Session
 
 from backend.auth import service as auth
 from backend.core import migrate
-from backend.core.blobstore import LocalBlobStore, get_blob_store
+from backend.core.blobstore import BlobStore, LocalBlobStore, get_blob_store
 from backend.core.config import Settings, get_settings
 from backend.core.db import get_session, make_engine
 from backend.main import create_app
 from backend.models import Project, User
 from backend.projects import service as projects
+from tests.s3_server import S3Server
 
 PG_ADMIN_URL = os.environ.get("MASKLOOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 PASSWORD = "correct-horse-battery"
@@ -100,9 +101,44 @@ def db(database: str, request: pytest.FixtureRequest) -> Iterator[Session]:
         connection.close()
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 API server (moto_server, a subprocess on 127.0.0.1) for this test session."""
+    server = S3Server(tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def blobs(tmp_path: Path) -> LocalBlobStore:
-    """A fresh content-addressed blob folder."""
+def blob_backend(request: pytest.FixtureRequest) -> str:
+    """Which blob store a test runs on: 'local', and for tests marked `blobs` also 's3'."""
+    return str(getattr(request, "param", "local"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `blobs` that use the blob store run against the local folder and against S3 (moto)."""
+    if metafunc.definition.get_closest_marker("blobs") and "blob_backend" in metafunc.fixturenames:
+        metafunc.parametrize("blob_backend", ["local", "s3"], indirect=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The S3 run of a `blobs` test uses PostgreSQL only (the SQLite run adds nothing about blobs)."""
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        (dropped if params.get("blob_backend") == "s3" and params.get("database") == "sqlite" else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+@pytest.fixture
+def blobs(tmp_path: Path, blob_backend: str, request: pytest.FixtureRequest) -> BlobStore:
+    """A fresh content-addressed blob store: a folder, or (blob_backend 's3') a fresh prefix in the S3 bucket."""
+    if blob_backend == "s3":
+        server: S3Server = request.getfixturevalue("s3_server")
+        return server.store(cache_dir=tmp_path / "s3-cache", cache_max_bytes=256 << 20)
     return LocalBlobStore(tmp_path / "blobs")
 
 
@@ -115,7 +151,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def client(db: Session, blobs: LocalBlobStore, settings: Settings) -> Iterator[TestClient]:
+def client(db: Session, blobs: BlobStore, settings: Settings) -> Iterator[TestClient]:
     """The real app, wired to the test transaction and blob folder."""
     app = create_app(settings)
 

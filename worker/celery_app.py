@@ -9,14 +9,17 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 from kombu import Queue
 
 from backend.core.config import get_settings
-from backend.core.queue import QUEUES, configure
+from backend.core.queue import WORKER_QUEUES, configure
 from backend.jobs.reaper import Reaper
 from backend.storage.temp import sweep_temp
+from worker import observability
 from worker.pipelines.predictors import load_configured_predictors
 
 app = Celery("maskloop", include=["worker.tasks"])
 configure(app, get_settings())
-app.conf.task_queues = [Queue(name) for name in QUEUES]
+app.conf.task_queues = [Queue(name) for name in WORKER_QUEUES]
+# Job metrics, job ids in the logs, JSON logs, the /metrics exporter: wired before the pool forks.
+observability.install(get_settings())
 # Predictors beyond the bundled ones register now, before the pool forks: a module that fails to import stops the
 # worker at start instead of failing every job of its architecture.
 load_configured_predictors()

@@ -52,6 +52,14 @@ def gc(
     if not dry_run:
         swept = sweep_temp(settings)
         console.print(f"removed {swept.files} stale temp files ({mib(swept.bytes)})")
+        if settings.blob_backend != "local":
+            # Object stores keep the parts of killed multipart uploads (the local store's tmp/ files) until aborted.
+            try:
+                uploads, size = blobs.remove_stale_temp(settings.temp_max_age_hours * 3600)
+            except DomainError as exc:
+                console.print(f"[red]error:[/red] {exc.message}")
+                raise typer.Exit(code=1) from None
+            console.print(f"aborted {uploads} stale multipart uploads ({mib(size)})")
         with session_scope() as db:
             throttles, ended = account_flows.prune_auth_state(db, settings)
         console.print(f"pruned {throttles} stale sign-in throttle rows and {ended} long-ended login sessions")

@@ -47,7 +47,8 @@ def check_digest(digest: str) -> str:
 
 
 class BlobStore(Protocol):
-    """What every blob backend offers: local folder now, an S3-compatible bucket in distributed setups."""
+    """What every blob backend offers: a local folder (LocalBlobStore) or an S3-compatible bucket
+    (backend.core.blobstore_s3.S3BlobStore); local_path is None on S3, so callers stream through open()."""
 
     def put_bytes(self, data: bytes) -> str:
         """Store bytes under their sha256 (no-op if present) and return the digest."""
@@ -276,10 +277,24 @@ def remove_old_entries(folder: Path, max_age_s: float, prefix: str = "") -> tupl
     return removed, freed
 
 
+def presigned_get_url(blobs: BlobStore, digest: str, *, filename: str, media_type: str) -> str | None:
+    """A time-limited URL the browser may GET the blob from directly, when the store offers one and it is on."""
+    presign = getattr(blobs, "presigned_get_url", None)
+    return presign(digest, filename=filename, media_type=media_type) if callable(presign) else None
+
+
+def without_cache(blobs: BlobStore) -> BlobStore:
+    """The same store without a local read cache (an S3 store keeps one): what fsck must check."""
+    uncached = getattr(blobs, "uncached", None)
+    return uncached() if callable(uncached) else blobs
+
+
 @lru_cache
 def get_blob_store() -> BlobStore:
-    """The process-wide blob store chosen by settings."""
+    """The process-wide blob store chosen by settings (MASKLOOP_BLOB_BACKEND: local or s3)."""
     settings = get_settings()
-    if settings.blob_backend == "local":
-        return LocalBlobStore(settings.resolved_blob_root)
-    raise NotImplementedError(f"blob backend {settings.blob_backend!r} is not available in this build; use 'local'")
+    if settings.blob_backend == "s3":
+        from backend.core.blobstore_s3 import S3BlobStore  # boto3 is imported only where S3 is used
+
+        return S3BlobStore.from_settings(settings)
+    return LocalBlobStore(settings.resolved_blob_root)

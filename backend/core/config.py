@@ -5,8 +5,10 @@ from __future__ import annotations
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,10 +20,48 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), description="Root of the embedded deployment's files.")
     database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite under data_dir.")
     blob_root: Path | None = Field(default=None, description="Local blob folder; empty means data_dir/blobs.")
-    blob_backend: str = Field(default="local", description="'local' or 's3'.")
-    s3_bucket: str = ""
-    s3_endpoint_url: str = ""
-    s3_prefix: str = "blobs/"
+    blob_backend: Literal["local", "s3"] = Field(
+        default="local", description="'local' (a folder, one host) or 's3' (an S3-compatible bucket: AWS, MinIO, Ceph)"
+    )
+    s3_bucket: str = Field(default="", description="S3 bucket of the blobs (it must exist); needed for 's3'.")
+    s3_endpoint_url: str = Field(default="", description="S3 API endpoint (MinIO, Ceph RGW); empty means AWS S3.")
+    s3_prefix: str = Field(default="blobs/", description="Key prefix: a blob is stored at <prefix><sha256>.")
+    s3_region: str = Field(default="", description="S3 region; empty: AWS_DEFAULT_REGION / AWS_REGION, else us-east-1.")
+    s3_access_key_id: str = Field(default="", description="S3 access key; empty: the standard AWS credential chain.")
+    s3_secret_access_key: SecretStr = Field(
+        default=SecretStr(""), description="S3 secret key; empty: the standard AWS credential chain."
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto", description="'path' for MinIO/Ceph endpoints without wildcard DNS; 'auto' lets boto3 pick."
+    )
+    s3_multipart_threshold_mb: int = Field(
+        default=64, ge=5, description="Blobs at least this large (MiB) are uploaded in parts (multipart upload)."
+    )
+    s3_multipart_chunk_mb: int = Field(default=16, ge=5, description="Size of one part of a multipart upload (MiB).")
+    s3_conditional_put: bool = Field(
+        default=True,
+        description="Write with If-None-Match: * so a stored blob is never overwritten; turn off for servers "
+        "without conditional writes (then: exists-check before each write, as the local store does).",
+    )
+    s3_presign_get: bool = Field(
+        default=False,
+        description="The volume GET answers 307 to a presigned S3 URL instead of proxying the bytes (the bucket "
+        "needs CORS for the web origin; browser caching by ETag is lost).",
+    )
+    s3_presign_ttl_s: int = Field(default=300, ge=1, le=7 * 24 * 3600, description="Lifetime of a presigned GET.")
+    s3_presign_endpoint_url: str = Field(
+        default="", description="Endpoint the browser reaches S3 at, for presigned URLs; empty: s3_endpoint_url."
+    )
+    s3_max_connections: int = Field(default=32, ge=1, description="HTTP connections to S3 one process keeps.")
+    s3_max_attempts: int = Field(default=3, ge=1, description="Tries of one S3 request (standard retry mode).")
+    s3_connect_timeout_s: float = Field(default=5.0, gt=0, description="Seconds to open a connection to S3.")
+    s3_read_timeout_s: float = Field(default=60.0, gt=0, description="Seconds to wait for S3 to answer or send.")
+    s3_cache_dir: Path | None = Field(
+        default=None, description="Local disk cache of blobs read from or written to S3; empty: data_dir/s3-cache."
+    )
+    s3_cache_max_mb: int = Field(
+        default=4096, ge=0, description="Size of the local S3 blob cache in MiB (blobs are immutable); 0: no cache."
+    )
     broker_url: str = Field(default="", description="Celery broker; empty means an SQLite broker in data_dir.")
     broker_visibility_timeout_s: int = Field(
         default=3600,
@@ -163,6 +203,35 @@ class Settings(BaseSettings):
         '"needs_weights": true}}: the API process never imports predictor modules, so it learns their names here.',
     )
 
+    # --- observability: Prometheus metrics, structured logs, readiness (backend/observability) ---
+    metrics_enabled: bool = Field(
+        default=True, description="Count requests and jobs and serve them at GET /metrics (Prometheus text format)."
+    )
+    metrics_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="When set, GET /metrics (and the workers' exporter) needs `Authorization: Bearer <token>`.",
+    )
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        description="Folder where every process of one host (uvicorn workers, Celery prefork children) writes its "
+        "metrics (prometheus_client multiprocess mode); empty: each process counts alone. Give each start a fresh "
+        "folder (a tmpfs): files of an earlier run are summed in.",
+    )
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of a Celery worker's own /metrics exporter; 0: none."
+    )
+    worker_metrics_addr: str = Field(default="127.0.0.1", description="Address the workers' exporter listens on.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="'json': one JSON object per log line with the request id (HTTP) or job id (workers).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Level of the root logger when log_format is json."
+    )
+    readiness_timeout_s: float = Field(
+        default=3.0, gt=0, le=60, description="Seconds each check of GET /api/health/ready may take."
+    )
+
     @property
     def resolved_database_url(self) -> str:
         """Database URL with the embedded SQLite default filled in."""
@@ -174,6 +243,22 @@ class Settings(BaseSettings):
     def resolved_blob_root(self) -> Path:
         """Blob folder with the embedded default filled in."""
         return (self.blob_root or self.data_dir / "blobs").resolve()
+
+    @property
+    def presign_connect_sources(self) -> list[str]:
+        """Origins the browser fetches presigned volume URLs from (for the CSP connect-src); none when off."""
+        if self.blob_backend != "s3" or not self.s3_presign_get:
+            return []
+        endpoint = self.s3_presign_endpoint_url or self.s3_endpoint_url
+        if not endpoint:
+            return ["https://*.amazonaws.com"]
+        parts = urlsplit(endpoint)
+        return [f"{parts.scheme}://{parts.netloc}"]
+
+    @property
+    def resolved_s3_cache_dir(self) -> Path:
+        """The local S3 blob cache folder with the default (data_dir/s3-cache) filled in."""
+        return (self.s3_cache_dir or self.data_dir / "s3-cache").resolve()
 
     @property
     def resolved_broker_url(self) -> str:

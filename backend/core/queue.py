@@ -9,6 +9,10 @@ from celery import Celery
 from backend.core.config import Settings, get_settings
 
 QUEUES = ("gpu", "cpu")
+# Click requests of the interactive AI: no job row, a short expiry, answered by a warm worker within seconds.
+INTERACTIVE_QUEUE = "interactive"
+# Every queue a worker may consume (`-Q`): the job queues and the interactive one.
+WORKER_QUEUES = (*QUEUES, INTERACTIVE_QUEUE)
 
 # Task names are the contract between the API and the workers (worker/tasks.py registers them).
 TASK_PREANNOTATE = "maskloop.preannotate"

@@ -59,6 +59,12 @@ DOCS_CONTENT_SECURITY_POLICY = "; ".join(
 PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
 
 
+def with_connect_sources(csp: str, sources: Iterable[str]) -> str:
+    """The policy with extra connect-src origins (the S3 endpoint of presigned volume downloads)."""
+    extra = " ".join(source for source in sources if source)
+    return csp.replace("connect-src 'self'", f"connect-src 'self' {extra}") if extra else csp
+
+
 def _headers(csp: str) -> list[tuple[bytes, bytes]]:
     return [
         (b"content-security-policy", csp.encode()),
@@ -77,10 +83,10 @@ class SecurityHeadersMiddleware:
     documentation policy.
     """
 
-    def __init__(self, app: ASGIApp, docs_paths: Iterable[str] = ()) -> None:
+    def __init__(self, app: ASGIApp, docs_paths: Iterable[str] = (), connect_sources: Iterable[str] = ()) -> None:
         self.app = app
         self.docs_paths = frozenset(p for p in docs_paths if p)
-        self.strict = _headers(CONTENT_SECURITY_POLICY)
+        self.strict = _headers(with_connect_sources(CONTENT_SECURITY_POLICY, connect_sources))
         self.docs = _headers(DOCS_CONTENT_SECURITY_POLICY)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.responses import Response
 
 from backend.auth.dependencies import Blobs, DbSession
 from backend.exports import service
@@ -11,6 +11,7 @@ from backend.exports.dependencies import JobAccess, require_export
 from backend.exports.schemas import ExportJobOut, ExportRequest
 from backend.flows import jobs as job_flows
 from backend.flows import reads
+from backend.http_blobs import blob_response
 from backend.jobs import service as jobs
 from backend.projects.dependencies import ProjectAccess, require_project
 from backend.scans import service as scans
@@ -68,9 +69,5 @@ def download_export(
         digest=digest,
         client=request.client.host if request.client else None,
     )
-    headers = {"Content-Disposition": f'attachment; filename="{name}"', "ETag": f'"{digest}"'}
-    path = blobs.local_path(digest)
-    if path is not None and path.exists():
-        return FileResponse(path, media_type="application/gzip", headers=headers)
-    handle = blobs.open(digest)
-    return StreamingResponse(iter(lambda: handle.read(1 << 20), b""), media_type="application/gzip", headers=headers)
+    headers = {"ETag": f'"{digest}"'}
+    return blob_response(request, blobs, digest, media_type="application/gzip", filename=name, headers=headers)

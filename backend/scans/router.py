@@ -18,6 +18,7 @@ from backend.core import uploads
 from backend.core.errors import InvalidInput
 from backend.flows import labels as flows
 from backend.flows import reads
+from backend.http_blobs import blob_response
 from backend.models import Scan
 from backend.projects.dependencies import ProjectAccess, require_project
 from backend.scans import service
@@ -212,9 +213,13 @@ def get_volume(request: Request, db: DbSession, blobs: Blobs, access: ScanAccess
     )
     if cached:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    path = blobs.local_path(scan.image_digest)
-    filename = f"{scan.case_id}.nii.gz"
-    if path is not None:
-        return FileResponse(path, media_type="application/octet-stream", filename=filename, headers=headers)
-    headers["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return Response(blobs.get_bytes(scan.image_digest), media_type="application/octet-stream", headers=headers)
+    # A file (local store), a streamed and ranged proxy of the S3 object, or a redirect to a presigned URL.
+    return blob_response(
+        request,
+        blobs,
+        scan.image_digest,
+        media_type="application/octet-stream",
+        filename=f"{scan.case_id}.nii.gz",
+        headers=headers,
+        allow_redirect=True,
+    )

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from backend.core.blobstore import BlobInfo, BlobStore
+from backend.core.blobstore import BlobInfo, BlobStore, without_cache
 from backend.core.errors import Conflict, InvalidInput, NotFound
 from backend.imaging.chunks import MaskManifest
 from backend.models import (
@@ -272,6 +272,7 @@ def check_blobs(db: Session, blobs: BlobStore, *, quick: bool = False) -> FsckRe
     name; each problem lists the rows that point at it (through its manifest for a chunk)."""
     started = time.time()
     report = FsckReport(quick=quick)
+    blobs = without_cache(blobs)  # what the bucket holds, not a host's cached copies
     checker = _Checker(blobs, report)
     for column in _BLOB_COLUMNS:
         for digest in _distinct_digests(db, column):

@@ -166,6 +166,7 @@ def _approve(db: Session, scan: Scan, version: LabelVersion) -> None:
     db.flush()
 
 
+@pytest.mark.blobs  # also on the S3 blob store (moto_server)
 def test_version_choice_approved_and_structure_subset(
     db: Session, blobs: LocalBlobStore, world: World, tmp_path: Path
 ) -> None:
@@ -221,6 +222,7 @@ def _model_prediction(db: Session, blobs: LocalBlobStore, world: World, scan: Sc
     return version
 
 
+@pytest.mark.blobs  # also on the S3 blob store (moto_server)
 def test_model_version_exports_dicom_seg_with_automatic_segments(
     db: Session, blobs: LocalBlobStore, world: World, tmp_path: Path
 ) -> None:
@@ -254,6 +256,7 @@ def test_model_version_exports_dicom_seg_with_automatic_segments(
     assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "unet-x"
 
 
+@pytest.mark.blobs  # also on the S3 blob store (moto_server)
 def test_nnunet_and_msd_exports(db: Session, blobs: LocalBlobStore, world: World, tmp_path: Path) -> None:
     lead = world.users["lead"]
     phantoms = {"n1": _phantom("RAS", 1), "n2": _phantom("IPL", 2)}

@@ -11,7 +11,8 @@ from backend.imaging.phantom import generate_phantom
 from tests.conftest import World
 from tests.factories import post_patch, read_mask, read_nifti, small_phantom, upload_masks, upload_scan
 
-pytestmark = pytest.mark.parametrize("database", ["postgresql", "sqlite"], indirect=True)
+# `blobs`: the PostgreSQL runs repeat on the S3 blob store (conftest parametrises blob_backend).
+pytestmark = [pytest.mark.parametrize("database", ["postgresql", "sqlite"], indirect=True), pytest.mark.blobs]
 
 
 @pytest.fixture

@@ -88,6 +88,7 @@ def test_refused_reads_are_not_recorded(client: TestClient, world: World, db: Se
     assert _count(db, ReadEvent) == before
 
 
+@pytest.mark.blobs
 def test_export_download_is_recorded(client: TestClient, world: World, db: Session, blobs: LocalBlobStore) -> None:
     job = jobs.create_job(db, project_id=world.project.id, kind="export", created_by=world.users["lead"].id)
     digest = blobs.put_bytes(b"a tar.gz archive")

@@ -199,6 +199,7 @@ def test_nifti_import_round_trips_geometry_and_voxels(
 
 
 @BOTH_DATABASES
+@pytest.mark.blobs
 def test_volume_is_cacheable_and_never_gzip_encoded(client: TestClient, world: World) -> None:
     upload = tiny_volume(1)
     scan = post_nifti(client, world.headers["lead"], world.project.id, upload, "cache-me.nii.gz").json()

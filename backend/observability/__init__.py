@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, request/job ids in structured logs, and the readiness check."""
