@@ -8,7 +8,8 @@ and veins), imported through the services.
 Timed: exactly what the export pipeline does between claiming the job and finishing it, in this process:
 `plan_export` (versions chosen per scan, head), `write_export` in the PanTS layout (ct.nii.gz copied from the
 blob store, 17 decoded masks written as uint8 .nii.gz, combined_labels.nii.gz in the default paint order,
-metadata.csv/.xlsx, manifest.json), packing the folder as .tar.gz and storing the archive in the blob store.
+metadata.csv/.xlsx, manifest.json, the dataset card README.md/cases.csv and SHA256SUMS of every file),
+packing the folder as .tar.gz and storing the archive in the blob store.
 
 Figures (results.json keys):
 
@@ -88,9 +89,9 @@ def run() -> list[Row]:
                     db, project, fmt="pants", version="head", structures=None, scan_ids=None, flt=None
                 )
                 plan = exports.plan_export(db, project, params)
-                manifest = exports.write_export(blobs, plan, work / "out")
+                root = work / "out" / exports.dataset_folder_name(plan)
+                manifest = exports.write_export(blobs, plan, root)
                 folder_s = time.perf_counter() - started
-                [root] = list((work / "out").iterdir())
                 archive = work / "export.tar.gz"
                 files = exports.archive_folder(root, archive)
                 blobs.put_file(archive)

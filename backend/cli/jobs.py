@@ -179,13 +179,24 @@ def list_jobs(
 def export_dataset(
     project: Annotated[str, typer.Option(help="project slug")],
     fmt: Annotated[str, typer.Option("--format", help="pants | nnunet | msd | dicom-seg")] = "pants",
-    version: Annotated[str, typer.Option(help="head | approved | model:<name>")] = "head",
+    version: Annotated[
+        str, typer.Option(help="approved (last approved per scan; others skipped) | head | model:<name>")
+    ] = "approved",
     structures: Annotated[str | None, typer.Option(help="comma-separated structure names (default: all)")] = None,
     case: Annotated[list[str] | None, typer.Option(help="case id (repeatable; default: every scan)")] = None,
     nnunet_labels: Annotated[str, typer.Option(help="nnU-Net labels: paint-order | regions")] = "paint-order",
     dataset_id: Annotated[int, typer.Option(help="nnU-Net dataset id (DatasetXXX_Name)")] = 1,
     dataset_name: Annotated[str | None, typer.Option(help="nnU-Net/MSD dataset name")] = None,
-    out: Annotated[Path | None, typer.Option(help="write the dataset folder here, in this process")] = None,
+    test_split: Annotated[
+        str, typer.Option(help="test-split scans: separate (test folders) | exclude | merge (into training)")
+    ] = "separate",
+    ignore_label: Annotated[
+        bool, typer.Option(help="nnU-Net: unknown voxels of cases with a missing structure become 'ignore'")
+    ] = True,
+    folder_name: Annotated[str | None, typer.Option(help="with --job: the archive's top-level folder")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="write the dataset folder exactly at this (new or empty) folder, in process")
+    ] = None,
     job: Annotated[bool, typer.Option("--job", help="queue a cpu export job instead (download via the API)")] = False,
     as_user: Annotated[str, typer.Option("--as", help="e-mail of the requesting lead (--job)")] = DEMO_ADMIN,
     wait: Annotated[bool, typer.Option(help="with --job: follow the job with a progress bar")] = False,
@@ -193,6 +204,8 @@ def export_dataset(
     """Export one label version per scan as PanTS, nnU-Net v2, MSD or DICOM SEG (a folder, or a queued job)."""
     if (out is None) == (not job):
         refuse("give exactly one of --out DIR or --job")
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        refuse(f"--out {out} exists and is not an empty folder; the export is written exactly there")
     names = [s.strip() for s in structures.split(",") if s.strip()] if structures else None
     try:
         with session_scope() as db:
@@ -215,6 +228,9 @@ def export_dataset(
                 nnunet_labels=nnunet_labels,
                 dataset_id=dataset_id,
                 dataset_name=dataset_name,
+                test_split=test_split,
+                ignore_label=ignore_label,
+                folder_name=folder_name,
             )
             if job:
                 actor = auth.get_user_by_email(db, as_user)
@@ -256,7 +272,11 @@ def _print_evaluation(db: Session, run_id: int, out: Path | None) -> None:
         cells = [block["dsc"]["mean"], block["nsd"]["mean"], block["hd95"]["median"]]
         table.add_row(name, str(block["pairs"]), *("undefined" if v is None else f"{v:.3f}" for v in cells))
     console.print(table)
-    console.print(f"NSD: {run.summary['nsd_definition']}; tolerance {run.summary['nsd_tolerance_mm']} mm")
+    definition = run.summary.get("metric_definition", "lorensen")
+    console.print(
+        f"NSD/HD95 definition {definition}: {run.summary['nsd_definition']}; "
+        f"tolerance {run.summary['nsd_tolerance_mm']} mm"
+    )
     if out is not None:
         if out.suffix == ".csv":
             out.write_text(evaluation.cases_csv(evaluation.case_rows(db, run)))
@@ -273,6 +293,9 @@ def evaluate(
     split: Annotated[str, typer.Option(help="scan split, or 'all'")] = "test",
     structures: Annotated[str | None, typer.Option(help="comma-separated structures (default: the model's)")] = None,
     nsd_tolerance: Annotated[float | None, typer.Option(help="NSD tolerance in mm (default 1)")] = None,
+    metric_definition: Annotated[
+        str | None, typer.Option(help="NSD/HD95 definition: deepmind (default) | lorensen | monai")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="write the report: .json (everything) or .csv (cases)")] = None,
     sync: Annotated[bool, typer.Option("--sync", help="run in this process instead of queueing a cpu job")] = False,
     as_user: Annotated[str, typer.Option("--as", help="e-mail of the requesting lead")] = DEMO_ADMIN,
@@ -291,6 +314,7 @@ def evaluate(
         split=split,
         structures=[s.strip() for s in structures.split(",") if s.strip()] if structures else None,
         nsd_tolerance_mm=nsd_tolerance,
+        metric_definition=metric_definition,
     )
     try:
         with session_scope() as db:

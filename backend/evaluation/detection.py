@@ -6,6 +6,11 @@ Conventions (stated in every report through `DetectionConfig.describe()`):
   of the lesion structure's mask (`pancreatic_lesion` by default), in ground truth and prediction alike.
 - A **predicted** component counts only when its volume is ≥ `min_volume_mm3` and, when a probability map
   exists, its maximum probability is ≥ `confidence_threshold`. Ground-truth components are never dropped.
+  The default minimum volume is `DEFAULT_MIN_VOLUME_MM3` = 50 mm³ (a project may set its own,
+  `settings.evaluation.detection_min_volume_mm3`; a request may override it): larger than any single voxel of
+  a diagnostic CT grid (≈ 0.5–5 mm³), so one stray voxel or a speck of a few voxels does not turn a tumour-free
+  patient into a false positive, and far below the smallest size bucket (a 50 mm³ sphere is ≈ 4.6 mm across;
+  PanTS QA already flags ground-truth lesions under 50 voxels as suspicious). 0 counts every predicted voxel.
 - A **tumour patient** is a case whose ground truth has at least one lesion component; the others are
   tumour-free.
 - **Patient-wise sensitivity**: tumour patients with at least one counted predicted component / tumour patients.
@@ -33,6 +38,7 @@ from scipy import ndimage
 from backend.evaluation.metrics import union_box
 
 CONNECTIVITY = 26
+DEFAULT_MIN_VOLUME_MM3 = 50.0
 LOCALISATIONS = ("overlap", "dice")
 SIZE_BUCKETS = ("<1 mL", "1-5 mL", "5-20 mL", ">20 mL")
 _STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
@@ -54,7 +60,7 @@ class DetectionConfig:
     """How lesions are found and matched; every field is reported with the results."""
 
     lesion_structure: str = "pancreatic_lesion"
-    min_volume_mm3: float = 0.0
+    min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3
     confidence_threshold: float = 0.5
     localisation: str = "overlap"
     min_dice: float = 0.1

@@ -9,8 +9,17 @@ from fastapi import APIRouter, Query, Response
 from backend.auth.dependencies import DbSession
 from backend.core.errors import Conflict
 from backend.evaluation import metrics, service
+from backend.evaluation import settings as evaluation_settings
 from backend.evaluation.dependencies import EvaluationAccess, require_evaluation
-from backend.evaluation.schemas import CasesOut, EvaluationCreate, EvaluationOut, EvaluationPage, LeaderboardOut
+from backend.evaluation.schemas import (
+    CasesOut,
+    EvaluationCreate,
+    EvaluationOptionsOut,
+    EvaluationOut,
+    EvaluationPage,
+    EvaluationReportOut,
+    LeaderboardOut,
+)
 from backend.flows import jobs as job_flows
 from backend.jobs import service as jobs
 from backend.models import EvaluationRun
@@ -36,7 +45,8 @@ def run_out(db: DbSession, run: EvaluationRun, *, with_summary: bool = True) -> 
         split=run.config.get("split"),
         structures=list(run.config.get("structures", [])),
         cases_planned=len(run.config.get("pairs", [])),
-        nsd_definition=metrics.NSD_DEFINITION,
+        metric_definition=service.run_definition(run),
+        nsd_definition=metrics.describe_definition(service.run_definition(run)),
         config=config,
         summary=run.summary if with_summary else {},
         error=state.error,
@@ -60,6 +70,7 @@ def create_evaluation(
         structures=body.structures,
         nsd_tolerance_mm=body.nsd_tolerance_mm,
         detection=body.detection.model_dump() if body.detection else None,
+        metric_definition=body.metric_definition,
     )
     run, _ = job_flows.launch_evaluation(db, access.project, request, actor=access.user)
     return run_out(db, run)
@@ -103,7 +114,8 @@ def evaluation_cases(
         )
     return CasesOut(
         run_id=run.id,
-        nsd_definition=metrics.NSD_DEFINITION,
+        metric_definition=service.run_definition(run),
+        nsd_definition=metrics.describe_definition(service.run_definition(run)),
         empty_policy=metrics.EMPTY_POLICY,
         cases=rows,
         detection=service.detection_rows(db, run),
@@ -116,7 +128,32 @@ def leaderboard(
     access: ProjectAccess = require_project("read"),
     structure: str | None = None,
     split: Annotated[str | None, Query(max_length=16)] = None,
+    metric_definition: Annotated[
+        Literal["deepmind", "lorensen", "monai"] | None,
+        Query(description="rank only runs of this definition (default: the project's, else 'deepmind')"),
+    ] = None,
 ) -> LeaderboardOut:
     """Model versions per structure, ranked by mean DSC (then NSD) over each one's latest finished run."""
-    rows = service.leaderboard(db, access.project.id, structure, split)
-    return LeaderboardOut(structure=structure, split=split, nsd_definition=metrics.NSD_DEFINITION, rows=rows)
+    definition = metric_definition or evaluation_settings.project_defaults(access.project.settings)["metric_definition"]
+    rows = service.leaderboard(db, access.project.id, structure, split, definition)
+    return LeaderboardOut(
+        structure=structure,
+        split=split,
+        metric_definition=definition,
+        nsd_definition=metrics.describe_definition(definition),
+        rows=rows,
+    )
+
+
+@router.get("/api/evaluations/{evaluation_id}/report", response_model=EvaluationReportOut)
+def evaluation_report(db: DbSession, access: EvaluationAccess = require_evaluation("read")) -> EvaluationReportOut:
+    """The whole run as one document (config, summary, per-case rows, detection); states its metric definition."""
+    data = service.report(db, access.run)
+    data["status"] = service.run_state(db, access.run).status
+    return EvaluationReportOut(**data)
+
+
+@router.get("/api/projects/{project_id}/evaluation-options", response_model=EvaluationOptionsOut)
+def evaluation_options(db: DbSession, access: ProjectAccess = require_project("read")) -> EvaluationOptionsOut:
+    """Choices for starting an evaluation: metric definitions, the project's defaults, splits and model versions."""
+    return EvaluationOptionsOut(**service.evaluation_options(db, access.project))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -14,7 +14,15 @@ class DetectionIn(BaseModel):
     """Tumour-detection settings (see backend/evaluation/detection.py for the conventions)."""
 
     lesion_structure: str = "pancreatic_lesion"
-    min_volume_mm3: float = Field(default=0.0, ge=0)
+    min_volume_mm3: float | None = Field(
+        default=None,
+        ge=0,
+        le=1e6,
+        description=(
+            "predicted lesion components smaller than this (mm³) do not count; null = the project's "
+            "settings.evaluation.detection_min_volume_mm3, else 50 mm³ (one stray voxel is no false positive)"
+        ),
+    )
     confidence_threshold: float = Field(default=0.5, ge=0, le=1)
     localisation: str = Field(default="overlap", description="'overlap' (any shared voxel) or 'dice'")
     min_dice: float = Field(default=0.1, ge=0, lt=1)
@@ -33,6 +41,14 @@ class EvaluationCreate(BaseModel):
         default=None, description="one tolerance in mm, or {structure or 'default': mm}; 1 mm by default"
     )
     detection: DetectionIn | None = None
+    metric_definition: Literal["deepmind", "lorensen", "monai"] | None = Field(
+        default=None,
+        description=(
+            "how NSD and HD95 measure a surface: 'deepmind' (DeepMind surface-distance, area-weighted surfels), "
+            "'lorensen' (closed marching-cubes surfels) or 'monai' (boundary voxels); null = the project's "
+            "settings.evaluation.metric_definition, else 'deepmind'"
+        ),
+    )
 
 
 class EvaluationOut(BaseModel):
@@ -49,7 +65,8 @@ class EvaluationOut(BaseModel):
     split: str | None
     structures: list[str]
     cases_planned: int
-    nsd_definition: str
+    metric_definition: str = Field(description="'deepmind', 'lorensen' or 'monai': the definition this run used")
+    nsd_definition: str = Field(description="the wording of that definition, as reports state it")
     config: dict[str, Any]
     summary: dict[str, Any]
     error: str | None
@@ -71,6 +88,7 @@ class CasesOut(BaseModel):
     """Per-case-per-structure metrics (null NSD/HD95 = undefined: an empty mask) and per-case detection."""
 
     run_id: int
+    metric_definition: str
     nsd_definition: str
     empty_policy: str
     cases: list[dict[str, Any]]
@@ -82,5 +100,55 @@ class LeaderboardOut(BaseModel):
 
     structure: str | None
     split: str | None
+    metric_definition: str
     nsd_definition: str
     rows: list[dict[str, Any]]
+
+
+class EvaluationReportOut(BaseModel):
+    """A whole run as one document: config (without the pair list), summary, every case and detection row.
+
+    The summary holds per-structure statistics (`structures`), breakdowns (`by_site`, `by_phase`,
+    `by_manufacturer`, `by_lesion_size`), `detection` (sensitivities, specificity, AUC, its config including
+    `min_volume_mm3`) and the conventions (`metric_definition`, `nsd_definition`, `empty_policy`,
+    `nsd_tolerance_mm`, `hd_percentile`). Cases and detection are empty until the run has succeeded.
+    """
+
+    id: int
+    name: str
+    status: str
+    model_version_id: int | None
+    metric_definition: str
+    nsd_definition: str
+    empty_policy: str
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    cases: list[dict[str, Any]]
+    detection: list[dict[str, Any]]
+    finished_at: str | None
+
+
+class MetricDefinitionOut(BaseModel):
+    """One way of measuring NSD/HD95."""
+
+    name: str
+    description: str
+    default: bool
+
+
+class EvaluationOptionsOut(BaseModel):
+    """What a lead can choose when starting an evaluation of this project, and the defaults that apply."""
+
+    metric_definitions: list[MetricDefinitionOut]
+    defaults: dict[str, Any] = Field(
+        description="this project's defaults: nsd_tolerance_mm, detection_min_volume_mm3, metric_definition"
+    )
+    documented_defaults: dict[str, Any] = Field(description="the platform's defaults, where a project sets none")
+    empty_policy: str
+    splits: list[dict[str, Any]] = Field(
+        description="[{split, scans, approved_scans}] with 'all' last; ground truth = approved versions"
+    )
+    structures: list[str]
+    model_versions: list[dict[str, Any]] = Field(
+        description="[{model_version_id, model, version, promoted, predicted_scans}] of versions with predictions"
+    )

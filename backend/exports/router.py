@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from backend.auth.dependencies import Blobs, DbSession
 from backend.exports import service
 from backend.exports.dependencies import JobAccess, require_export
-from backend.exports.schemas import ExportJobOut, ExportRequest
+from backend.exports.schemas import ExportJobOut, ExportOptionsOut, ExportRequest
 from backend.flows import jobs as job_flows
 from backend.flows import reads
 from backend.http_blobs import blob_response
@@ -39,6 +39,9 @@ def create_export(
         nnunet_labels=body.nnunet_labels,
         dataset_id=body.dataset_id,
         dataset_name=body.dataset_name,
+        test_split=body.test_split,
+        ignore_label=body.ignore_label,
+        folder_name=body.folder_name,
     )
     job = job_flows.launch_export(db, access.project, params, actor=access.user)
     return ExportJobOut(
@@ -50,6 +53,12 @@ def create_export(
         params=job.params,
         download_url=f"/api/exports/{job.id}/download",
     )
+
+
+@router.get("/api/projects/{project_id}/export-options", response_model=ExportOptionsOut)
+def export_options(db: DbSession, access: ProjectAccess = require_project("read")) -> ExportOptionsOut:
+    """What an export request can choose (formats, versions, split handling, ignore label) and the defaults."""
+    return ExportOptionsOut(**service.export_options(db, access.project))
 
 
 @router.get("/api/exports/{job_id}/download", response_class=Response)

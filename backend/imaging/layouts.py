@@ -11,6 +11,13 @@ earlier one where they overlap (the default order is the schema order with every
 structure it lies `inside`, so sub-structures stay visible). nnU-Net can alternatively keep overlaps exactly
 with region-based labels: each distinct combination of structures present in a voxel becomes one integer class
 and every structure is the region (list of classes) containing it.
+
+Splits: a scan of the test split (`is_test_split`) goes to the test folders — PanTS ImageTe/LabelTe, nnU-Net
+imagesTs/labelsTs, MSD imagesTs/labelsTs listed under `test` — never into the training folders.
+
+Missing structures (unknown, not empty): nnU-Net v2 declares an `ignore` label (the highest label value,
+`"ignore": n` in dataset.json) and, in a case where a structure is missing, every voxel not labelled with
+another structure becomes `ignore` (where an organ is unknown, background is unknown too) — `apply_ignore`.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ from backend.imaging.phantom import METADATA_COLUMNS
 EXPORT_METADATA_COLUMNS: tuple[str, ...] = (*METADATA_COLUMNS, "label_version_id", "version_kind", "version_author")
 NNUNET_CHANNEL_SUFFIX = "_0000"
 NIFTI_ENDING = ".nii.gz"
+IGNORE_LABEL = "ignore"
+TEST_SPLITS = ("te", "ts", "test")
 _DATASET_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 
 
@@ -77,9 +86,14 @@ def _write(path: Path, data: bytes) -> Path:
 # --- PanTS ------------------------------------------------------------------------------------------------
 
 
+def is_test_split(split: str | None) -> bool:
+    """Whether a scan split names the held-out test set ('test', 'ts' or 'te', any case)."""
+    return (split or "").strip().lower() in TEST_SPLITS
+
+
 def pants_split_dirs(split: str | None) -> tuple[str, str]:
     """The image and label folder names of a split (test -> ImageTe/LabelTe, anything else -> ImageTr/LabelTr)."""
-    return ("ImageTe", "LabelTe") if (split or "").lower() in ("te", "ts", "test") else ("ImageTr", "LabelTr")
+    return ("ImageTe", "LabelTe") if is_test_split(split) else ("ImageTr", "LabelTr")
 
 
 def write_pants_case(
@@ -202,11 +216,13 @@ def nnunet_dataset_json(
     description: str,
     regions_class_order: Sequence[int] | None = None,
     extra: Mapping[str, Any] | None = None,
+    ignore_value: int | None = None,
 ) -> dict[str, Any]:
-    """The dataset.json of an nnU-Net v2 raw dataset (one CT channel, NIfTI files)."""
+    """The dataset.json of an nnU-Net v2 raw dataset (one CT channel, NIfTI files), `ignore` declared if given."""
+    ignore = {IGNORE_LABEL: int(ignore_value)} if ignore_value is not None else {}
     out: dict[str, Any] = {
         "channel_names": {"0": "CT"},
-        "labels": {"background": 0, **{k: v for k, v in labels.items()}},
+        "labels": {"background": 0, **{k: v for k, v in labels.items()}, **ignore},
         "numTraining": int(num_training),
         "file_ending": NIFTI_ENDING,
         "name": name,
@@ -219,14 +235,29 @@ def nnunet_dataset_json(
     return out
 
 
+def apply_ignore(label_map: np.ndarray, ignore_value: int) -> np.ndarray:
+    """The map with every unlabelled voxel (0) set to the ignore value (the dtype widened if it must be)."""
+    out = label_map.astype(np.promote_types(label_map.dtype, combined_dtype(ignore_value)), copy=True)
+    out[out == 0] = ignore_value
+    return out
+
+
+def nnunet_case_paths(root: Path, case_id: str, *, test: bool = False) -> tuple[Path, Path]:
+    """(image, label) paths of a case: imagesTr/<case>_0000.nii.gz and labelsTr/<case>.nii.gz, or the Ts ones."""
+    images, labels = ("imagesTs", "labelsTs") if test else ("imagesTr", "labelsTr")
+    return (
+        root / images / f"{case_id}{NNUNET_CHANNEL_SUFFIX}{NIFTI_ENDING}",
+        root / labels / f"{case_id}{NIFTI_ENDING}",
+    )
+
+
 def write_nnunet_case(
-    root: Path, case_id: str, *, image_nii_gz: bytes, affine: np.ndarray, label_map: np.ndarray
+    root: Path, case_id: str, *, image_nii_gz: bytes, affine: np.ndarray, label_map: np.ndarray, test: bool = False
 ) -> list[Path]:
-    """imagesTr/<case>_0000.nii.gz (the CT as stored) and labelsTr/<case>.nii.gz (the integer map)."""
-    return [
-        _write(root / "imagesTr" / f"{case_id}{NNUNET_CHANNEL_SUFFIX}{NIFTI_ENDING}", image_nii_gz),
-        _write(root / "labelsTr" / f"{case_id}{NIFTI_ENDING}", to_nifti_gz(label_map, affine)),
-    ]
+    """imagesTr/<case>_0000.nii.gz (the CT as stored) and labelsTr/<case>.nii.gz (the integer map); imagesTs and
+    labelsTs for a test case."""
+    image_path, label_path = nnunet_case_paths(root, case_id, test=test)
+    return [_write(image_path, image_nii_gz), _write(label_path, to_nifti_gz(label_map, affine))]
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> Path:
@@ -255,11 +286,13 @@ def _label_ints(labels: Mapping[str, Any]) -> tuple[set[int], bool, list[str]]:
 def validate_nnunet_dataset(root: Path, *, check_geometry: bool = True) -> list[str]:
     """Check a raw dataset against the documented nnU-Net v2 rules; returns the violations (empty = valid).
 
-    Rules (nnU-Net v2 `documentation/dataset_format.md`): the folder is `DatasetXXX_Name`; dataset.json has
-    channel_names, labels (with background 0; consecutive integers from 0; region-based labels map to lists and
-    need regions_class_order), numTraining and file_ending; every imagesTr file is `<case>_XXXX<file_ending>`
-    with one file per channel; every training case has labelsTr/<case><file_ending> and vice versa; their
-    number equals numTraining; label maps hold only declared integers; image and label share shape and affine.
+    Rules (nnU-Net v2 `documentation/dataset_format.md`, `ignore_label.md`): the folder is `DatasetXXX_Name`;
+    dataset.json has channel_names, labels (with background 0; consecutive integers from 0; region-based labels
+    map to lists and need regions_class_order; an `ignore` label is one integer, the highest), numTraining and
+    file_ending; every imagesTr file is `<case>_XXXX<file_ending>` with one file per channel; every training
+    case has labelsTr/<case><file_ending> and vice versa; their number equals numTraining; label maps hold only
+    declared integers; image and label share shape and affine. Test cases (imagesTs, with labelsTs where
+    present) follow the same naming, channel and label rules and are not counted in numTraining.
     """
     errors: list[str] = []
     if not re.match(r"^Dataset\d{3}_[A-Za-z0-9_-]+$", root.name):
@@ -287,9 +320,13 @@ def validate_nnunet_dataset(root: Path, *, check_geometry: bool = True) -> list[
     errors += label_errors
     if used != set(range(len(used))):
         errors.append(f"label values must be consecutive integers from 0, got {sorted(used)}")
+    if IGNORE_LABEL in labels:
+        ignore = labels[IGNORE_LABEL]
+        if isinstance(ignore, bool) or not isinstance(ignore, int) or ignore != max(used, default=0):
+            errors.append(f"the ignore label must be one integer, the highest label value; got {ignore!r}")
     if regions:
         order = meta.get("regions_class_order")
-        n_regions = sum(1 for k, v in labels.items() if k != "background" and v != 0)
+        n_regions = sum(1 for k, v in labels.items() if k not in ("background", IGNORE_LABEL) and v != 0)
         if not isinstance(order, list) or len(order) != n_regions:
             errors.append("region-based labels need regions_class_order with one entry per region")
     elif "regions_class_order" in meta:
@@ -298,30 +335,55 @@ def validate_nnunet_dataset(root: Path, *, check_geometry: bool = True) -> list[
     if not isinstance(ending, str) or not ending.startswith("."):
         errors.append(f"file_ending must be a string like '.nii.gz', got {ending!r}")
         return errors
-    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
-    if not images_dir.is_dir() or not labels_dir.is_dir():
+    if not (root / "imagesTr").is_dir() or not (root / "labelsTr").is_dir():
         return [*errors, "imagesTr/ and labelsTr/ must both exist"]
+    train = _check_case_folders(root, "Tr", ending, len(channels), used, check_geometry, errors, labels_required=True)
+    if meta["numTraining"] != len(train):
+        errors.append(f"numTraining is {meta['numTraining']} but imagesTr holds {len(train)} cases")
+    if (root / "imagesTs").is_dir():
+        test = _check_case_folders(
+            root, "Ts", ending, len(channels), used, check_geometry, errors, labels_required=False
+        )
+        both = sorted(set(train) & set(test))
+        if both:
+            errors.append(f"cases {both[:10]} are in both imagesTr and imagesTs")
+    elif (root / "labelsTs").is_dir():
+        errors.append("labelsTs/ exists without imagesTs/")
+    return errors
+
+
+def _check_case_folders(
+    root: Path,
+    suffix: str,
+    ending: str,
+    n_channels: int,
+    used: set[int],
+    check_geometry: bool,
+    errors: list[str],
+    *,
+    labels_required: bool,
+) -> dict[str, set[int]]:
+    """Check images<suffix>/ and labels<suffix>/ (naming, channels, pairing, values, geometry); the cases found."""
+    images_dir, labels_dir = root / f"images{suffix}", root / f"labels{suffix}"
     pattern = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})" + re.escape(ending) + "$")
     cases: dict[str, set[int]] = {}
     for path in sorted(images_dir.iterdir()):
         match = pattern.match(path.name)
         if match is None:
-            errors.append(f"imagesTr/{path.name} is not named <case>_XXXX{ending}")
+            errors.append(f"images{suffix}/{path.name} is not named <case>_XXXX{ending}")
             continue
         cases.setdefault(match["case"], set()).add(int(match["channel"]))
-    label_cases = {p.name[: -len(ending)] for p in labels_dir.iterdir() if p.name.endswith(ending)}
-    label_cases_all = {p.name for p in labels_dir.iterdir()}
-    if len(label_cases) != len(label_cases_all):
-        errors.append(f"labelsTr holds files not ending in {ending}")
+    label_files = list(labels_dir.iterdir()) if labels_dir.is_dir() else []
+    label_cases = {p.name[: -len(ending)] for p in label_files if p.name.endswith(ending)}
+    if len(label_cases) != len(label_files):
+        errors.append(f"labels{suffix} holds files not ending in {ending}")
     for case, found in sorted(cases.items()):
-        if found != set(range(len(channels))):
-            errors.append(f"case {case}: channels {sorted(found)}, expected {list(range(len(channels)))}")
-        if case not in label_cases:
-            errors.append(f"case {case} has an image but no labelsTr/{case}{ending}")
+        if found != set(range(n_channels)):
+            errors.append(f"case {case}: channels {sorted(found)}, expected {list(range(n_channels))}")
+        if case not in label_cases and (labels_required or label_files):
+            errors.append(f"case {case} has an image but no labels{suffix}/{case}{ending}")
     for case in sorted(label_cases - set(cases)):
-        errors.append(f"labelsTr/{case}{ending} has no image")
-    if meta["numTraining"] != len(cases):
-        errors.append(f"numTraining is {meta['numTraining']} but imagesTr holds {len(cases)} cases")
+        errors.append(f"labels{suffix}/{case}{ending} has no image")
     if check_geometry:
         for case in sorted(set(cases) & label_cases):
             label_img: Any = nib.load(str(labels_dir / f"{case}{ending}"))
@@ -334,14 +396,14 @@ def validate_nnunet_dataset(root: Path, *, check_geometry: bool = True) -> list[
                     errors.append(f"case {case}: image shape {image.shape} != label shape {label_img.shape}")
                 elif not np.allclose(image.affine, label_img.affine, rtol=0, atol=1e-4):
                     errors.append(f"case {case}: image and label affines differ")
-    return errors
+    return cases
 
 
 def decode_label_map(label_map: np.ndarray, labels: Mapping[str, int | list[int]]) -> dict[str, np.ndarray]:
     """Per-structure masks from an integer map and a dataset.json `labels` mapping (regions: class lists)."""
     out: dict[str, np.ndarray] = {}
     for name, value in labels.items():
-        if name == "background":
+        if name in ("background", IGNORE_LABEL):
             continue
         out[name] = np.isin(label_map, value) if isinstance(value, list) else label_map == value
     return out
@@ -351,10 +413,18 @@ def decode_label_map(label_map: np.ndarray, labels: Mapping[str, int | list[int]
 
 
 def msd_dataset_json(
-    labels: Sequence[LabelSpec], case_ids: Iterable[str], *, name: str, description: str, reference: str = ""
+    labels: Sequence[LabelSpec],
+    case_ids: Iterable[str],
+    *,
+    name: str,
+    description: str,
+    reference: str = "",
+    test_case_ids: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """The dataset.json of a Decathlon-style dataset (imagesTr/<case>.nii.gz, labelsTr/<case>.nii.gz)."""
+    """The dataset.json of a Decathlon-style dataset: training cases (imagesTr/labelsTr/<case>.nii.gz) and test
+    cases, listed as image paths under `test` as the Decathlon does (their labels sit in labelsTs/)."""
     ids = list(case_ids)
+    test_ids = list(test_case_ids)
     return {
         "name": name,
         "description": description,
@@ -365,17 +435,18 @@ def msd_dataset_json(
         "modality": {"0": "CT"},
         "labels": {"0": "background", **{str(spec.value): spec.name for spec in labels}},
         "numTraining": len(ids),
-        "numTest": 0,
+        "numTest": len(test_ids),
         "training": [{"image": f"./imagesTr/{c}{NIFTI_ENDING}", "label": f"./labelsTr/{c}{NIFTI_ENDING}"} for c in ids],
-        "test": [],
+        "test": [f"./imagesTs/{c}{NIFTI_ENDING}" for c in test_ids],
     }
 
 
 def write_msd_case(
-    root: Path, case_id: str, *, image_nii_gz: bytes, affine: np.ndarray, label_map: np.ndarray
+    root: Path, case_id: str, *, image_nii_gz: bytes, affine: np.ndarray, label_map: np.ndarray, test: bool = False
 ) -> list[Path]:
-    """imagesTr/<case>.nii.gz (the CT as stored) and labelsTr/<case>.nii.gz."""
+    """imagesTr/<case>.nii.gz (the CT as stored) and labelsTr/<case>.nii.gz; imagesTs/labelsTs for a test case."""
+    images, labels = ("imagesTs", "labelsTs") if test else ("imagesTr", "labelsTr")
     return [
-        _write(root / "imagesTr" / f"{case_id}{NIFTI_ENDING}", image_nii_gz),
-        _write(root / "labelsTr" / f"{case_id}{NIFTI_ENDING}", to_nifti_gz(label_map, affine)),
+        _write(root / images / f"{case_id}{NIFTI_ENDING}", image_nii_gz),
+        _write(root / labels / f"{case_id}{NIFTI_ENDING}", to_nifti_gz(label_map, affine)),
     ]

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from backend.audit import service as audit
 from backend.core.db import get_or_404
 from backend.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from backend.evaluation.settings import validate_evaluation_settings
 from backend.models import LabelSchema, Membership, Project, Structure, User
 from backend.models.projects import PROJECT_ROLES
 
@@ -285,20 +286,23 @@ def _positive_mm(value: object, where: str) -> float:
 
 
 def _evaluation_settings(section: object, structure_names: set[str]) -> dict[str, Any]:
-    """Evaluation defaults: {"nsd_tolerance_mm": mm | {structure: mm, "default": mm}}."""
-    if not isinstance(section, dict) or set(section) - {"nsd_tolerance_mm"}:
+    """Evaluation defaults: {"nsd_tolerance_mm": mm | {structure: mm, "default": mm}} plus the detection volume
+    threshold and metric definition (backend.evaluation.settings documents those and their defaults)."""
+    if not isinstance(section, dict):
         raise InvalidInput("evaluation settings take {'nsd_tolerance_mm': mm or {structure: mm}}")
+    out = validate_evaluation_settings({k: v for k, v in section.items() if k != "nsd_tolerance_mm"})
     tolerance = section.get("nsd_tolerance_mm")
     if tolerance is None:
-        return {}
+        return out
     if isinstance(tolerance, dict):
         unknown = sorted(set(tolerance) - structure_names - {"default"})
         if unknown:
             raise InvalidInput(f"evaluation.nsd_tolerance_mm names unknown structures {unknown}")
         return {
-            "nsd_tolerance_mm": {k: _positive_mm(v, f"evaluation.nsd_tolerance_mm.{k}") for k, v in tolerance.items()}
+            **out,
+            "nsd_tolerance_mm": {k: _positive_mm(v, f"evaluation.nsd_tolerance_mm.{k}") for k, v in tolerance.items()},
         }
-    return {"nsd_tolerance_mm": _positive_mm(tolerance, "evaluation.nsd_tolerance_mm")}
+    return {**out, "nsd_tolerance_mm": _positive_mm(tolerance, "evaluation.nsd_tolerance_mm")}
 
 
 def update_settings(db: Session, project: Project, changes: dict[str, Any], actor: User) -> Project:

@@ -182,7 +182,7 @@ def test_stored_numbers_equal_metrics_computed_directly(
     assert response.status_code == 201, response.text
     created = response.json()
     assert created["status"] == "queued" and created["cases_planned"] == 3  # the train scan is not in 'test'
-    assert created["nsd_definition"] == "area-weighted (Nikolov et al.)"
+    assert created["metric_definition"] == "deepmind" and "surface-distance" in created["nsd_definition"]
     job = db.get(Job, created["job_id"])
     assert job is not None and job.kind == "evaluate" and job.queue == "cpu"
     _execute(db, blobs, created["id"])
@@ -220,7 +220,8 @@ def test_stored_numbers_equal_metrics_computed_directly(
     lesion_block = report["summary"]["structures"]["pancreatic_lesion"]
     assert lesion_block["nsd"]["undefined"] == 2 and lesion_block["nsd"]["n"] == 1
     summary = report["summary"]
-    assert summary["nsd_definition"] == "area-weighted (Nikolov et al.)"
+    assert summary["metric_definition"] == "deepmind"
+    assert summary["nsd_definition"] == metrics.METRIC_DEFINITIONS["deepmind"]
     assert set(summary["by_site"]) == {"north", "south"}
     assert summary["by_site"]["south"]["liver"]["pairs"] == 1
     assert set(summary["by_phase"]) == {"venous"} and set(summary["by_manufacturer"]) == {"acme"}

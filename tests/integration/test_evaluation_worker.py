@@ -120,7 +120,8 @@ def test_cli_evaluate_sync_writes_json_and_csv(stack: Stack, model_version_id: i
     result = runner.invoke(cli.app, [*common, "--model-version", str(model_version_id), "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["nsd_definition"] == "area-weighted (Nikolov et al.)" and len(report["cases"]) == 2 * len(STRUCTURES)
+    assert report["metric_definition"] == "deepmind" and len(report["cases"]) == 2 * len(STRUCTURES)
+    assert "surface-distance" in report["nsd_definition"] and "definition deepmind" in result.output
     csv_out = tmp_path / "cases.csv"
     result = runner.invoke(
         cli.app,
@@ -141,3 +142,10 @@ def test_cli_evaluate_sync_writes_json_and_csv(stack: Stack, model_version_id: i
     assert lines[0].startswith("case_id,") and len(lines) == 3 and ",2.0," in lines[1]
     bad = runner.invoke(cli.app, [*common, "--model-version", str(model_version_id), "--structures", "heart"])
     assert bad.exit_code == 2 and "heart" in bad.output
+    monai = runner.invoke(
+        cli.app, [*common, "--model-version", str(model_version_id), "--metric-definition", "monai", "--out", str(out)]
+    )
+    assert monai.exit_code == 0, monai.output
+    assert json.loads(out.read_text())["summary"]["metric_definition"] == "monai"
+    unknown = runner.invoke(cli.app, [*common, "--model-version", str(model_version_id), "--metric-definition", "x"])
+    assert unknown.exit_code == 2 and "metric_definition" in unknown.output

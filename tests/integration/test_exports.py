@@ -92,9 +92,10 @@ def _export(
     )
     plan = exports.plan_export(db, project, params)
     ticks: list[tuple[int, int, str]] = []
-    manifest = exports.write_export(blobs, plan, out, progress=lambda *a: ticks.append(a))
+    root = out / exports.dataset_folder_name(plan)
+    manifest = exports.write_export(blobs, plan, root, progress=lambda *a: ticks.append(a))
     assert [t[0] for t in ticks] == list(range(1, len(plan.cases) + 1))
-    [root] = list(out.iterdir())
+    assert sorted(p.name for p in out.iterdir()) == [root.name]  # written exactly where asked
     return manifest, root
 
 
@@ -322,11 +323,11 @@ def test_export_request_bad_input_is_4xx(
     assert client.post(url, headers=world.headers["outsider"], json={"format": "pants"}).status_code == 404
     assert sent == []
 
-    by_filter = post(format="msd", filter={"site": "JHH", "q": "b1"})
+    by_filter = post(format="msd", version="head", filter={"site": "JHH", "q": "b1"})
     assert by_filter.status_code == 201 and by_filter.json()["params"]["scan_ids"] == [scan.id]
     assert post(format="msd", filter={"site": "nowhere"}).status_code == 422
     sent.clear()
-    created = post(format="pants", scan_ids=[scan.id])
+    created = post(format="pants", version="head", scan_ids=[scan.id])
     assert created.status_code == 201, created.text
     job_id = created.json()["job_id"]
     assert sent == [("maskloop.export", job_id, "cpu")]

@@ -86,7 +86,12 @@ def test_nnunet_export_job_archive_validates(stack: Stack, tmp_path: Path) -> No
     ph = small_phantom(3, "RAS")
     scan = upload_scan(stack.client, lead, stack.project.id, ph, "job_nn")
     upload_masks(stack.client, lead, scan["id"], ph.masks, ph.affine)
-    body = {"format": "nnunet", "scan_ids": [scan["id"]], "structures": ["pancreas", "pancreas_head", "liver"]}
+    body = {
+        "format": "nnunet",
+        "version": "head",
+        "scan_ids": [scan["id"]],
+        "structures": ["pancreas", "pancreas_head", "liver"],
+    }
     job, members = _run_export(stack, {**body, "dataset_id": 5, "dataset_name": "Job"})
     for name, content in members.items():
         path = tmp_path / name
@@ -110,21 +115,57 @@ def test_cli_export_writes_the_folder_in_process(stack: Stack, tmp_path: Path) -
     )
     runner = CliRunner()
     args = ["export", "--project", "workers", "--format", "msd", "--case", "cli_ipl", "--structures", "liver,veins"]
-    result = runner.invoke(app, [*args, "--out", str(tmp_path)])
+    unapproved = runner.invoke(app, [*args, "--out", str(tmp_path / "approved")])  # the default: approved only
+    assert unapproved.exit_code == 2 and "has a version to export (approved)" in unapproved.output
+    args += ["--version", "head"]
+    out = tmp_path / "release"
+    result = runner.invoke(app, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "exported 1 scans" in result.output
-    msd = json.loads((tmp_path / "workers-msd" / "dataset.json").read_text())
+    # The folder is exactly --out (not --out/<project>-<format>/).
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "SHA256SUMS",
+        "cases.csv",
+        "dataset.json",
+        "imagesTr",
+        "labelsTr",
+        "manifest.json",
+    ]
+    msd = json.loads((out / "dataset.json").read_text())
     assert msd["labels"] == {"0": "background", "1": "liver", "2": "veins"}
-    label = nib.Nifti1Image.from_bytes(_gunzip((tmp_path / "workers-msd" / "labelsTr" / "cli_ipl.nii.gz").read_bytes()))
+    label = nib.Nifti1Image.from_bytes(_gunzip((out / "labelsTr" / "cli_ipl.nii.gz").read_bytes()))
     assert "".join(nib.aff2axcodes(label.affine)) == "IPL"
     assert np.array_equal(np.asarray(label.dataobj) == 2, ph.masks["veins"])
     bad = runner.invoke(app, [*args[:4], "nifti", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "unknown export format" in bad.output
     neither = runner.invoke(app, ["export", "--project", "workers"])
     assert neither.exit_code == 2
+    occupied = runner.invoke(app, [*args, "--out", str(out)])  # never mixed into a non-empty folder
+    assert occupied.exit_code == 2 and "not an empty folder" in occupied.output
 
 
 def _gunzip(data: bytes) -> bytes:
     import gzip
 
     return gzip.decompress(data)
+
+
+def test_export_job_archive_is_named_by_folder_name_and_carries_the_card(stack: Stack) -> None:
+    import hashlib
+
+    lead = stack.headers["lead"]
+    ph = small_phantom(6, "RAS")
+    scan = upload_scan(stack.client, lead, stack.project.id, ph, "job_card")
+    upload_masks(stack.client, lead, scan["id"], ph.masks, ph.affine)
+    body = {"format": "msd", "version": "head", "scan_ids": [scan["id"]], "folder_name": "release-v1"}
+    job, members = _run_export(stack, {**body, "structures": ["liver", "pancreas"]})
+    assert job["result"]["archive_name"].startswith("release-v1-job")
+    assert {name.split("/", 1)[0] for name in members} == {"release-v1"}
+    sums = members["release-v1/SHA256SUMS"].decode().splitlines()
+    listed = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in sums}
+    assert set(listed) == {name.split("/", 1)[1] for name in members} - {"SHA256SUMS"}
+    for name, digest in listed.items():
+        assert hashlib.sha256(members[f"release-v1/{name}"]).hexdigest() == digest
+    readme = members["release-v1/README.md"].decode()
+    assert "1 cases exported." in readme and "job_card" in readme

@@ -45,19 +45,40 @@ def test_false_positive_in_a_healthy_case_and_the_thresholds() -> None:
     gt = np.zeros((30, 30, 30), dtype=bool)
     pred = np.zeros_like(gt)
     _box(pred, (5, 5, 5), (3, 3, 3))  # 27 mm³
-    case = detection.detect_case(gt, pred, SPACING, DetectionConfig())
+    case = detection.detect_case(gt, pred, SPACING, DetectionConfig(min_volume_mm3=0.0))
     assert not case.tumour and case.detected and case.false_positive_components == 1
     # Below the minimum volume it does not count.
     small = detection.detect_case(gt, pred, SPACING, DetectionConfig(min_volume_mm3=30.0))
     assert not small.detected and small.false_positive_components == 0
     # Below the confidence threshold (max probability 0.4) it does not count either.
     probability = np.where(pred, 0.4, 0.0)
-    doubtful = detection.detect_case(gt, pred, SPACING, DetectionConfig(confidence_threshold=0.5), probability)
+    doubtful = detection.detect_case(
+        gt, pred, SPACING, DetectionConfig(min_volume_mm3=0.0, confidence_threshold=0.5), probability
+    )
     assert not doubtful.detected and doubtful.confidence == 0.0 and doubtful.confidence_source == "probability"
-    sure = detection.detect_case(gt, pred, SPACING, DetectionConfig(confidence_threshold=0.3), probability)
+    sure = detection.detect_case(
+        gt, pred, SPACING, DetectionConfig(min_volume_mm3=0.0, confidence_threshold=0.3), probability
+    )
     assert sure.detected and sure.confidence == pytest.approx(0.4)
     summary = detection.summarize([case])
     assert summary["specificity"] == 0.0 and summary["patient_sensitivity"] is None and summary["auc"] is None
+
+
+def test_one_stray_voxel_is_no_false_positive_by_default() -> None:
+    """The documented default volume threshold: a stray voxel (or a speck) in a healthy patient is not a tumour."""
+    assert DetectionConfig().min_volume_mm3 == detection.DEFAULT_MIN_VOLUME_MM3 == 50.0
+    gt = np.zeros((30, 30, 30), dtype=bool)
+    pred = np.zeros_like(gt)
+    pred[10, 10, 10] = True
+    spacing = (0.8, 0.8, 5.0)  # a thick-slice voxel: 3.2 mm³
+    healthy = detection.detect_case(gt, pred, spacing, DetectionConfig())
+    assert not healthy.detected and healthy.false_positive_components == 0 and healthy.predicted_components == 0
+    assert detection.summarize([healthy])["specificity"] == 1.0
+    counted = detection.detect_case(gt, pred, spacing, DetectionConfig(min_volume_mm3=0.0))
+    assert counted.detected and detection.summarize([counted])["specificity"] == 0.0
+    _box(pred, (20, 20, 20), (5, 5, 3))  # 75 voxels × 3.2 mm³ = 240 mm³: a real finding still counts
+    found = detection.detect_case(gt, pred, spacing, DetectionConfig())
+    assert found.detected and found.false_positive_components == 1
 
 
 def test_auc_on_a_hand_ranked_set() -> None:

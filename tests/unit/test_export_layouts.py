@@ -240,3 +240,51 @@ def test_single_segment_and_empty_seg_round_trip(which: str) -> None:
     assert int(seg.NumberOfFrames) <= int(mask.any(axis=(0, 1)).sum()) or which == "empty"
     back = dicom_seg.read_segments(dicom_seg.seg_to_bytes(seg), Geometry.from_affine(ph.volume.shape, ph.affine))
     assert np.array_equal(back["pancreatic_lesion"], mask)
+
+
+def test_msd_dataset_json_lists_test_cases_apart() -> None:
+    data = layouts.msd_dataset_json(
+        layouts.consecutive_labels(["liver"]), ["a"], name="x", description="", test_case_ids=["t1", "t2"]
+    )
+    assert data["numTraining"] == 1 and data["numTest"] == 2
+    assert data["test"] == ["./imagesTs/t1.nii.gz", "./imagesTs/t2.nii.gz"]
+    assert [t["image"] for t in data["training"]] == ["./imagesTr/a.nii.gz"]
+
+
+def test_apply_ignore_marks_only_unlabelled_voxels_and_widens_the_type() -> None:
+    label = np.array([[[0, 1], [2, 0]]], dtype=np.uint8)
+    assert layouts.apply_ignore(label, 3).tolist() == [[[3, 1], [2, 3]]]
+    wide = layouts.apply_ignore(label, 300)
+    assert wide.dtype == np.uint16 and wide.tolist() == [[[300, 1], [2, 300]]]
+    assert label.tolist() == [[[0, 1], [2, 0]]]  # the input is left alone
+    assert layouts.is_test_split("Test") and layouts.is_test_split("ts") and not layouts.is_test_split("val")
+
+
+def test_nnunet_validator_checks_test_folders_and_the_ignore_label(tmp_path: Path) -> None:
+    root = tmp_path / "Dataset011_Split"
+    ph, other = _phantom("RAS", 1), _phantom("RAS", 2)
+    names = ["liver", "pancreas"]
+    specs = layouts.consecutive_labels(names)
+    for case, phantom, test in (("tr", ph, False), ("ts", other, True)):
+        painted = layouts.paint_combined({n: phantom.masks[n] for n in names}, specs, phantom.volume.shape)
+        layouts.write_nnunet_case(
+            root,
+            case,
+            image_nii_gz=to_nifti_gz(phantom.volume, phantom.affine),
+            affine=phantom.affine,
+            label_map=layouts.apply_ignore(painted, 3) if test else painted,
+            test=test,
+        )
+    data = layouts.nnunet_dataset_json({s.name: s.value for s in specs}, 1, name="s", description="", ignore_value=3)
+    assert data["labels"] == {"background": 0, "liver": 1, "pancreas": 2, "ignore": 3}
+    layouts.write_json(root / "dataset.json", data)
+    assert layouts.validate_nnunet_dataset(root) == []
+    assert sorted(p.name for p in (root / "imagesTs").iterdir()) == ["ts_0000.nii.gz"]
+    data["labels"] = {"background": 0, "liver": 1, "ignore": 2, "pancreas": 3}
+    layouts.write_json(root / "dataset.json", data)
+    assert any("ignore label must be" in e for e in layouts.validate_nnunet_dataset(root))
+    data["labels"] = {"background": 0, "liver": 1, "pancreas": 2}
+    layouts.write_json(root / "dataset.json", data)
+    assert layouts.validate_nnunet_dataset(root) == ["case ts: label values [3] are not declared"]
+    (root / "imagesTr" / "ts_0000.nii.gz").write_bytes((root / "imagesTs" / "ts_0000.nii.gz").read_bytes())
+    assert any("in both imagesTr and imagesTs" in e for e in layouts.validate_nnunet_dataset(root))

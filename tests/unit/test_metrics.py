@@ -93,7 +93,10 @@ def test_monai_boundary_voxel_nsd_disagrees_on_the_same_sphere() -> None:
 
     monai_nsd = float(monai_metrics.compute_surface_dice(t(eroded), t(ball), class_thresholds=[1.0]))
     assert monai_nsd == pytest.approx(0.0, abs=1e-6)
-    assert metrics.NSD_DEFINITION == "area-weighted (Nikolov et al.)"
+    # The "monai" definition reproduces that number; the default is the area-weighted one.
+    ours = metrics.evaluate_pair(ball, eroded, (1.0, 1.0, 1.0), definition="monai").nsd
+    assert ours == pytest.approx(monai_nsd, abs=1e-6)
+    assert metrics.METRIC_DEFINITIONS["deepmind"] == metrics.NSD_DEFINITION
 
 
 def test_empty_masks_follow_the_stated_policy() -> None:

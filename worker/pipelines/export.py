@@ -41,9 +41,9 @@ def _run(claimed: common.Claimed) -> None:
             raise common.JobAbandoned(f"job {claimed.job_id} was cancelled")
 
     with tempfile.TemporaryDirectory(prefix="maskloop-export-") as tmp:
-        folder = Path(tmp) / "out"
-        manifest = exports.write_export(blobs, plan, folder, progress=tick)
-        [root] = list(folder.iterdir())
+        # The folder's name is the archive's top level (DatasetXXX_Name for nnU-Net).
+        root = Path(tmp) / "out" / exports.dataset_folder_name(plan)
+        manifest = exports.write_export(blobs, plan, root, progress=tick)
         reporter.update(92, "packing the archive", force=True)
         archive = Path(tmp) / "export.tar.gz"
         file_count = exports.archive_folder(root, archive)

@@ -22,6 +22,7 @@ from backend.evaluation.service.execution import (
     plan_cases,
     store_results,
 )
+from backend.evaluation.service.options import evaluation_options
 from backend.evaluation.service.reports import (
     CASE_COLUMNS,
     case_rows,
@@ -39,6 +40,7 @@ from backend.evaluation.service.runs import (
     get_run,
     launch,
     list_runs,
+    run_definition,
     run_for_job,
     run_state,
 )
@@ -58,6 +60,7 @@ __all__ = [
     "compute_case",
     "create_run",
     "detection_rows",
+    "evaluation_options",
     "execute_run",
     "get_run",
     "launch",
@@ -66,6 +69,7 @@ __all__ = [
     "mark_running",
     "plan_cases",
     "report",
+    "run_definition",
     "run_for_job",
     "run_state",
     "store_results",

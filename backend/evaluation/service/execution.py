@@ -52,6 +52,7 @@ class CasePlan:
     pred_version_id: int
     structures: list[StructurePlan]
     probability_digest: str | None
+    metric_definition: str = metrics.DEFAULT_METRIC_DEFINITION
 
 
 @dataclass
@@ -70,6 +71,7 @@ def plan_cases(db: Session, run: EvaluationRun) -> list[CasePlan]:
     schema = {s.name: s for s in projects.structures_of(db, run.project_id)}
     names = [n for n in config["structures"] if n in schema]
     lesion = config["detection"]["lesion_structure"]
+    definition = str(config.get("metric_definition") or "lorensen")  # runs planned before the choice: Lorensen
     plans = []
     for pair in config["pairs"]:
         scan = db.get(Scan, pair["scan_id"])
@@ -109,6 +111,7 @@ def plan_cases(db: Session, run: EvaluationRun) -> list[CasePlan]:
                 pred_version_id=pred.id,
                 structures=structures,
                 probability_digest=probability,
+                metric_definition=definition,
             )
         )
     return plans
@@ -146,7 +149,7 @@ def compute_case(blobs: BlobStore, plan: CasePlan, detection_config: Mapping[str
             else _mask(blobs, plan.shape, structure.pred_status, structure.pred_digest)
         )
         outcome.scores[structure.name] = metrics.evaluate_pair(
-            gt, pred, plan.spacing, nsd_tolerance_mm=structure.tolerance_mm
+            gt, pred, plan.spacing, nsd_tolerance_mm=structure.tolerance_mm, definition=plan.metric_definition
         )
         if structure.name == lesion_name:
             config = detection.DetectionConfig.from_dict(

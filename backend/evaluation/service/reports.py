@@ -42,6 +42,7 @@ CASE_COLUMNS = (
     "gt_empty",
     "pred_empty",
     "surface_status",
+    "metric_definition",
 )
 
 
@@ -55,6 +56,7 @@ def case_rows(db: Session, run: EvaluationRun) -> list[dict[str, Any]]:
         .order_by(Scan.case_id, Structure.position)
     )
     out = []
+    definition = str(run.config.get("metric_definition") or "lorensen")  # runs before the choice: Lorensen
     for case, scan, name in db.execute(query):
         out.append(
             {
@@ -77,6 +79,7 @@ def case_rows(db: Session, run: EvaluationRun) -> list[dict[str, Any]]:
                 "gt_empty": case.gt_empty,
                 "pred_empty": case.pred_empty,
                 "surface_status": case.surface_status,
+                "metric_definition": definition,
             }
         )
     return out
@@ -132,11 +135,16 @@ def _cell(value: Any) -> Any:
 
 
 def leaderboard(
-    db: Session, project_id: int, structure: str | None = None, split: str | None = None
+    db: Session,
+    project_id: int,
+    structure: str | None = None,
+    split: str | None = None,
+    metric_definition: str | None = None,
 ) -> list[dict[str, Any]]:
     """Model versions ranked per structure by mean DSC (then mean NSD) of each one's latest finished run.
 
-    With a split, only runs on that split count (so that every row is measured on the same scans).
+    With a split, only runs on that split count (so that every row is measured on the same scans); with a metric
+    definition, only runs that used it (NSD/HD95 of different definitions do not rank against each other).
     """
     schema = projects.structures_of(db, project_id)
     wanted = projects.find_structure(schema, structure).name if structure else None
@@ -152,6 +160,8 @@ def leaderboard(
     ):
         assert run.model_version_id is not None
         if split and run.config.get("split") != split:
+            continue
+        if metric_definition and str(run.config.get("metric_definition") or "lorensen") != metric_definition:
             continue
         latest[run.model_version_id] = run
     entries = []
@@ -175,6 +185,7 @@ def leaderboard(
                     "dsc_mean": block["dsc"]["mean"],
                     "nsd_mean": block["nsd"]["mean"],
                     "hd95_median": block["hd95"]["median"],
+                    "metric_definition": run.summary.get("metric_definition", "lorensen"),
                     "nsd_definition": run.summary.get("nsd_definition"),
                 }
             )
@@ -195,7 +206,8 @@ def report(db: Session, run: EvaluationRun) -> dict[str, Any]:
         "name": run.name,
         "status": run.status,
         "model_version_id": run.model_version_id,
-        "nsd_definition": metrics.NSD_DEFINITION,
+        "metric_definition": str(run.config.get("metric_definition") or "lorensen"),
+        "nsd_definition": metrics.describe_definition(str(run.config.get("metric_definition") or "lorensen")),
         "empty_policy": metrics.EMPTY_POLICY,
         "config": {k: v for k, v in run.config.items() if k != "pairs"},
         "summary": run.summary,

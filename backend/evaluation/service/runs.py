@@ -15,6 +15,7 @@ from backend.audit import service as audit
 from backend.core.db import get_or_404
 from backend.core.errors import InvalidInput, NotFound
 from backend.evaluation import detection, metrics
+from backend.evaluation import settings as evaluation_settings
 from backend.jobs import service as jobs
 from backend.models import (
     EvaluationRun,
@@ -47,6 +48,8 @@ class EvaluationRequest:
     structures: Sequence[str] | None = None
     nsd_tolerance_mm: float | Mapping[str, float] | None = None
     detection: Mapping[str, Any] | None = None
+    # "deepmind" | "lorensen" | "monai"; None = the project's setting, else "deepmind".
+    metric_definition: str | None = None
 
 
 def _tolerances(value: float | Mapping[str, float] | None, schema: Sequence[Structure]) -> float | dict[str, float]:
@@ -72,9 +75,13 @@ def _positive_mm(value: Any, what: str) -> float:
     return mm
 
 
-def _detection_config(data: Mapping[str, Any] | None) -> detection.DetectionConfig:
+def _detection_config(data: Mapping[str, Any] | None, default_min_volume_mm3: float) -> detection.DetectionConfig:
+    """The request's detection settings; a missing (or null) min_volume_mm3 takes the project's default."""
+    values = dict(data or {})
+    if values.get("min_volume_mm3") is None:
+        values["min_volume_mm3"] = default_min_volume_mm3
     try:
-        return detection.DetectionConfig.from_dict(data)
+        return detection.DetectionConfig.from_dict(values)
     except ValueError as exc:
         raise InvalidInput(f"detection: {exc}") from None
 
@@ -194,11 +201,14 @@ def create_run(db: Session, project: Project, actor: User | None, request: Evalu
         names = [projects.find_structure(schema, s).name for s in model.structures]
     else:
         names = [s.name for s in schema]
-    # The request's tolerance, else the project's setting {"evaluation": {"nsd_tolerance_mm": ...}}, else 1 mm.
-    project_settings = (project.settings or {}).get("evaluation")
-    configured = project_settings.get("nsd_tolerance_mm") if isinstance(project_settings, dict) else None
+    # The request's values, else the project's settings {"evaluation": {...}}, else the documented defaults.
+    defaults = evaluation_settings.project_defaults(project.settings)
+    configured = defaults["nsd_tolerance_mm"]
     tolerance = _tolerances(request.nsd_tolerance_mm if request.nsd_tolerance_mm is not None else configured, schema)
-    detect = _detection_config(request.detection)
+    definition = evaluation_settings.definition_name(
+        request.metric_definition or defaults["metric_definition"], "metric_definition"
+    )
+    detect = _detection_config(request.detection, defaults["detection_min_volume_mm3"])
     projects.find_structure(schema, detect.lesion_structure)
     case_ids = dict(db.execute(select(Scan.id, Scan.case_id).where(Scan.id.in_(unpredicted))).all())
     run = EvaluationRun(
@@ -210,7 +220,8 @@ def create_run(db: Session, project: Project, actor: User | None, request: Evalu
             "split": split,
             "structures": names,
             "nsd_tolerance_mm": tolerance,
-            "nsd_definition": metrics.NSD_DEFINITION,
+            "metric_definition": definition,
+            "nsd_definition": metrics.describe_definition(definition),
             "empty_policy": metrics.EMPTY_POLICY,
             "detection": detect.describe(),
             "source": "model_version" if version else "versions",
@@ -229,7 +240,13 @@ def create_run(db: Session, project: Project, actor: User | None, request: Evalu
         entity_type="evaluation_run",
         entity_id=run.id,
         project_id=project.id,
-        details={"split": split, "cases": len(pairs), "structures": names, "model_version_id": run.model_version_id},
+        details={
+            "split": split,
+            "cases": len(pairs),
+            "structures": names,
+            "model_version_id": run.model_version_id,
+            "metric_definition": definition,
+        },
     )
     return run
 
@@ -254,6 +271,11 @@ def launch(db: Session, project: Project, actor: User, request: EvaluationReques
     run.job_id = job.id
     db.flush()
     return run, job
+
+
+def run_definition(run: EvaluationRun) -> str:
+    """The metric definition a run used (runs made before the choice existed used the closed Lorensen table)."""
+    return str(run.config.get("metric_definition") or "lorensen")
 
 
 def get_run(db: Session, run_id: int) -> EvaluationRun:

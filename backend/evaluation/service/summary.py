@@ -100,8 +100,10 @@ def summarize(db: Session, run: EvaluationRun, skipped: Sequence[dict[str, Any]]
             for f in found
         ]
         detection_block = {**detection.summarize(cases), "config": run.config["detection"]}
+    definition = str(run.config.get("metric_definition") or "lorensen")
     return {
-        "nsd_definition": metrics.NSD_DEFINITION,
+        "metric_definition": definition,
+        "nsd_definition": metrics.describe_definition(definition),
         "empty_policy": metrics.EMPTY_POLICY,
         "hd_percentile": metrics.HD_PERCENTILE,
         "nsd_tolerance_mm": run.config["nsd_tolerance_mm"],

@@ -35,6 +35,10 @@ def export_summary(manifest: dict[str, Any]) -> dict[str, Any]:
         "skipped": manifest["skipped"][:100],
         "structures": [s["name"] for s in manifest["structures"]],
         "paint_order": manifest["paint_order"],
+        "test_split": manifest.get("test_split"),
+        "test_cases": sum(1 for scan in manifest["scans"] if scan.get("folder") == "test"),
+        "ignore_label": manifest.get("ignore_label"),
+        "cases_with_missing_structures": len(manifest.get("cases_with_missing_structures", [])),
     }
 
 

@@ -44,6 +44,14 @@ class CasePlan:
     version_author: str
     model_version: str | None
     entries: dict[str, tuple[str, str | None]]
+    site: str | None = None
+    phase: str | None = None
+    # Whether the case goes to the test folders (its split is the test split and test_split is "separate").
+    test: bool = False
+
+    def missing(self, names: list[str]) -> list[str]:
+        """The exported structures this case's version does not hold (unknown, not empty)."""
+        return [n for n in names if self.entries.get(n, ("missing", None))[0] != "present"]
 
 
 @dataclass
@@ -61,6 +69,9 @@ class ExportPlan:
     dataset_id: int = 1
     dataset_name: str = "maskloop"
     seed: str = "maskloop"
+    test_split: str = "separate"
+    ignore_label: bool = True
+    folder_name: str | None = None
 
 
 def _metadata_row(scan: Scan) -> dict[str, Any]:
@@ -113,6 +124,7 @@ def plan_export(db: Session, project: Project, params: dict[str, Any], *, seed: 
     ids = [int(i) for i in params["scan_ids"]]
     rows = {s.id: s for s in db.scalars(select(Scan).where(Scan.project_id == project.id, Scan.id.in_(ids)))}
     chosen = choose_versions(db, project, spec, [i for i in ids if i in rows])
+    test_split = str(params.get("test_split") or "separate")
     by_id = {s.id: s.name for s in schema}
     plan = ExportPlan(
         format=fmt,
@@ -125,6 +137,9 @@ def plan_export(db: Session, project: Project, params: dict[str, Any], *, seed: 
         dataset_id=int(params.get("dataset_id", 1)),
         dataset_name=str(params.get("dataset_name") or project.slug),
         seed=seed,
+        test_split=test_split,
+        ignore_label=bool(params.get("ignore_label", True)),
+        folder_name=params.get("folder_name") or None,
     )
     for scan_id in ids:
         scan = rows.get(scan_id)
@@ -132,6 +147,9 @@ def plan_export(db: Session, project: Project, params: dict[str, Any], *, seed: 
             plan.skipped.append({"scan_id": scan_id, "case_id": None, "reason": "the scan was deleted"})
             continue
         version_id, reason = chosen[scan_id]
+        is_test = layouts.is_test_split(scan.split)
+        if version_id is not None and is_test and test_split == "exclude":
+            version_id, reason = None, "test split excluded"
         if version_id is None:
             plan.skipped.append({"scan_id": scan_id, "case_id": scan.case_id, "reason": reason})
             continue
@@ -154,6 +172,9 @@ def plan_export(db: Session, project: Project, params: dict[str, Any], *, seed: 
                 version_author=author,
                 model_version=model_text,
                 entries=entries,
+                site=scan.site,
+                phase=scan.phase,
+                test=is_test and test_split == "separate",
             )
         )
     return plan

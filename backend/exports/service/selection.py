@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.core.errors import InvalidInput, NotFound
@@ -17,7 +18,11 @@ from backend.scans import service as scans
 
 FORMATS = ("pants", "nnunet", "msd", "dicom-seg")
 NNUNET_LABEL_MODES = ("paint-order", "regions")
+# Where scans of the test split go: their own test folders (default), nowhere, or the training folders.
+TEST_SPLIT_MODES = ("separate", "exclude", "merge")
+DEFAULT_VERSION = "approved"
 MAX_SCANS = 50_000
+_FOLDER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 @dataclass(frozen=True)
@@ -75,17 +80,32 @@ def validate_request(
     nnunet_labels: str = "paint-order",
     dataset_id: int = 1,
     dataset_name: str | None = None,
+    test_split: str = "separate",
+    ignore_label: bool = True,
+    folder_name: str | None = None,
 ) -> dict[str, Any]:
     """Check an export request and return the job parameters (scan ids resolved, structure names canonical)."""
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown export format {fmt!r}; use one of {list(FORMATS)}")
     if nnunet_labels not in NNUNET_LABEL_MODES:
         raise InvalidInput(f"nnunet_labels must be one of {list(NNUNET_LABEL_MODES)}, got {nnunet_labels!r}")
+    if test_split not in TEST_SPLIT_MODES:
+        raise InvalidInput(f"test_split must be one of {list(TEST_SPLIT_MODES)}, got {test_split!r}")
     spec = VersionSpec.parse(version)
     names = requested_structures(db, project, structures)
     name = dataset_name or "".join(c if c.isalnum() or c in "_-" else "_" for c in project.slug)[:60] or "maskloop"
     if fmt == "nnunet":
         layouts.nnunet_folder_name(dataset_id, name)
+        if folder_name is not None and folder_name != layouts.nnunet_folder_name(dataset_id, name):
+            raise InvalidInput(
+                "an nnU-Net dataset folder must be named DatasetXXX_Name; set dataset_id and dataset_name instead "
+                "of folder_name"
+            )
+    if folder_name is not None and not _FOLDER_NAME_RE.match(folder_name):
+        raise InvalidInput(
+            f"folder_name {folder_name!r} must be 1-100 letters, digits, '.', '_' or '-' (no path), "
+            "starting with a letter or digit"
+        )
     if scan_ids is not None and flt is not None:
         raise InvalidInput("give scan_ids or a filter, not both")
     if scan_ids is not None:
@@ -103,6 +123,11 @@ def validate_request(
     if len(ids) > MAX_SCANS:
         raise InvalidInput(f"{len(ids)} scans in one export; the limit is {MAX_SCANS}")
     chosen = choose_versions(db, project, spec, ids)
+    if test_split == "exclude":
+        splits = {row[0]: row[1] for row in db.execute(select(Scan.id, Scan.split).where(Scan.id.in_(ids)))}
+        chosen = {
+            i: (None, "test split excluded") if layouts.is_test_split(splits.get(i)) else c for i, c in chosen.items()
+        }
     if not any(version_id for version_id, _ in chosen.values()):
         reasons = sorted({reason for _, reason in chosen.values()})
         raise InvalidInput(f"none of the {len(ids)} selected scans has a version to export ({spec}): {reasons[:3]}")
@@ -114,6 +139,9 @@ def validate_request(
         "nnunet_labels": nnunet_labels,
         "dataset_id": dataset_id,
         "dataset_name": name,
+        "test_split": test_split,
+        "ignore_label": bool(ignore_label),
+        "folder_name": folder_name,
     }
 
 
@@ -157,3 +185,37 @@ def choose_versions(
                 else (None, f"no prediction of {model.name} v{promoted.number}")
             )
     return out
+
+
+def export_options(db: Session, project: Project) -> dict[str, Any]:
+    """The choices of an export request and their defaults, with the project's split and approval counts."""
+    promoted = db.scalars(
+        select(Model.name)
+        .join(ModelVersion, ModelVersion.model_id == Model.id)
+        .where(Model.project_id == project.id, ModelVersion.is_promoted)
+        .order_by(Model.name)
+    )
+    splits = {
+        str(split or ""): int(count)
+        for split, count in db.execute(
+            select(Scan.split, func.count(Scan.id)).where(Scan.project_id == project.id).group_by(Scan.split)
+        )
+    }
+    approved = db.scalar(
+        select(func.count())
+        .select_from(ScanTask)
+        .join(Scan, Scan.id == ScanTask.scan_id)
+        .where(Scan.project_id == project.id, ScanTask.approved_version_id.is_not(None))
+    )
+    return {
+        "formats": list(FORMATS),
+        "versions": ["approved", "head", *(f"model:{name}" for name in promoted)],
+        "default_version": DEFAULT_VERSION,
+        "test_split_modes": list(TEST_SPLIT_MODES),
+        "default_test_split": TEST_SPLIT_MODES[0],
+        "nnunet_label_modes": list(NNUNET_LABEL_MODES),
+        "ignore_label_default": True,
+        "splits": dict(sorted(splits.items())),
+        "approved_scans": int(approved or 0),
+        "scans": sum(splits.values()),
+    }

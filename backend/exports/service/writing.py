@@ -1,4 +1,8 @@
-"""Export writing: the dataset folder of a plan, with no database (blobs only), and its manifest.json."""
+"""Export writing: the dataset folder of a plan, with no database (blobs only), its manifest.json and its card.
+
+The folder is written exactly where the caller says (`maskloop export --out DIR` writes DIR itself); the job
+writes it under a temporary folder named `dataset_folder_name(plan)`, which becomes the archive's top level.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 from backend.core.blobstore import BlobStore
+from backend.core.errors import InvalidInput
+from backend.exports.service import card
 from backend.exports.service.planning import CasePlan, ExportPlan
 from backend.imaging import chunks, dicom_seg, layouts, nifti
 from backend.labels import service as labels
@@ -53,22 +60,40 @@ def _consecutive_specs(plan: ExportPlan) -> tuple[list[layouts.LabelSpec], list[
     return specs, [by_name[name] for name in plan.paint_order]
 
 
-def _root_name(plan: ExportPlan) -> str:
+def dataset_folder_name(plan: ExportPlan) -> str:
+    """The dataset folder's name: DatasetXXX_Name for nnU-Net, else the requested folder_name or <project>-<format>."""
     if plan.format == "nnunet":
         return layouts.nnunet_folder_name(plan.dataset_id, plan.dataset_name)
-    return f"{plan.project_slug}-{plan.format}"
+    return plan.folder_name or f"{plan.project_slug}-{plan.format}"
 
 
-def write_export(
-    blobs: BlobStore, plan: ExportPlan, out_dir: Path, *, progress: Progress | None = None
-) -> dict[str, Any]:
-    """Write the export under out_dir/<dataset folder> with a manifest.json; returns the manifest."""
-    root = out_dir / _root_name(plan)
+def _prepare(root: Path) -> None:
+    """Create the export folder; an existing one must be empty (an export never mixes with other files)."""
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise InvalidInput(f"{root} exists and is not an empty folder; choose a new or empty folder", path=str(root))
     root.mkdir(parents=True, exist_ok=True)
+
+
+def _rewrite_with_ignore(root: Path, case: CasePlan, ignore_value: int) -> None:
+    """Region labels learn their classes case by case: set a finished case's unlabelled voxels to ignore."""
+    _, path = layouts.nnunet_case_paths(root, case.case_id, test=case.test)
+    image: Any = nib.load(str(path))
+    label_map = np.asarray(image.dataobj)
+    path.write_bytes(nifti.to_nifti_gz(layouts.apply_ignore(label_map, ignore_value), case.affine))
+
+
+def write_export(blobs: BlobStore, plan: ExportPlan, root: Path, *, progress: Progress | None = None) -> dict[str, Any]:
+    """Write the export exactly at `root` (a new or empty folder) with manifest.json, the dataset card (README.md,
+    cases.csv) and SHA256SUMS; returns the manifest."""
+    _prepare(root)
     names = [s.name for s in plan.structures]
     pants_order = _pants_specs(plan)
     consecutive, consecutive_order = _consecutive_specs(plan)
     encoder = layouts.RegionEncoder(plan.paint_order) if plan.nnunet_labels == "regions" else None
+    # nnU-Net's ignore label: declared when a case lacks a structure; the highest value (regions: known at the end).
+    incomplete = {case.case_id for case in plan.cases if case.missing(names)}
+    use_ignore = plan.format == "nnunet" and plan.ignore_label and bool(incomplete)
+    ignore_value: int | None = len(consecutive) + 1 if use_ignore and encoder is None else None
     exported: list[dict[str, Any]] = []
     metadata_rows: list[dict[str, Any]] = []
     total = len(plan.cases)
@@ -81,7 +106,7 @@ def write_export(
             files = layouts.write_pants_case(
                 root,
                 case.case_id,
-                split=case.split,
+                split="test" if case.test else None,
                 image_nii_gz=image,
                 affine=case.affine,
                 masks=masks,
@@ -100,24 +125,44 @@ def write_export(
                 label_map = encoder.encode(masks, case.shape)
             else:
                 label_map = layouts.paint_combined(masks, consecutive_order, case.shape)
+            if ignore_value is not None and case.case_id in incomplete:
+                label_map = layouts.apply_ignore(label_map, ignore_value)
             writer = layouts.write_nnunet_case if plan.format == "nnunet" else layouts.write_msd_case
-            files = writer(root, case.case_id, image_nii_gz=image, affine=case.affine, label_map=label_map)
+            files = writer(
+                root, case.case_id, image_nii_gz=image, affine=case.affine, label_map=label_map, test=case.test
+            )
         else:
             files = _write_dicom_case(root, plan, case, image, masks)
         exported.append(
             {
                 "scan_id": case.scan_id,
                 "case_id": case.case_id,
+                "split": case.split,
+                "folder": "test" if case.test else "train",
+                "site": case.site,
+                "phase": case.phase,
                 "label_version_id": case.version_id,
                 "version_kind": case.version_kind,
                 "version_author": case.version_author,
                 "missing_structures": [n for n in names if masks[n] is None],
+                "ignore_label_applied": use_ignore and case.case_id in incomplete,
                 "files": [str(p.relative_to(root)) for p in files],
             }
         )
         if progress is not None:
             progress(index + 1, total, case.case_id)
-    extra: dict[str, Any] = {}
+    if use_ignore and encoder is not None:
+        ignore_value = len(encoder.classes) + 1
+        for case in plan.cases:
+            if case.case_id in incomplete:
+                _rewrite_with_ignore(root, case, ignore_value)
+    extra: dict[str, Any] = {
+        "test_split": plan.test_split,
+        "ignore_label": {"name": layouts.IGNORE_LABEL, "value": ignore_value} if ignore_value is not None else None,
+        "cases_with_missing_structures": sorted(incomplete),
+    }
+    training = [c.case_id for c in plan.cases if not c.test]
+    testing = [c.case_id for c in plan.cases if c.test]
     if plan.format == "pants":
         layouts.write_metadata_sheet(root, metadata_rows, layouts.EXPORT_METADATA_COLUMNS)
     elif plan.format == "nnunet":
@@ -126,30 +171,35 @@ def write_export(
             regions = encoder.regions()
             dataset = layouts.nnunet_dataset_json(
                 regions,
-                len(plan.cases),
+                len(training),
                 name=plan.dataset_name,
                 description=description,
                 regions_class_order=list(range(1, len(regions) + 1)),
+                ignore_value=ignore_value,
             )
             extra["nnunet_regions"] = regions
         else:
             dataset = layouts.nnunet_dataset_json(
                 {spec.name: spec.value for spec in consecutive},
-                len(plan.cases),
+                len(training),
                 name=plan.dataset_name,
                 description=description,
+                ignore_value=ignore_value,
             )
         layouts.write_json(root / "dataset.json", dataset)
     elif plan.format == "msd":
         dataset = layouts.msd_dataset_json(
             consecutive,
-            [c.case_id for c in plan.cases],
+            training,
             name=plan.dataset_name,
             description=f"maskloop export of project {plan.project_slug}, version {plan.version}",
+            test_case_ids=testing,
         )
         layouts.write_json(root / "dataset.json", dataset)
     manifest = _manifest(plan, exported, consecutive, extra)
+    card.write_card(root, manifest, f"{dataset_folder_name(plan)}: dataset card")
     layouts.write_json(root / MANIFEST_NAME, manifest)
+    card.write_checksums(root)
     return manifest
 
 
