@@ -6,13 +6,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help install frontend demo serve test lint typecheck importlint unit bench services chromium clean
+.PHONY: help install frontend frontend-check openapi demo serve test lint typecheck importlint unit bench services chromium clean
 
 help:
 	@echo "make demo   - install, migrate an SQLite database under data/, load demo phantoms, serve on :8000"
-	@echo "make test   - lint, type-check, import contracts, and the whole pytest suite (PostgreSQL + Redis)"
+	@echo "make test   - lint, type-check, import contracts, the frontend's checks, and the whole pytest suite (PostgreSQL + Redis)"
 	@echo "make bench  - run the benchmarks and write bench/results.json"
 	@echo "make frontend - build the browser workspace into frontend/dist (npm ci + vite)"
+	@echo "make frontend-check - ESLint, tsc, Vitest and the OpenAPI drift check of the frontend (part of make test)"
+	@echo "make openapi - regenerate frontend/src/api/schema.d.ts from the backend's OpenAPI document"
 
 # The real MONAI Label client for the compatibility tests is installed with --no-deps and is not a pyproject pin: its
 # wheel depends on the whole MONAI Label server stack, while the client module needs only requests.
@@ -35,6 +37,28 @@ $(FRONTEND_DIST): $(FRONTEND_SRC)
 	touch $(FRONTEND_DIST)
 
 frontend: $(FRONTEND_DIST)
+
+# The frontend's dev tools (ESLint, Vitest, openapi-typescript), installed from the lock when it changes.
+FRONTEND_DEPS := frontend/node_modules/.package-lock.json
+OPENAPI_OUT := frontend/node_modules/.cache/maskloop-openapi
+
+$(FRONTEND_DEPS): frontend/package-lock.json
+	cd frontend && npm ci --no-audit --no-fund
+	touch $(FRONTEND_DEPS)
+
+# API types generated from the backend's OpenAPI document (no server started): run after changing an API schema.
+openapi: install $(FRONTEND_DEPS)
+	$(BIN)/python scripts/openapi.py $(OPENAPI_OUT)/openapi.json
+	cd frontend && node_modules/.bin/openapi-typescript node_modules/.cache/maskloop-openapi/openapi.json -o src/api/schema.d.ts
+
+# Lint (typescript-eslint, no import cycles, a pure src/core), type-check, unit tests, and the drift check: the
+# committed src/api/schema.d.ts must equal a fresh generation from the backend's OpenAPI document.
+frontend-check: install $(FRONTEND_DEPS)
+	cd frontend && node_modules/.bin/eslint --cache --cache-location node_modules/.cache/eslint/ . && node_modules/.bin/tsc --noEmit && node_modules/.bin/vitest run
+	$(BIN)/python scripts/openapi.py $(OPENAPI_OUT)/openapi.json
+	cd frontend && node_modules/.bin/openapi-typescript node_modules/.cache/maskloop-openapi/openapi.json -o node_modules/.cache/maskloop-openapi/schema.d.ts
+	@diff -u frontend/src/api/schema.d.ts $(OPENAPI_OUT)/schema.d.ts > $(OPENAPI_OUT)/drift.diff || \
+	  { head -60 $(OPENAPI_OUT)/drift.diff; echo "frontend/src/api/schema.d.ts is out of date with the backend's OpenAPI: run 'make openapi' and commit it" >&2; exit 1; }
 
 demo: install frontend
 	$(BIN)/maskloop migrate
@@ -68,7 +92,7 @@ typecheck: install
 importlint: install
 	$(BIN)/lint-imports
 
-test: install frontend chromium services lint typecheck importlint
+test: install frontend chromium services lint typecheck importlint frontend-check
 	$(BIN)/pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
 unit: install

@@ -7,10 +7,10 @@
  * who opened which scan's volume, a mask, a combined label map or an export archive, when and from where.
  */
 
-import { api } from './api'
+import { api } from './api/client'
 import { clear, fmtTime, h } from './dom'
 import { fmtNum, openLeadPage } from './lead'
-import type { AuditEvent, AuditPage, Member, Project, Scan, ScanPage } from './types'
+import type { AuditEvent, AuditPage, Member, Project, Scan, ScanPage } from './api/types'
 
 const PAGE_SIZE = 50
 

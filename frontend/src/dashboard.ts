@@ -6,11 +6,11 @@
  * endpoint fails says so without hiding the others. Every chart has its numbers in a table.
  */
 
-import { ApiError, api } from './api'
+import { ApiError, api } from './api/client'
 import { color, columns, dataTable, figure, hbars, legend, lines, stackedBars, type Series, type StackRow } from './charts'
 import { clear, fmtTime, h } from './dom'
 import { fmtDuration, fmtNum, openLeadPage, replaceQuery } from './lead'
-import type { Project } from './types'
+import type { Project } from './api/types'
 
 export const STATES = ['new', 'pre_annotated', 'annotating', 'submitted', 'in_review', 'changes_requested', 'approved', 'adjudication'] as const
 export type TaskState = (typeof STATES)[number]

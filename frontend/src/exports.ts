@@ -8,10 +8,10 @@
  * Shapes: backend/exports/schemas.py, backend/jobs/schemas.py.
  */
 
-import { ApiError, api } from './api'
+import { ApiError, api } from './api/client'
 import { clear, fmtTime, h, toast } from './dom'
 import { fmtNum, openLeadPage } from './lead'
-import type { Project, SchemaOut } from './types'
+import type { Project, SchemaOut } from './api/types'
 
 export interface ExportJob {
   id: number

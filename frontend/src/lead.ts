@@ -6,9 +6,9 @@
  * Lead-page URLs carry their state in the hash query: `#/audit?project=1&action=task.submit&page=2`.
  */
 
-import { api } from './api'
+import { api } from './api/client'
 import { clear, h } from './dom'
-import type { Project } from './types'
+import type { Project } from './api/types'
 
 const PROJECT_KEY = 'maskloop.project'
 
@@ -131,7 +131,7 @@ export function accountControls(): HTMLElement[] {
         class: 'btn plain',
         'data-testid': 'logout',
         onclick: () => {
-          api.logout()
+          void api.logout()
           location.hash = '#/login'
         },
       },

@@ -2,7 +2,8 @@
 
 import { AuditLog } from './audit'
 import { Dashboard } from './dashboard'
-import { EvaluationList, EvaluationReport } from './evaluation'
+import { EvaluationList } from './evaluation/list'
+import { EvaluationReport } from './evaluation/report'
 import { ExportsPage } from './exports'
 import { hashParts } from './lead'
 

@@ -4,12 +4,12 @@
  */
 
 import './style.css'
-import { api } from './api'
+import { api } from './api/client'
 import { clear, h } from './dom'
-import type { Vec3 } from './geometry'
-import type { ToolId } from './shortcuts'
+import type { Vec3 } from './core/geometry'
+import type { ToolId } from './core/shortcuts'
 import type { Layout } from './viewer'
-import { Workspace } from './workspace'
+import { Workspace } from './workspace/workspace'
 import { Worklist, reauthDialog, renderLogin } from './worklist'
 import { leadPage, mountWorklistNav } from './leadRoutes'
 import { exportsHook } from './exports'
@@ -97,35 +97,7 @@ const hook = {
   get ready(): boolean {
     return root.dataset.ready === 'true'
   },
-  state() {
-    const w = ws()
-    return {
-      scanId: w.scanId,
-      baseVersionId: w.session?.baseVersionId ?? null,
-      branch: w.session?.branch ?? false,
-      active: w.activeLoaded,
-      dirty: w.session?.dirty ?? [],
-      undo: w.session?.undoStack.length ?? 0,
-      redo: w.session?.redoStack.length ?? 0,
-      count: w.active ? w.session?.count(w.active) : null,
-      layout: w.viewer?.layout,
-      window: w.viewer?.window,
-      saveState: w.saveState,
-      mode: w.mode.kind,
-      rasDims: w.viewer?.geometry?.rasDims,
-      permRAS: w.viewer?.geometry?.permRAS,
-      lastSave: w.lastSave,
-      timings: w.timings,
-      draftInfo: w.draftInfo,
-      role: w.role,
-      access: w.lockReason?.state ?? 'edit',
-      task: w.review.task,
-      leaseHeld: w.review.leaseHeld,
-      pendingActivity: w.review.pendingSeconds,
-      reportedActivity: w.review.reportedSeconds,
-      attention: { on: w.attentionOn, structure: w.attentionStructure, opacity: w.attentionOpacity, grades: w.attentionHeat ? new Set(w.attentionHeat).size - 1 : 0 },
-    }
-  },
+  state: () => ws().testState(),
   voxelAt: (x: number, y: number) => ws().viewer.voxelAt(x, y),
   clientPointOf: (ras: Vec3, plane = 0) => ws().viewer.clientPointOf(ras, plane),
   crosshair: () => ws().viewer.crosshairVox(),
@@ -135,7 +107,7 @@ const hook = {
   /** Stored-order (i, j, k) of every voxel set in the active structure's working copy but not in its base. */
   changedVoxels(name?: string): { added: Vec3[]; removed: Vec3[] } {
     const w = ws()
-    const structure = name ?? w.active!
+    const structure = name ?? w.store.get().active!
     const a = w.session.edited.get(structure)
     const b = w.session.base.get(structure)
     const out = { added: [] as Vec3[], removed: [] as Vec3[] }
@@ -148,21 +120,21 @@ const hook = {
     }
     return out
   },
-  setActive: (name: string) => ws().setActive(name),
-  setTool: (tool: ToolId) => ws().setTool(tool),
-  setBrush: (mm: number) => ws().setBrush(mm),
-  setLayout: (layout: Layout) => ws().setLayout(layout),
-  paint: (name: string, ras: Vec3[], value = 1) => ws().paintVoxels(name, ras, value),
+  setActive: (name: string) => ws().editor.setActive(name),
+  setTool: (tool: ToolId) => ws().toolbar.setTool(tool),
+  setBrush: (mm: number) => ws().toolbar.setBrush(mm),
+  setLayout: (layout: Layout) => ws().viewbar.setLayout(layout),
+  paint: (name: string, ras: Vec3[], value = 1) => ws().editor.paintVoxels(name, ras, value),
   paintNative(name: string, ijk: Vec3[], value = 1) {
     const g = ws().viewer.geometry!
-    return ws().paintVoxels(
+    return ws().editor.paintVoxels(
       name,
       ijk.map((v) => g.nativeToRasXYZ(v[0], v[1], v[2])),
       value,
     )
   },
-  save: async (message = '') => (await ws().save(message))?.id ?? null,
-  compare: (a: number, b: number) => ws().compare(a, b),
+  save: async (message = '') => (await ws().saving.save(message))?.id ?? null,
+  compare: (a: number, b: number) => ws().versions.compare(a, b),
   corruptToken: () => api.corruptToken(),
   /** Review workflow: report the active editing time now, renew the lease now. */
   flushActivity: () => ws().review.flushActivity(),

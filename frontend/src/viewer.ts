@@ -5,8 +5,10 @@
  */
 
 import { DRAG_MODE, NVImage, Niivue, SLICE_TYPE, cmapper } from '@niivue/niivue'
-import { Geometry, type Vec3 } from './geometry'
-import type { Grid } from './tools'
+import { hexToRgb, type LabelColor } from './core/colors'
+import { Geometry, type Vec3 } from './core/geometry'
+import type { Grid } from './core/tools'
+import { FIT, type Pan, type Vec3mm, clampSlice, dragPan, normalAxis, zoomAbout } from './core/zoom'
 
 export interface WindowPreset {
   key: string
@@ -25,25 +27,20 @@ export const PRESETS: WindowPreset[] = [
 
 export type Layout = 'axial' | 'coronal' | 'sagittal' | 'multiplanar' | '3d'
 
+/** Mouse buttons: left moves the crosshair, right drags window/level; the middle button's pan is ours (navigation). */
+const MOUSE = {
+  leftButton: { primary: DRAG_MODE.crosshair, withCtrl: DRAG_MODE.crosshair },
+  rightButton: DRAG_MODE.contrast,
+  centerButton: DRAG_MODE.none,
+}
+const CROSSHAIR_RGB = [0.15, 0.75, 1]
+
 const SLICE_OF: Record<Layout, SLICE_TYPE> = {
   axial: SLICE_TYPE.AXIAL,
   coronal: SLICE_TYPE.CORONAL,
   sagittal: SLICE_TYPE.SAGITTAL,
   multiplanar: SLICE_TYPE.MULTIPLANAR,
   '3d': SLICE_TYPE.RENDER,
-}
-
-export interface LabelColor {
-  value: number
-  rgb: [number, number, number]
-  alpha: number
-  name: string
-}
-
-export function hexToRgb(hex: string): [number, number, number] {
-  const m = /^#?([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(hex.trim())
-  if (!m) return [200, 200, 200]
-  return [parseInt(m[1], 16), parseInt(m[2], 16), parseInt(m[3], 16)]
 }
 
 export interface Readout {
@@ -78,7 +75,7 @@ export class Viewer {
     this.canvas = canvas
     this.nv = new Niivue({
       backColor: [0.04, 0.05, 0.07, 1],
-      crosshairColor: [0.15, 0.75, 1, 0.6],
+      crosshairColor: [...CROSSHAIR_RGB, 0.6],
       crosshairWidth: 0.6,
       crosshairWidthUnit: 'mm',
       isRadiologicalConvention: true,
@@ -88,11 +85,17 @@ export class Viewer {
       isOrientCube: false,
       show3Dcrosshair: true,
       loadingText: '',
-      textHeight: 0.035,
+      // Orientation letters on all four sides, large and bright enough to read at a glance.
+      fontMinPx: 17,
+      fontSizeScaling: 0.35,
+      fontColor: [1, 0.86, 0.35, 1],
+      showAllOrientationMarkers: true,
+      mouseEventConfig: MOUSE,
       multiplanarForceRender: true,
       viewModeHotKey: '',
       clipPlaneHotKey: '',
       dragMode: DRAG_MODE.contrast,
+      yoke3Dto2DZoom: false,
       maxDrawUndoBitmaps: 2,
       isNearestInterpolation: false,
       logLevel: 'error',
@@ -375,6 +378,88 @@ export class Viewer {
       return { x: rect.left + px / dpr, y: rect.top + py / dpr }
     }
     return null
+  }
+
+  // ---------------------------------------------------------------- zoom, pan, slices, crosshair
+
+  /** The shared 2D zoom and pan (NiiVue's pan2Dxyzmm: every 2D tile, so the MPR views move together). */
+  get pan(): Pan {
+    const p = this.nv.scene.pan2Dxyzmm
+    return [p[0], p[1], p[2], p[3]]
+  }
+
+  get zoom(): number {
+    return this.nv.scene.pan2Dxyzmm[3]
+  }
+
+  /** Set zoom and pan through NiiVue's own API (it redraws). */
+  setPan(pan: Pan): void {
+    this.nv.setPan2Dxyzmm([pan[0], pan[1], pan[2], pan[3]])
+  }
+
+  /** The world point (mm) under a client point of a 2D tile, even outside the volume; null elsewhere. */
+  mmAt(clientX: number, clientY: number): { mm: Vec3mm; tile: number } | null {
+    if (!this.ct) return null
+    const rect = this.canvas.getBoundingClientRect()
+    const dpr = this.nv.uiData.dpr ?? window.devicePixelRatio ?? 1
+    const x = (clientX - rect.left) * dpr
+    const y = (clientY - rect.top) * dpr
+    const tile = this.nv.tileIndex(x, y)
+    if (tile < 0 || this.nv.screenSlices[tile].axCorSag > SLICE_TYPE.SAGITTAL) return null
+    const frac = this.nv.screenXY2TextureFrac(x, y, tile, false)
+    if (frac[0] === -1 && frac[1] === -1 && frac[2] === -1) return null
+    const mm = this.nv.frac2mm(frac)
+    return { mm: [mm[0], mm[1], mm[2]], tile }
+  }
+
+  /** The crosshair's world point (mm). */
+  crosshairMM(): Vec3mm {
+    const mm = this.nv.frac2mm(this.nv.scene.crosshairPos)
+    return [mm[0], mm[1], mm[2]]
+  }
+
+  /** Zoom to `zoom` about a client point (the point under it stays put), or about the crosshair. */
+  zoomTo(zoom: number, client: { x: number; y: number } | null = null): void {
+    const at = client ? this.mmAt(client.x, client.y) : null
+    this.setPan(zoomAbout(this.pan, at ? at.mm : this.crosshairMM(), zoom))
+  }
+
+  /** One step of a pan drag: the grabbed world point goes under the pointer (same tile). */
+  dragTo(grabbed: Vec3mm, tile: number, clientX: number, clientY: number): void {
+    const at = this.mmAt(clientX, clientY)
+    if (!at || at.tile !== tile) return
+    this.setPan(dragPan(this.pan, grabbed, at.mm))
+  }
+
+  /** Whole slice in view, no pan. */
+  fit(): void {
+    this.setPan([...FIT])
+  }
+
+  /** Show or hide the crosshair lines (2D and 3D). */
+  setCrosshairVisible(on: boolean): void {
+    this.nv.opts.show3Dcrosshair = on
+    this.nv.setCrosshairColor([...CROSSHAIR_RGB, on ? 0.6 : 0])
+  }
+
+  /** Number of slices along a plane's normal, and the crosshair's slice there. */
+  sliceCount(plane: number): number {
+    return this.geometry ? this.geometry.rasDims[normalAxis(plane)] : 0
+  }
+
+  sliceIndex(plane: number): number {
+    return this.crosshairVox()[normalAxis(plane)]
+  }
+
+  /** Move the crosshair to a slice of a plane (the slice slider). */
+  setSlice(plane: number, index: number): void {
+    if (!this.geometry) return
+    const axis = normalAxis(plane)
+    const vox = this.crosshairVox()
+    const next = clampSlice(index, this.geometry.rasDims[axis])
+    if (vox[axis] === next) return
+    vox[axis] = next
+    this.moveTo(vox)
   }
 
   crosshairVox(): Vec3 {

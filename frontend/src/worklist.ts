@@ -4,12 +4,12 @@
  * without the review workflow.
  */
 
-import { ApiError, api } from './api'
+import { ApiError, api } from './api/client'
 import { clear, h, toast } from './dom'
-import { localDrafts } from './drafts'
+import { localDrafts } from './draftStorage'
 import { accountControls } from './lead'
-import { STATE_LABELS, stateBadge } from './review'
-import type { Facets, Project, ScanPage, ScanPriority, TaskOut, TaskPage, Version } from './types'
+import { STATE_LABELS, stateBadge } from './review/labels'
+import type { Facets, Project, ScanPage, ScanPriority, TaskOut, TaskPage, Version } from './api/types'
 
 const PROJECT_KEY = 'maskloop.project'
 

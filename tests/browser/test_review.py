@@ -528,3 +528,87 @@ def test_two_review_levels_need_two_reviewers(page: Page, server: Server, make_s
         assert reviews[0]["reviewer"]["id"] != reviews[1]["reviewer"]["id"]
     finally:
         assert set_workflow(server, {"review_levels": before})["review_levels"] == before
+
+
+def test_read_only_after_submit_reviewer_banner_comment_steps_and_unchanged_resubmit(
+    page: Page, server: Server, make_scan: Any
+) -> None:
+    labelled: LabelledScan = make_scan("RAS", seed=48)
+    sid = labelled.id
+    # --- The annotator submits: the workspace turns visibly read-only, waiting for review.
+    sign_in_with_token(page, server, ANNOTATOR)
+    open_scan(page, server, sid)
+    assert state(page)["tool"] == "navigate"
+    page.get_by_test_id("action-start").click()
+    expect(page.get_by_test_id("task-state")).to_have_attribute("data-state", "annotating")
+    expect(page.get_by_test_id("save")).to_be_enabled()
+    expect(page.get_by_test_id("review-banner")).to_be_hidden()
+    page.get_by_test_id("action-submit").click()
+    expect(page.get_by_test_id("task-state")).to_have_attribute("data-state", "submitted")
+    expect(page.get_by_test_id("save-status")).to_have_attribute("data-state", "readonly")
+    expect(page.get_by_test_id("save-status")).to_have_text("Submitted – waiting for review")
+    expect(page.get_by_test_id("lock-reason")).to_have_text("Submitted – waiting for review")
+    expect(page.get_by_test_id("save")).to_be_disabled()
+    expect(page.get_by_test_id("tool-brush")).to_be_disabled()
+    expect(page.get_by_test_id("interpolate")).to_be_disabled()
+    expect(page.get_by_test_id("tool-navigate")).to_be_enabled()
+    expect(page.get_by_test_id("review-banner")).to_have_attribute("data-kind", "waiting")
+    page.keyboard.press("b")
+    assert state(page)["tool"] == "navigate"
+    assert page.evaluate("window.maskloop.paint('spleen', [[5, 5, 5]], 1)") == 0
+    # Reopening the scan: still read-only.
+    page.reload()
+    wait_ready(page)
+    expect(page.get_by_test_id("save-status")).to_have_attribute("data-state", "readonly")
+    expect(page.get_by_test_id("save")).to_be_disabled()
+    # --- The reviewer requests changes with two comments at two places.
+    switch_user(page, server, REVIEWER, sid)
+    expect(page.get_by_test_id("review-banner")).to_be_hidden()
+    page.get_by_test_id("action-start_review").click()
+    expect(page.get_by_test_id("task-state")).to_have_attribute("data-state", "in_review")
+    expect(page.get_by_test_id("save")).to_be_enabled()  # the reviewer may correct
+    page.get_by_test_id("open-review").click()
+    places = [[40, 44, 20], [60, 50, 26]]
+    for i, ras in enumerate(places):
+        page.evaluate("(v) => window.maskloop.moveTo(v)", ras)
+        page.get_by_test_id("comment-text").fill(f"comment {i + 1}")
+        page.get_by_test_id("comment-pin").click()
+    page.get_by_test_id("review-message").fill("the spleen edge needs another pass")
+    page.get_by_test_id("review-request-changes").click()
+    expect(page.get_by_test_id("task-state")).to_have_attribute("data-state", "changes_requested")
+    expect(page.get_by_test_id("review-banner")).to_be_hidden()  # not for the reviewer who wrote it
+    # --- The annotator opens the scan: the banner carries the decision and the message.
+    switch_user(page, server, ANNOTATOR, sid)
+    banner = page.get_by_test_id("review-banner")
+    expect(banner).to_be_visible()
+    expect(banner).to_have_attribute("data-kind", "request_changes")
+    expect(page.get_by_test_id("review-banner-title")).to_have_text("Changes requested by Demo Reviewer")
+    expect(page.get_by_test_id("review-banner-message")).to_contain_text("the spleen edge needs another pass")
+    expect(page.get_by_test_id("review-banner-position")).to_have_text("2 comments")
+    screenshot(page, "review-banner")
+    # Stepping through the comments moves the crosshair to each in turn (and wraps).
+    page.get_by_test_id("review-banner-next").click()
+    page.wait_for_function("(v) => window.maskloop.crosshair().join() === v.join()", arg=places[0])
+    expect(page.get_by_test_id("review-banner-position")).to_have_text("comment 1/2")
+    expect(page.get_by_test_id("review-banner-comment")).to_have_text("comment 1")
+    page.get_by_test_id("review-banner-next").click()
+    page.wait_for_function("(v) => window.maskloop.crosshair().join() === v.join()", arg=places[1])
+    expect(page.get_by_test_id("review-banner-position")).to_have_text("comment 2/2")
+    page.get_by_test_id("tab-review").click()
+    page.get_by_test_id("comment-next").click()
+    page.wait_for_function("(v) => window.maskloop.crosshair().join() === v.join()", arg=places[0])
+    page.get_by_test_id("comment-prev").click()
+    page.wait_for_function("(v) => window.maskloop.crosshair().join() === v.join()", arg=places[1])
+    # Resubmitting the version changes were requested on asks first; cancel keeps the task where it is.
+    page.get_by_test_id("action-start").click()
+    expect(page.get_by_test_id("task-state")).to_have_attribute("data-state", "annotating")
+    expect(banner).to_be_hidden()
+    page.get_by_test_id("action-submit").click()
+    expect(page.get_by_test_id("resubmit-dialog")).to_be_visible()
+    page.get_by_test_id("dialog-cancel").click()
+    expect(page.get_by_test_id("resubmit-dialog")).to_have_count(0)
+    assert task(server, sid)["state"] == "annotating"
+    page.get_by_test_id("action-submit").click()
+    page.get_by_test_id("resubmit-anyway").click()
+    expect(page.get_by_test_id("task-state")).to_have_attribute("data-state", "submitted")
+    assert task(server, sid)["state"] == "submitted"

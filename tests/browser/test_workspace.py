@@ -578,3 +578,142 @@ def test_token_is_refreshed_before_it_expires(page: Page, server: Server) -> Non
     assert len(issued) == 2 and issued[1] != issued[0]
     me = httpx.get(f"{server.base}/api/auth/me", headers={"Authorization": f"Bearer {issued[1]}"})
     assert me.status_code == 200 and me.json()["email"] == ANNOTATOR
+
+
+def crosshair(page: Page) -> list[int]:
+    return [int(v) for v in page.evaluate("window.maskloop.crosshair()")]
+
+
+def pixels_per_voxel(page: Page, ras: list[int], plane: int) -> float:
+    """Screen distance between a voxel centre and its neighbour along x (in-plane for every plane but sagittal)."""
+    axis = 1 if plane == 2 else 0
+    other = list(ras)
+    other[axis] += 1
+    a = client_point(page, ras, plane)
+    b = client_point(page, other, plane)
+    return float(np.hypot(a[0] - b[0], a[1] - b[1]))
+
+
+def test_navigation_zoom_about_the_cursor_pan_fit_slider_and_crosshair(
+    page: Page, server: Server, make_scan: Any
+) -> None:
+    labelled: LabelledScan = make_scan("RAS", seed=29)
+    sign_in_with_token(page, server)
+    open_scan(page, server, labelled.id)
+    # Scans open in Navigate: a click moves the crosshair and paints nothing.
+    assert state(page)["tool"] == "navigate"
+    expect(page.get_by_test_id("tool-navigate")).to_have_attribute("aria-pressed", "true")
+    z = crosshair(page)[2]
+    page.mouse.click(*client_point(page, [30, 60, z]))
+    page.wait_for_function("(v) => window.maskloop.crosshair().join() === v.join()", arg=[30, 60, z])
+    assert state(page)["dirty"] == [] and state(page)["undo"] == 0
+    # Ctrl+wheel zooms about the pointer: the voxel under it stays under it.
+    target = [62, 40, z]
+    x, y = client_point(page, target)
+    before = pixels_per_voxel(page, target, 0)
+    page.mouse.move(x, y)
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -300)
+    page.keyboard.up("Control")
+    page.wait_for_function("window.maskloop.state().zoom > 1.5")
+    zoom = state(page)["zoom"]
+    assert voxel_under(page, x, y) == target
+    x2, y2 = client_point(page, target)
+    assert abs(x2 - x) < 1 and abs(y2 - y) < 1, ((x, y), (x2, y2))
+    assert pixels_per_voxel(page, target, 0) == pytest.approx(before * zoom, rel=0.02)
+    assert crosshair(page) == [30, 60, z], "zooming does not move the crosshair"
+    expect(page.get_by_test_id("zoom-level")).to_have_text(f"{round(zoom * 100)}%")
+    # The keys zoom about the pointer too.
+    page.keyboard.press("+")
+    page.wait_for_function("(z) => window.maskloop.state().zoom > z * 1.2", arg=zoom)
+    assert voxel_under(page, x, y) == target
+    # Middle-drag pans: the voxel grabbed follows the pointer; nothing is painted, the crosshair stays.
+    grab = (x - 40, y + 30)
+    grabbed = voxel_under(page, *grab)
+    page.mouse.move(*grab)
+    page.mouse.down(button="middle")
+    page.mouse.move(grab[0] + 60, grab[1] - 45, steps=4)
+    page.mouse.up(button="middle")
+    assert voxel_under(page, grab[0] + 60, grab[1] - 45) == grabbed
+    assert crosshair(page) == [30, 60, z]
+    # Space+drag pans with any tool (the brush does not paint).
+    page.keyboard.press("b")
+    page.keyboard.down(" ")
+    start = (x + 20, y - 20)
+    grabbed = voxel_under(page, *start)
+    mouse_stroke(page, [start, (start[0] - 50, start[1] + 25)])
+    page.keyboard.up(" ")
+    assert voxel_under(page, start[0] - 50, start[1] + 25) == grabbed
+    assert state(page)["dirty"] == [] and state(page)["undo"] == 0
+    page.keyboard.press("v")
+    # Fit: whole slice, no pan.
+    page.keyboard.press("0")
+    page.wait_for_function("window.maskloop.state().zoom === 1")
+    assert state(page)["pan"] == [0, 0, 0, 1]
+    assert pixels_per_voxel(page, target, 0) == pytest.approx(before, rel=0.01)
+    # MPR: one zoom for every 2D view.
+    page.keyboard.press("4")
+    page.wait_for_function("window.maskloop.state().layout === 'multiplanar'")
+    page.wait_for_timeout(200)
+    ras = crosshair(page)
+    cor_before = pixels_per_voxel(page, ras, 1)
+    ax = client_point(page, ras, 0)
+    page.mouse.move(ax[0] + 5, ax[1] + 5)
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -200)
+    page.keyboard.up("Control")
+    page.wait_for_function("window.maskloop.state().zoom > 1.3")
+    zoom = state(page)["zoom"]
+    assert pixels_per_voxel(page, ras, 1) == pytest.approx(cor_before * zoom, rel=0.02)
+    page.get_by_test_id("zoom-fit").click()
+    page.keyboard.press("1")
+    # The slice slider moves the crosshair, and follows it.
+    slider = page.get_by_test_id("slice-slider")
+    expect(slider).to_have_attribute("max", str(state(page)["rasDims"][2] - 1))
+    slider.evaluate("(el) => { el.value = '10'; el.dispatchEvent(new Event('input', { bubbles: true })) }")
+    page.wait_for_function("window.maskloop.crosshair()[2] === 10")
+    expect(page.get_by_test_id("slice-label")).to_have_text(f"11/{state(page)['rasDims'][2]}")
+    page.evaluate("window.maskloop.moveTo([48, 48, 20])")
+    expect(slider).to_have_value("20")
+    # The crosshair switch.
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("x")
+    expect(page.get_by_test_id("crosshair-toggle")).not_to_be_checked()
+    assert state(page)["crosshairShown"] is False
+    page.get_by_test_id("crosshair-toggle").check()
+    assert state(page)["crosshairShown"] is True
+    screenshot(page, "navigation")
+
+
+@pytest.mark.parametrize("size", [(1366, 768), (1400, 900), (1920, 1080)])
+def test_layout_keeps_the_header_on_one_line_and_gives_the_image_the_room(
+    page: Page, server: Server, make_scan: Any, size: tuple[int, int]
+) -> None:
+    labelled: LabelledScan = make_scan("RAS", seed=30)
+    page.set_viewport_size({"width": size[0], "height": size[1]})
+    sign_in_with_token(page, server)
+    open_scan(page, server, labelled.id)
+    box = page.evaluate(
+        """() => {
+        const r = (el) => el.getBoundingClientRect()
+        const header = document.querySelector('header.topbar')
+        const shown = [...header.children].filter((c) => r(c).width > 0)
+        const tops = shown.map((c) => Math.round(r(c).top + r(c).height / 2))
+        const viewbar = document.querySelector('.viewbar')
+        const stage = r(document.querySelector('[data-testid=viewer-stage]'))
+        const canvas = r(document.querySelector('[data-testid=viewer-canvas]'))
+        return {
+          headerHeight: r(header).height, rows: new Set(tops).size,
+          viewbarHeight: r(viewbar).height, viewbarOverflow: viewbar.scrollWidth - viewbar.clientWidth,
+          stage: [stage.width, stage.height], canvas: [canvas.width, canvas.height],
+          page: [document.documentElement.scrollWidth, document.documentElement.scrollHeight],
+        }
+    }"""
+    )
+    width, height = size
+    assert box["headerHeight"] <= 46 and box["rows"] == 1, box
+    assert box["viewbarHeight"] <= 44 and box["viewbarOverflow"] <= 1, box
+    assert box["page"] == [width, height], box  # nothing spills out of the window
+    assert box["stage"][0] >= 0.6 * width and box["stage"][1] >= height - 180, box
+    assert box["canvas"] == box["stage"], box
+    screenshot(page, f"layout-{width}x{height}")

@@ -7,10 +7,10 @@
  * Comments are stored in the scan's own voxel order (NIfTI i, j, k); the viewer works in NiiVue's RAS order.
  */
 
-import { clear, fmtTime, h } from './dom'
-import type { Vec3 } from './geometry'
-import type { CommentOut } from './types'
-import type { Viewer } from './viewer'
+import { clear, fmtTime, h } from '../dom'
+import type { Vec3 } from '../core/geometry'
+import type { CommentOut } from '../api/types'
+import type { Viewer } from '../viewer'
 
 /** NiiVue's 2D planes (SLICE_TYPE): axial, coronal, sagittal; the RAS axis normal to plane p is 2 - p. */
 const PLANES = [0, 1, 2]

@@ -1,14 +1,12 @@
 /**
- * The edit session of one scan: per-structure base masks (as loaded from the base version) and working
- * copies, all in NiiVue's RAS order; an undo/redo stack of our own; patch and draft encoding (the changed
- * box per structure, in the scan's stored order); rebase onto a new head.
+ * The edit session of one scan: per-structure base masks (as loaded from the base version) and working copies,
+ * all in NiiVue's RAS order; an undo/redo stack of our own; the patch and draft of the unsaved change (the changed
+ * box per structure, in the scan's stored order); rebase onto a new head. Pure: masks come from an injected loader.
  */
 
-import { gunzipSync, gzipSync } from 'fflate'
-import { ApiError, api } from './api'
-import { type Box, Geometry, countNonzero, packBitsLittle, unpackBitsLittle } from './geometry'
-import { parseNifti } from './nifti'
-import type { DraftBox, DraftPayload } from './types'
+import { type Box, type Geometry, countNonzero } from './geometry'
+import { type PatchBox, type PatchPlan, decodeBox, encodeBox, encodePatch, encodePatchBox, fromBase64, toBase64 } from './patch'
+import type { DraftBox, DraftPayload } from '../types'
 
 export interface Op {
   structure: string
@@ -18,109 +16,10 @@ export interface Op {
   after: Uint8Array
 }
 
-export interface PatchPlan {
-  boxes: { structure: string; box: Box; bytes: Uint8Array; encoding: 'bits' | 'bits+gzip' }[]
-  /** The multipart/form-data request body, built here so its exact size is known. */
-  body: Uint8Array<ArrayBuffer>
-  contentType: string
-  bodyBytes: number
-}
-
-/** A save whose outcome is unknown (the connection broke, or the server stayed unavailable): its key and content. */
-export interface UnsettledSave {
-  key: string
-  baseVersionId: number | null
-  branch: boolean
-  boxes: PatchPlan['boxes']
-}
-
-/**
- * Whether a new save sends exactly the unsettled save's boxes on the same base: then it reuses that key, so a
- * save the server did commit is answered with that version instead of being stored twice.
- */
-export function sameSave(prior: UnsettledSave, baseVersionId: number | null, branch: boolean, boxes: PatchPlan['boxes']): boolean {
-  if (prior.baseVersionId !== baseVersionId || prior.branch !== branch || prior.boxes.length !== boxes.length) return false
-  return prior.boxes.every((a, i) => {
-    const b = boxes[i]
-    return (
-      a.structure === b.structure &&
-      a.encoding === b.encoding &&
-      a.box.origin.join() === b.box.origin.join() &&
-      a.box.size.join() === b.box.size.join() &&
-      a.bytes.length === b.bytes.length &&
-      a.bytes.every((v, j) => v === b.bytes[j])
-    )
-  })
-}
-
-/** Encode multipart/form-data: text fields and binary parts (no FormData, so the bytes are ours to count). */
-export function multipart(fields: [string, string][], files: [string, Uint8Array][]): { body: Uint8Array<ArrayBuffer>; contentType: string } {
-  const boundary = `ml${Math.random().toString(36).slice(2, 12)}`
-  const enc = new TextEncoder()
-  const chunks: Uint8Array[] = []
-  for (const [name, value] of fields) {
-    chunks.push(enc.encode(`--${boundary}\r\nContent-Disposition: form-data; name="${name}"\r\n\r\n${value}\r\n`))
-  }
-  for (const [name, bytes] of files) {
-    chunks.push(
-      enc.encode(
-        `--${boundary}\r\nContent-Disposition: form-data; name="${name}"; filename="${name}"\r\n\r\n`,
-      ),
-      bytes,
-      enc.encode('\r\n'),
-    )
-  }
-  chunks.push(enc.encode(`--${boundary}--\r\n`))
-  const body = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0))
-  let offset = 0
-  for (const c of chunks) {
-    body.set(c, offset)
-    offset += c.length
-  }
-  return { body, contentType: `multipart/form-data; boundary=${boundary}` }
-}
+/** One structure's mask of a version, RAS order, 0/1 (all zeros when the version records it as missing). */
+export type MaskLoader = (versionId: number, structure: string) => Promise<Uint8Array>
 
 const MAX_UNDO = 200
-
-export function toBase64(bytes: Uint8Array): string {
-  let s = ''
-  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000))
-  return btoa(s)
-}
-
-export function fromBase64(text: string): Uint8Array {
-  const s = atob(text)
-  const out = new Uint8Array(s.length)
-  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i)
-  return out
-}
-
-export function encodeBox(voxels: Uint8Array): Uint8Array {
-  return gzipSync(packBitsLittle(voxels), { level: 6, mtime: 0 })
-}
-
-export function decodeBox(data: Uint8Array, box: Box): Uint8Array {
-  const n = box.size[0] * box.size[1] * box.size[2]
-  return unpackBitsLittle(gunzipSync(data), n)
-}
-
-/** One structure's mask of a version in RAS order (all zeros when recorded as missing). */
-export async function fetchMaskRAS(geometry: Geometry, versionId: number, structure: string): Promise<Uint8Array> {
-  const out = new Uint8Array(geometry.voxels)
-  let bytes: ArrayBuffer
-  try {
-    bytes = await api.bytes(`/api/versions/${versionId}/masks/${encodeURIComponent(structure)}`)
-  } catch (err) {
-    if (err instanceof ApiError && err.status === 404) return out
-    throw err
-  }
-  const vol = parseNifti(bytes)
-  if (vol.dims[0] * vol.dims[1] * vol.dims[2] !== geometry.voxels) throw new Error(`mask ${structure} has the wrong size`)
-  const native = new Uint8Array(geometry.voxels)
-  for (let i = 0; i < native.length; i++) native[i] = vol.data[i] > 0 ? 1 : 0
-  geometry.toRAS(native, out)
-  return out
-}
 
 export class EditSession {
   readonly scanId: number
@@ -138,10 +37,13 @@ export class EditSession {
   /** Called after every change of the working copies (edit, undo, redo, restore, save). */
   onChange: (() => void) | null = null
 
-  constructor(scanId: number, geometry: Geometry, baseVersionId: number | null) {
+  private readonly loadMask: MaskLoader
+
+  constructor(scanId: number, geometry: Geometry, baseVersionId: number | null, loadMask: MaskLoader) {
     this.scanId = scanId
     this.geometry = geometry
     this.baseVersionId = baseVersionId
+    this.loadMask = loadMask
   }
 
   /** The working copy of a structure, loading its base mask first if needed. */
@@ -152,7 +54,7 @@ export class EditSession {
     if (!pending) {
       const version = this.baseVersionId
       pending = (async () => {
-        const mask = version === null ? new Uint8Array(this.geometry.voxels) : await fetchMaskRAS(this.geometry, version, structure)
+        const mask = version === null ? new Uint8Array(this.geometry.voxels) : await this.loadMask(version, structure)
         if (!this.edited.has(structure)) {
           this.base.set(structure, mask)
           this.edited.set(structure, mask.slice())
@@ -290,40 +192,19 @@ export class EditSession {
    * The changed box of each edited structure, bit-packed, gzipped unless the raw bits are smaller (a short
    * stroke). Deterministic: the same edit on the same base gives the same bytes (a retry can be recognised).
    */
-  patchBoxes(): PatchPlan['boxes'] {
-    const boxes: PatchPlan['boxes'] = []
+  patchBoxes(): PatchBox[] {
+    const boxes: PatchBox[] = []
     for (const structure of this.dirty) {
       const box = this.changedBox(structure)
       if (!box) continue
-      const bits = packBitsLittle(this.geometry.extractBox(this.edited.get(structure)!, box))
-      const gz = gzipSync(bits, { level: 9, mtime: 0 })
-      boxes.push(
-        gz.length < bits.length
-          ? { structure, box, bytes: gz, encoding: 'bits+gzip' }
-          : { structure, box, bytes: bits, encoding: 'bits' },
-      )
+      boxes.push(encodePatchBox(structure, box, this.geometry.extractBox(this.edited.get(structure)!, box)))
     }
     return boxes
   }
 
-  /** The multipart patch save of these boxes; only non-default meta fields are sent. */
-  encodePatch(boxes: PatchPlan['boxes'], message: string, branch: boolean, idempotencyKey: string): PatchPlan {
-    const meta: Record<string, unknown> = { base_version_id: this.baseVersionId }
-    if (message) meta.message = message
-    if (branch) meta.branch = true
-    meta.idempotency_key = idempotencyKey
-    meta.patches = boxes.map((b, i) => ({
-      structure: b.structure,
-      origin: b.box.origin,
-      size: b.box.size,
-      encoding: b.encoding,
-      part: `b${i}`,
-    }))
-    const { body, contentType } = multipart(
-      [['meta', JSON.stringify(meta)]],
-      boxes.map((b, i) => [`b${i}`, b.bytes] as [string, Uint8Array]),
-    )
-    return { boxes, body, contentType, bodyBytes: body.length }
+  /** The multipart patch save of these boxes on this session's base. */
+  encodePatch(boxes: PatchBox[], message: string, branch: boolean, idempotencyKey: string): PatchPlan {
+    return encodePatch(this.baseVersionId, boxes, message, branch, idempotencyKey)
   }
 
   /** After a successful save: the saved version is the new base; the working copies are its masks. */
@@ -348,7 +229,7 @@ export class EditSession {
     }
     const loaded = [...this.edited.keys()]
     const fresh = new Map<string, Uint8Array>()
-    for (const structure of loaded) fresh.set(structure, await fetchMaskRAS(this.geometry, versionId, structure))
+    for (const structure of loaded) fresh.set(structure, await this.loadMask(versionId, structure))
     this.baseVersionId = versionId
     this.branch = false
     for (const structure of loaded) {

@@ -5,7 +5,10 @@
  * retries with backoff for idempotent saves.
  */
 
+import type { components } from './schema'
 import type { TokenOut, User } from './types'
+
+type OperationResult = components['schemas']['OperationResult']
 
 /** Where older builds kept the session (token included): removed on load. */
 const LEGACY_SESSION_KEY = 'maskloop.session'
@@ -293,7 +296,7 @@ export class Api {
       return this.send(method, path, { ...opts, reauth: false }, auth)
     }
     if (!resp.ok) {
-      let parsed: Record<string, unknown> = {}
+      let parsed: Record<string, unknown>
       try {
         parsed = (await resp.json()) as Record<string, unknown>
       } catch {
@@ -324,6 +327,11 @@ export class Api {
 
   async bytes(path: string): Promise<ArrayBuffer> {
     return (await this.send('GET', path)).arrayBuffer()
+  }
+
+  /** Run an editor operation (a preview: nothing is saved) on the masks a multipart body carries (core/operations.ts). */
+  async operation(scanId: number, plan: { body: BodyInit; contentType: string }, signal?: AbortSignal): Promise<OperationResult> {
+    return this.post<OperationResult>(`/api/scans/${scanId}/operations`, { body: plan.body, headers: { 'Content-Type': plan.contentType }, signal })
   }
 
   /** Download with progress (bytes received, bytes expected or 0 when unknown). */

@@ -4,8 +4,9 @@
  * closed tab or an expired token loses nothing.
  */
 
-import { ApiError, api } from './api'
-import type { DraftOut, DraftPayload } from './types'
+import { ApiError, api } from './api/client'
+import type { DraftOut } from './api/types'
+import type { DraftPayload } from './types'
 
 const DB_NAME = 'maskloop'
 const STORE = 'drafts'
