@@ -35,6 +35,7 @@ from backend.editing.router import router as editing_router
 from backend.evaluation.router import router as evaluation_router
 from backend.exports.router import router as exports_router
 from backend.http_errors import error_response, install_error_handlers, install_openapi
+from backend.imports.router import router as imports_router
 from backend.jobs.router import router as jobs_router
 from backend.labels import service as labels_service
 from backend.labels.router import router as labels_router
@@ -182,6 +183,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.include_router(quality_router)
     app.include_router(evaluation_router)
     app.include_router(monailabel_router)
+    app.include_router(imports_router)
     app.include_router(editing_router)
     app.include_router(observability_router)  # /api/health/ready
     if settings.metrics_enabled:

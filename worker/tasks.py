@@ -8,12 +8,21 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Retry
 
-from backend.core.queue import TASK_ATTENTION, TASK_EVALUATE, TASK_EXPORT, TASK_FUSE, TASK_PREANNOTATE, TASK_TRAIN
+from backend.core.queue import (
+    TASK_ATTENTION,
+    TASK_EVALUATE,
+    TASK_EXPORT,
+    TASK_FUSE,
+    TASK_IMPORT,
+    TASK_PREANNOTATE,
+    TASK_TRAIN,
+)
 from worker.celery_app import app
 from worker.pipelines import attention, preannotate, training
 from worker.pipelines import evaluate as evaluate_pipeline
 from worker.pipelines import export as export_pipeline
 from worker.pipelines import fuse as fuse_pipeline
+from worker.pipelines import import_case as import_case_pipeline
 from worker.pipelines.common import JobBusy, TransientError
 
 RETRY: dict[str, Any] = {
@@ -74,3 +83,9 @@ def evaluate_task(self: Task, job_id: int) -> None:
 def fuse_task(self: Task, job_id: int) -> None:
     """Fuse a reader set's versions (majority vote or STAPLE) into a `fusion` label version."""
     _run(self, fuse_pipeline.run, job_id)
+
+
+@app.task(name=TASK_IMPORT, **RETRY)
+def import_case_task(self: Task, job_id: int) -> None:
+    """Import one case of a dataset import run (its CT, masks, version and QA) in one transaction."""
+    _run(self, import_case_pipeline.run, job_id)

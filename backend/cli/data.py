@@ -1,4 +1,5 @@
-"""`maskloop import` and `demo-data`: scans from NIfTI, DICOM or PanTS folders; the synthetic demo set-up."""
+"""`maskloop import` and `demo-data`: scans from NIfTI, DICOM or PanTS folders (a run of per-case jobs, imported
+here or by the workers); the synthetic demo set-up."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from backend.auth import service as auth
@@ -17,7 +19,9 @@ from backend.core.config import get_settings
 from backend.core.db import session_scope
 from backend.core.errors import DomainError
 from backend.flows import demo
+from backend.flows import imports as import_flows
 from backend.flows import labels as label_flows
+from backend.imports import service as imports
 from backend.projects import service as projects
 
 
@@ -30,26 +34,29 @@ def import_data(
     project: Annotated[str, typer.Option(help="project slug")],
     as_user: Annotated[str | None, typer.Option("--as", help="e-mail recorded as the importer")] = None,
     case_id: Annotated[str | None, typer.Option(help="case id for a single NIfTI file or DICOM folder")] = None,
+    here: Annotated[
+        bool | None,
+        typer.Option(
+            "--here/--queue",
+            help="PanTS folder: import the cases in this process (--here), or send one job per case to the cpu "
+            "queue for the workers (--queue). Default: --here with the embedded SQLite broker, else --queue.",
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="with --queue: follow the cases as the workers import them, then report")
+    ] = False,
 ) -> None:
-    """Import a NIfTI file, a DICOM series folder, or a whole PanTS-layout dataset folder."""
+    """Import a NIfTI file, a DICOM series folder, or a whole PanTS-layout dataset folder.
+
+    A dataset folder becomes an import run with one job per case (each case in its own transaction; a case that
+    fails is reported with its file and reason while the others go on). Importing the folder again resumes the
+    run: imported cases are skipped, failed ones retried. Exit status 1 when a case failed.
+    """
     blobs = get_blob_store()
     try:
         if _is_pants_folder(path):
-            with session_scope() as db:
-                proj = projects.get_project_by_slug(db, project)
-                actor = auth.get_user_by_email(db, as_user) if as_user else None
-                with progress_bar() as progress:
-                    task = progress.add_task("importing", total=None, item="")
-
-                    def tick(done: int, total: int, case: str) -> None:
-                        progress.update(task, completed=done, total=total, item=case)
-
-                    report = label_flows.import_pants_dataset(db, blobs, proj, path, actor=actor, progress=tick)
-            table = Table("imported", "skipped", "cases with missing structures")
-            table.add_row(str(len(report.imported)), str(len(report.skipped)), str(len(report.missing_structures)))
-            console.print(table)
-            for case, missing in report.missing_structures.items():
-                console.print(f"  {case}: missing {', '.join(missing)}")
+            embedded = get_settings().resolved_broker_url.startswith("sqla+sqlite")
+            _import_dataset(path, project, as_user, here=embedded if here is None else here, wait=wait)
             return
         with session_scope() as db:
             proj = projects.get_project_by_slug(db, project)
@@ -63,6 +70,77 @@ def import_data(
             console.print(f"imported {scan.case_id} as scan {scan.id} ({scan.orientation}, shape {scan.shape})")
     except DomainError as exc:
         fail(exc)
+
+
+def _case_line(line: imports.CaseLine) -> str:
+    """One case's outcome as the progress shows it."""
+    row = line.row
+    if line.status == "imported":
+        return f"  [green]ok[/green]     {row.case_id} as scan {row.scan_id} in {row.timings.get('total', 0):.1f} s"
+    if line.status == "failed":
+        where = f"{row.file}: " if row.file and not (line.reason or "").startswith(row.file) else ""
+        return f"  [red]FAILED[/red] {row.case_id}: {escape(where + (line.reason or ''))}"
+    return f"  {line.status:<6} {row.case_id}: {escape(line.reason or '')}"
+
+
+def _import_dataset(path: Path, project: str, as_user: str | None, *, here: bool, wait: bool) -> None:
+    """Launch or resume a dataset import; import its cases here, or follow the workers, and print the report."""
+    with session_scope() as db:
+        proj = projects.get_project_by_slug(db, project)
+        actor = auth.get_user_by_email(db, as_user) if as_user else None
+        if actor is not None:
+            projects.authorize(db, actor, proj.id, "import")
+        launched = import_flows.launch_import(db, proj, path, actor=actor, here=here)
+        run_id, queued, busy = launched.run.id, len(launched.jobs), launched.in_progress
+    action = "resumed" if not launched.created else "started"
+    console.print(
+        f"run {run_id} {action}: {launched.cases} case folders, {queued} to import, {busy} in progress elsewhere"
+    )
+    if not here and not wait:
+        console.print(f"{queued} jobs sent to the cpu queue; follow with `maskloop import {path} --queue --wait`")
+        return
+    with progress_bar() as progress:
+        task = progress.add_task("importing", total=queued + busy, item="")
+
+        def show(line: imports.CaseLine | None) -> None:
+            if line is not None:
+                progress.console.print(_case_line(line))
+                progress.update(task, advance=1, item=line.row.case_id)
+
+        if here:
+            settings = get_settings()
+            threads = settings.import_mask_threads or None
+            import_flows.import_here(get_blob_store(), run_id, threads=threads, on_case=lambda done: show(done.line))
+        if wait or busy:
+            import_flows.wait_for_run(run_id, on_case=show)
+    _report(run_id)
+
+
+def _report(run_id: int) -> None:
+    """This launch's counts (imported now, skipped as done before, failed) and the failed cases."""
+    with session_scope() as db:
+        run = imports.get_run(db, run_id)
+        counts = imports.launch_counts(db, run)
+        imported_now, _ = imports.case_lines(db, run, status="imported", offset=0, limit=100_000)
+        failed, _ = imports.case_lines(db, run, status="failed", offset=0, limit=100_000)
+        recent = [line for line in imported_now if line.row.finished_at and line.row.finished_at >= run.launched_at]
+    missing = {line.row.case_id: line.row.notes.get("missing_structures", []) for line in recent}
+    missing = {case: names for case, names in missing.items() if names}
+    table = Table("imported", "skipped", "cases with missing structures")
+    table.add_row(str(counts.imported), str(counts.skipped), str(len(missing)))
+    console.print(table)
+    for case, names in missing.items():
+        console.print(f"  {case}: missing {', '.join(names)}")
+    if counts.unfinished:
+        console.print(f"{counts.unfinished} cases are still being imported by workers")
+    if failed:
+        console.print(f"[red]{len(failed)} cases failed[/red] (the others went on):")
+        table = Table("case", "file", "reason")
+        for line in failed:
+            table.add_row(line.row.case_id, line.row.file or "", escape(line.reason or ""))
+        console.print(table)
+        console.print("fix them and import the folder again: imported cases are skipped, failed ones retried")
+        raise typer.Exit(code=1)
 
 
 def demo_data(

@@ -232,6 +232,20 @@ class Settings(BaseSettings):
         default=3.0, gt=0, le=60, description="Seconds each check of GET /api/health/ready may take."
     )
 
+    # --- dataset imports as jobs (backend/imports) ---
+    import_root: Path | None = Field(
+        default=None,
+        description="Server-side folder under which POST /api/projects/{id}/imports accepts dataset folders "
+        "(relative paths are taken from it; symlinks are resolved first); empty: the API refuses dataset imports "
+        "(the CLI imports any folder). Workers must see the folders at the same path.",
+    )
+    import_mask_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Threads that decode and chunk one case's masks at once in a dataset import; 0: as many as "
+        "the CPUs the process may run on.",
+    )
+
     @property
     def resolved_database_url(self) -> str:
         """Database URL with the embedded SQLite default filled in."""

@@ -21,6 +21,8 @@ TASK_TRAIN = "maskloop.train"
 TASK_EXPORT = "maskloop.export"
 TASK_EVALUATE = "maskloop.evaluate"
 TASK_FUSE = "maskloop.fuse"
+# One case of a dataset import (backend/imports): the cpu queue, one job per case.
+TASK_IMPORT = "maskloop.import_case"
 
 
 def configure(app: Celery, settings: Settings) -> None:

@@ -21,10 +21,12 @@ GZIP_MAGIC = b"\x1f\x8b"
 # zlib-ng inflates the same streams as zlib with identical results, about 5x faster on mask-like data (a 512x512x300
 # label map: ~50 ms instead of ~270 ms), which is most of what a whole-label upload costs.
 # Compressed input fed to zlib per call and decoded output produced per call: big enough that the per-call
-# overhead vanishes, small enough that the temporary bytes objects stay a few MiB.
+# overhead vanishes, small enough that the temporary bytes objects stay a few MiB. The output block is 1 MiB: one
+# that stays in the CPU cache until it is copied into the array costs ~25 % less than 8 MiB blocks (a CT: ~0.44 s
+# instead of ~0.59 s; a mask: ~27 ms instead of ~35 ms, measured).
 _INFLATE_ERROR = cast("type[Exception]", zlib_ng.error)  # its stub declares an instance, not the class
 _IN_BLOCK = 1 << 20
-_OUT_BLOCK = 8 << 20
+_OUT_BLOCK = 1 << 20
 
 
 def mib(n: int) -> str:

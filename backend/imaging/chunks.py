@@ -138,8 +138,46 @@ def encode_chunk(block: np.ndarray) -> bytes:
     zstd level 3 packs anatomy as tightly as zlib level 6 and a speckled mask (an untrained or very unsure model)
     as tightly as zlib level 1, at a tenth of zlib's CPU in both cases; decoding is ~3x faster too.
     """
-    packed = np.packbits(np.ascontiguousarray(block, dtype=bool).ravel())
+    return _encode_packed(_pack(np.asarray(block, dtype=bool)))
+
+
+def _encode_packed(packed: np.ndarray) -> bytes:
+    """The stored form of a chunk's packed bits (see encode_chunk)."""
     return _CHUNK_TAG_PACKBITS_ZSTD + _compressor().compress(packed.tobytes())
+
+
+def _pack(block: np.ndarray) -> np.ndarray:
+    """The bits of a boolean block in C order, 8 voxels a byte (np.packbits of the C-ordered block).
+
+    A block cut from a Fortran-ordered mask (as a NIfTI file decodes) would need a slow transposing copy of every
+    voxel; its k-planes, contiguous in memory, are packed 8 at a time instead (see _plane_rows) and only those
+    bytes (8x fewer) are reordered. The bytes are identical to the plain packing.
+    """
+    if block.strides[2] == block.itemsize:
+        return np.packbits(np.ascontiguousarray(block).ravel())
+    return _rows_to_packed(_plane_rows(block), block.shape[2])
+
+
+def _plane_rows(view: np.ndarray) -> np.ndarray:
+    """[k // 8, j, i] bytes of a boolean [i, j, k] view: bit 7 - k % 8 of byte k // 8 is voxel (i, j, k)."""
+    planes = view.T.view(np.uint8)  # [k, j, i]; bool bytes are 0 or 1
+    if planes.shape[2] % 8 == 0 and planes.strides[2] == 1:
+        # 8 voxels of a row at once: a byte holding 0 or 1 shifted by less than 8 never carries into the next.
+        planes = planes.view(np.uint64)
+    rows = np.zeros((-(-planes.shape[0] // 8), planes.shape[1], planes.shape[2]), dtype=planes.dtype)
+    for bit in range(8):
+        chosen = planes[bit::8]  # planes k = bit, bit + 8, ...
+        rows[: chosen.shape[0]] |= chosen << (7 - bit)
+    return rows.view(np.uint8)
+
+
+def _rows_to_packed(rows: np.ndarray, depth: int) -> np.ndarray:
+    """The C-order packing of a block from its [k // 8, j, i] row bytes (see _plane_rows) and its depth."""
+    packed = np.ascontiguousarray(rows.transpose(2, 1, 0))  # [i, j, k // 8]: each row's bits, zero-padded
+    if depth % 8 == 0:
+        return packed.ravel()
+    # Rows of a depth not divisible by 8 run on inside their last byte: unpack the row bits, pack them as one run.
+    return np.packbits(np.unpackbits(packed, axis=2, count=depth).ravel())
 
 
 def decode_chunk(data: bytes, block_shape: tuple[int, ...]) -> np.ndarray:
@@ -156,19 +194,53 @@ def decode_chunk(data: bytes, block_shape: tuple[int, ...]) -> np.ndarray:
     return np.unpackbits(packed, count=size).astype(bool).reshape(block_shape)
 
 
-def _nonempty_chunks(mask: np.ndarray, chunk: Shape3) -> Iterator[int]:
-    """Flat indices of chunks that hold foreground, scanning only the mask's bounding box."""
-    shape: Shape3 = (int(mask.shape[0]), int(mask.shape[1]), int(mask.shape[2]))
-    grid = chunk_grid(shape, chunk)
-    ranges = []
-    for axis in range(3):
+def _chunk_ranges(mask: np.ndarray, chunk: Shape3) -> list[range] | None:
+    """The chunk indices along each axis that the mask's foreground spans (None for an empty mask).
+
+    The bounding box is narrowed one axis at a time, the axis of the largest stride first (one pass over the whole
+    mask, in memory order), then each further axis only within the box found so far.
+    """
+    box = [slice(0, int(n)) for n in mask.shape]
+    for axis in sorted(range(3), key=lambda a: -mask.strides[a]):
         other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
+        hits = np.flatnonzero(mask[tuple(box)].any(axis=other))
         if hits.size == 0:
-            return
-        ranges.append(range(int(hits[0]) // chunk[axis], int(hits[-1]) // chunk[axis] + 1))
-    for ci, cj, ck in product(*ranges):
-        yield int(np.ravel_multi_index((ci, cj, ck), grid))
+            return None
+        box[axis] = slice(box[axis].start + int(hits[0]), box[axis].start + int(hits[-1]) + 1)
+    return [range(box[a].start // chunk[a], (box[a].stop - 1) // chunk[a] + 1) for a in range(3)]
+
+
+def _packed_chunks(mask: np.ndarray, chunk: Shape3) -> Iterator[tuple[int, np.ndarray]]:
+    """(flat index, packed bits) of every non-empty chunk in the mask's bounding box.
+
+    A Fortran-ordered mask is packed for the whole chunk-aligned box at once (8 vectorised passes over its
+    k-planes), then cut into chunks: far cheaper than packing each chunk on its own.
+    """
+    shape: Shape3 = (int(mask.shape[0]), int(mask.shape[1]), int(mask.shape[2]))
+    ranges = _chunk_ranges(mask, chunk)
+    if ranges is None:
+        return
+    grid = chunk_grid(shape, chunk)
+    if mask.strides[2] == mask.itemsize or chunk[2] % 8:
+        for index in product(*ranges):
+            flat = int(np.ravel_multi_index(index, grid))
+            yield flat, _pack(mask[chunk_slices(flat, shape, chunk)])
+        return
+    lo = [r.start * chunk[a] for a, r in enumerate(ranges)]
+    hi = [min(r.stop * chunk[a], shape[a]) for a, r in enumerate(ranges)]
+    rows = _plane_rows(mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])  # [k // 8, j, i] of the box
+    # Foreground voxels per chunk of the box, summed from the bytes' bit counts: empty chunks cost nothing more.
+    counts = np.bitwise_count(rows)
+    for axis, step in ((2, chunk[0]), (1, chunk[1]), (0, chunk[2] // 8)):  # the contiguous axis first
+        counts = np.add.reduceat(counts, np.arange(0, counts.shape[axis], step), axis=axis, dtype=np.int64)
+    for index in product(*ranges):
+        if not counts[index[2] - ranges[2].start, index[1] - ranges[1].start, index[0] - ranges[0].start]:
+            continue
+        flat = int(np.ravel_multi_index(index, grid))
+        region = chunk_slices(flat, shape, chunk)
+        k0, k1 = region[2].start - lo[2], region[2].stop - lo[2]
+        part = rows[k0 // 8 : -(-k1 // 8), region[1].start - lo[1] : region[1].stop - lo[1]]
+        yield flat, _rows_to_packed(part[:, :, region[0].start - lo[0] : region[0].stop - lo[0]], k1 - k0)
 
 
 def build_manifest(mask: np.ndarray, put: PutBlob, chunk: Shape3 = CHUNK_SHAPE) -> MaskManifest:
@@ -178,11 +250,10 @@ def build_manifest(mask: np.ndarray, put: PutBlob, chunk: Shape3 = CHUNK_SHAPE) 
     shape: Shape3 = (int(mask.shape[0]), int(mask.shape[1]), int(mask.shape[2]))
     mask = np.asarray(mask, dtype=bool)
     entries = []
-    for flat in _nonempty_chunks(mask, chunk):
-        block = mask[chunk_slices(flat, shape, chunk)]
-        count = int(np.count_nonzero(block))
+    for flat, packed in _packed_chunks(mask, chunk):
+        count = int(np.bitwise_count(packed).sum())  # the packed bits: 8x fewer bytes than the block
         if count:
-            entries.append(ChunkEntry(flat, count, put(encode_chunk(block))))
+            entries.append(ChunkEntry(flat, count, put(_encode_packed(packed))))
     return MaskManifest(shape, chunk, tuple(entries))
 
 

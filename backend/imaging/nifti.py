@@ -321,16 +321,7 @@ def load_nifti_bytes(
     The header is checked first: more than `max_voxels` voxels (413) or `max_bytes` of decoded voxel data (413)
     is refused before anything is decompressed; the data is then decoded into an array of exactly that size.
     """
-    header = _open_header(data, name)
-    if max_voxels is not None and header.voxels > max_voxels:
-        raise PayloadTooLarge(
-            f"{name}: the header declares {header.shape} = {header.voxels} voxels; a scan may hold at most "
-            f"{max_voxels}",
-            file=name,
-            declared_voxels=header.voxels,
-            limit_voxels=max_voxels,
-        )
-    header.check_size(max_bytes)
+    header = _checked_header(data, name, max_bytes, max_voxels)
     with decode_limits.heavy_decode(name):
         parsed = header.read()
         values = _scale(parsed.raw, parsed.slope, parsed.inter, name)
@@ -341,6 +332,29 @@ def load_nifti_bytes(
         header_pixdim=parsed.header_pixdim,
         slice_thickness=None,
     )
+
+
+def header_geometry(
+    data: bytes, name: str = "volume.nii.gz", *, max_bytes: int | None = None, max_voxels: int | None = None
+) -> Geometry:
+    """The grid a volume's header declares, checked as load_nifti_bytes checks it; no voxel is decompressed
+    (an import checks its masks against it while the CT itself is still decoding)."""
+    return _checked_header(data, name, max_bytes, max_voxels).geometry
+
+
+def _checked_header(data: bytes, name: str, max_bytes: int | None, max_voxels: int | None) -> _Header:
+    """The parsed header, refused (413) when it declares more voxels or decoded bytes than allowed."""
+    header = _open_header(data, name)
+    if max_voxels is not None and header.voxels > max_voxels:
+        raise PayloadTooLarge(
+            f"{name}: the header declares {header.shape} = {header.voxels} voxels; a scan may hold at most "
+            f"{max_voxels}",
+            file=name,
+            declared_voxels=header.voxels,
+            limit_voxels=max_voxels,
+        )
+    header.check_size(max_bytes)
+    return header
 
 
 def load_nifti_path(path: Path) -> LoadedVolume:
@@ -414,6 +428,13 @@ def _mask_values(parsed: _Raw) -> tuple[np.ndarray, MaskValues]:
     """Binarise a decoded mask and summarise its stored values."""
     raw = parsed.raw
     values: np.ndarray
+    if (parsed.slope, parsed.inter) == (1.0, 0.0) and raw.dtype.kind in "bu" and raw.dtype.itemsize == 1 and raw.size:
+        # The common case (uint8 or bool 0/1 masks): one pass for the maximum; when it is at most 1 the bytes
+        # already are a boolean mask and are viewed as one, without a copy.
+        hi_u = int(raw.max())
+        if hi_u <= 1:
+            lo_u = 0 if hi_u == 0 else int(raw.min())
+            return raw.view(np.bool_), MaskValues(parsed.source_dtype, 0, float(lo_u), float(hi_u))
     if (parsed.slope, parsed.inter) == (1.0, 0.0):
         values = raw
         # For integers "> 0.5" is "> 0"; comparing with an int avoids a float copy of the whole volume.

@@ -1,86 +1,45 @@
-"""Reading a PanTS-layout dataset folder: cases, structure mask files and the metadata sheet."""
+"""Reading a PanTS-layout dataset folder: its cases, their structure mask files and metadata rows (the sheet
+itself: backend.imaging.pants_metadata); a survey that collects each faulty case instead of stopping at the first."""
 
 from __future__ import annotations
 
-import csv
-import io
-import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from backend.core.errors import InvalidInput
+from backend.imaging.pants_metadata import (
+    KEY_COLUMN,
+    NormalisedMetadata,
+    normalise_manufacturer,
+    normalise_metadata,
+    normalise_phase,
+    normalise_sex,
+    read_metadata_sheet,
+)
 
-KEY_COLUMN = "BDMAP ID"
+__all__ = [
+    "KEY_COLUMN",
+    "CaseProblem",
+    "NormalisedMetadata",
+    "PantsCase",
+    "PantsFolder",
+    "normalise_manufacturer",
+    "normalise_metadata",
+    "normalise_phase",
+    "normalise_sex",
+    "read_metadata_sheet",
+    "read_pants_case",
+    "scan_pants_folder",
+    "survey_pants_folder",
+]
+
 SPLITS: tuple[tuple[str, str, str], ...] = (
     ("ImageTr", "LabelTr", "train"),
     ("ImageTe", "LabelTe", "test"),
 )
 IMAGE_NAMES = ("ct.nii.gz", "ct.nii")
 MASK_SUFFIXES = (".nii.gz", ".nii")
-
-_PHASES: dict[str, str] = {
-    "non-contrast": "non-contrast",
-    "noncontrast": "non-contrast",
-    "non contrast": "non-contrast",
-    "non_contrast": "non-contrast",
-    "unenhanced": "non-contrast",
-    "plain": "non-contrast",
-    "native": "non-contrast",
-    "nc": "non-contrast",
-    "venous": "venous",
-    "portal venous": "venous",
-    "portal-venous": "venous",
-    "portal_venous": "venous",
-    "portal": "venous",
-    "pv": "venous",
-    "arterial": "arterial",
-    "early arterial": "arterial",
-    "late arterial": "arterial",
-    "delay": "delay",
-    "delayed": "delay",
-}
-
-# (pattern on the lower-cased, whitespace-collapsed text, canonical maker)
-_MAKERS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"siemens"), "Siemens"),
-    (re.compile(r"^ge\b|\bge medical|\bge healthcare|general electric|^gems\b"), "GE"),
-    (re.compile(r"philips"), "Philips"),
-    (re.compile(r"toshiba|canon"), "Toshiba/Canon"),
-    (re.compile(r"hitachi"), "Hitachi"),
-    (re.compile(r"fujifilm|\bfuji\b"), "Fujifilm"),
-    (re.compile(r"united imaging|^uih\b"), "United Imaging"),
-    (re.compile(r"neusoft"), "Neusoft"),
-    (re.compile(r"elscint"), "Elscint"),
-    (re.compile(r"picker"), "Picker"),
-    (re.compile(r"marconi"), "Marconi"),
-    (re.compile(r"imatron"), "Imatron"),
-)
-
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-
-
-@dataclass
-class NormalisedMetadata:
-    """Metadata of one case in canonical form (None where blank or unparseable)."""
-
-    site: str | None = None
-    site_detail: str | None = None
-    nationality: str | None = None
-    phase: str | None = None
-    sex: str | None = None
-    age: int | None = None
-    manufacturer: str | None = None
-    manufacturer_model: str | None = None
-    study_type: str | None = None
-    study_year: str | None = None
-    header_spacing: tuple[float, float, float] | None = None
-    header_shape: tuple[int, int, int] | None = None
-    slice_thickness: float | None = None
-    tumor: bool | None = None
-    lesion_instances: int | None = None
 
 
 @dataclass
@@ -95,248 +54,6 @@ class PantsCase:
     unknown_files: list[str] = field(default_factory=list)
     raw_metadata: dict[str, str] = field(default_factory=dict)
     metadata: NormalisedMetadata = field(default_factory=NormalisedMetadata)
-
-
-# --- metadata sheet -----------------------------------------------------------------------------
-
-
-def _cell_text(value: Any) -> str:
-    """Render a spreadsheet cell as text ('' for empty)."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if hasattr(value, "isoformat"):
-        return str(value.isoformat())
-    return str(value)
-
-
-def _rows_to_sheet(rows: list[list[str]], name: str) -> dict[str, dict[str, str]]:
-    """Turn a header row plus data rows into {case id: {column: text}}."""
-    # The header is the first row with any non-blank cell.
-    start = next((i for i, row in enumerate(rows) if any(c.strip() for c in row)), None)
-    if start is None:
-        raise InvalidInput(f"{name}: the metadata sheet is empty", file=name)
-    header = [c.strip() for c in rows[start]]
-    key_index = next((i for i, h in enumerate(header) if h.lower() == KEY_COLUMN.lower()), None)
-    if key_index is None:
-        raise InvalidInput(
-            f"{name}: key column {KEY_COLUMN!r} not found; columns are {[h for h in header if h]}",
-            file=name,
-            columns=[h for h in header if h],
-        )
-    duplicated = sorted({h for h in header if h and header.count(h) > 1})
-    if duplicated:
-        raise InvalidInput(f"{name}: duplicate column(s) {duplicated}", file=name)
-    sheet: dict[str, dict[str, str]] = {}
-    first_row: dict[str, int] = {}
-    for number, row in enumerate(rows[start + 1 :], start=start + 2):
-        cells = row + [""] * (len(header) - len(row))
-        case_id = cells[key_index].strip()
-        if not case_id:
-            continue
-        if case_id in sheet:
-            raise InvalidInput(
-                f"{name}: {KEY_COLUMN} {case_id!r} appears twice (rows {first_row[case_id]} and {number})",
-                file=name,
-                case_id=case_id,
-            )
-        first_row[case_id] = number
-        sheet[case_id] = {h: cells[i] for i, h in enumerate(header) if h}
-    return sheet
-
-
-def _read_csv(path: Path) -> list[list[str]]:
-    """Read a CSV file as rows of text (UTF-8 with or without BOM, else Latin-1)."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")
-    try:
-        return [list(row) for row in csv.reader(io.StringIO(text, newline=""))]
-    except csv.Error as exc:
-        raise InvalidInput(f"{path.name}: malformed CSV ({exc})", file=path.name) from exc
-
-
-def _read_xlsx(path: Path) -> list[list[str]]:
-    """Read the first worksheet of an .xlsx file as rows of text."""
-    import openpyxl
-
-    try:
-        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except Exception as exc:
-        raise InvalidInput(f"{path.name}: not a readable .xlsx workbook ({exc})", file=path.name) from exc
-    try:
-        sheet = book.worksheets[0] if book.worksheets else None
-        if sheet is None:
-            raise InvalidInput(f"{path.name}: the workbook has no worksheet", file=path.name)
-        return [[_cell_text(v) for v in row] for row in sheet.iter_rows(values_only=True)]
-    finally:
-        book.close()
-
-
-def read_metadata_sheet(path: Path) -> dict[str, dict[str, str]]:
-    """Read a metadata sheet (.csv or .xlsx) into {BDMAP ID: {column: text}}."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInput(f"{path.name}: metadata sheet not found", file=str(path))
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        rows = _read_csv(path)
-    elif suffix in (".xlsx", ".xlsm"):
-        rows = _read_xlsx(path)
-    else:
-        raise InvalidInput(f"{path.name}: metadata must be .csv or .xlsx, got {suffix or 'no extension'}")
-    return _rows_to_sheet(rows, path.name)
-
-
-# --- normalisation ------------------------------------------------------------------------------
-
-
-def _key(name: str) -> str:
-    return " ".join(str(name).lower().split())
-
-
-def _text(value: str | None) -> str | None:
-    """Trimmed text, None when blank."""
-    if value is None:
-        return None
-    out = " ".join(str(value).split())
-    return out or None
-
-
-def _number(value: str | None) -> float | None:
-    """Parse one finite number written as '1', '1.0', ' 63 '; None when blank or not a number."""
-    text = _text(value)
-    if text is None:
-        return None
-    try:
-        out = float(text)
-    except ValueError:
-        return None
-    return out if math.isfinite(out) else None
-
-
-def _whole(value: str | None) -> int | None:
-    """Parse a whole number ('3', '3.0'); None when blank, fractional or not a number."""
-    number = _number(value)
-    if number is None or not number.is_integer():
-        return None
-    return int(number)
-
-
-def _triple(value: str | None) -> tuple[float, float, float] | None:
-    """Parse '(0.7, 0.7, 0.8)', '[0.7 0.7 0.8]' or '0.7x0.7x0.8'; None unless exactly three numbers."""
-    text = _text(value)
-    if text is None:
-        return None
-    numbers = _NUMBER.findall(text)
-    if len(numbers) != 3:
-        return None
-    a, b, c = (float(n) for n in numbers)
-    if not all(math.isfinite(v) for v in (a, b, c)):
-        return None
-    return (a, b, c)
-
-
-def normalise_phase(value: str | None) -> str | None:
-    """Canonical contrast phase: non-contrast, venous, arterial, delay, or None."""
-    text = _text(value)
-    if text is None:
-        return None
-    return _PHASES.get(text.lower().replace("phase", "").strip())
-
-
-def normalise_sex(value: str | None) -> str | None:
-    """'M', 'F' or None (case-insensitive, whitespace trimmed)."""
-    text = (_text(value) or "").upper()
-    if text in ("M", "MALE"):
-        return "M"
-    if text in ("F", "FEMALE"):
-        return "F"
-    return None
-
-
-def normalise_manufacturer(value: str | None) -> str | None:
-    """Canonical scanner maker ('Siemens', 'GE', ...), or the trimmed text when the maker is unknown."""
-    text = _text(value)
-    if text is None:
-        return None
-    lowered = text.lower()
-    found = {name for pattern, name in _MAKERS if pattern.search(lowered)}
-    if len(found) == 1:
-        return found.pop()
-    return text
-
-
-def _age(value: str | None) -> int | None:
-    """Age in whole years from '63', '63.0', ' 63 ', '063Y', '89+'; None when blank or implausible."""
-    text = _text(value)
-    if text is None:
-        return None
-    match = re.fullmatch(r"(\d{1,3})\s*(?:[yY]|\+)", text)
-    number = float(match.group(1)) if match else _number(text)
-    if number is None or number < 0 or number > 130:
-        return None
-    return int(number)
-
-
-def _tumor(value: str | None) -> bool | None:
-    """Tumour flag from '1'/'0' (also '1.0', yes/no, true/false); None when blank or unknown."""
-    text = (_text(value) or "").lower()
-    if text in ("yes", "y", "true", "t"):
-        return True
-    if text in ("no", "n", "false", "f"):
-        return False
-    number = _number(text)
-    if number == 1:
-        return True
-    if number == 0:
-        return False
-    return None
-
-
-def normalise_metadata(raw: Mapping[str, Any]) -> NormalisedMetadata:
-    """Normalise one metadata row (column names matched case- and whitespace-insensitively)."""
-    cols: dict[str, str] = {}
-    for name, value in raw.items():
-        cols[_key(name)] = "" if value is None else _cell_text(value)
-
-    def get(*names: str) -> str | None:
-        for name in names:
-            if name in cols:
-                return cols[name]
-        return None
-
-    spacing = _triple(get("spacing"))
-    if spacing is not None and not all(v > 0 for v in spacing):
-        spacing = None
-    shape_f = _triple(get("shape"))
-    shape: tuple[int, int, int] | None = None
-    if shape_f is not None and all(v.is_integer() and v >= 1 for v in shape_f):
-        shape = (int(shape_f[0]), int(shape_f[1]), int(shape_f[2]))
-    thickness = _number(get("slice thickness", "slice thickness (mm)", "slicethickness"))
-    lesions = _whole(get("number of pancreatic lesion instances", "lesion instances"))
-    return NormalisedMetadata(
-        site=_text(get("site")),
-        site_detail=_text(get("site detail")),
-        nationality=_text(get("site nationality", "nationality")),
-        phase=normalise_phase(get("ct phase", "phase")),
-        sex=normalise_sex(get("sex")),
-        age=_age(get("age")),
-        manufacturer=normalise_manufacturer(get("manufacturer")),
-        manufacturer_model=_text(get("manufacturer model")),
-        study_type=_text(get("study type")),
-        study_year=_text(get("study year")),
-        header_spacing=spacing,
-        header_shape=shape,
-        slice_thickness=thickness if thickness is not None and thickness > 0 else None,
-        tumor=_tumor(get("tumor?", "tumor")),
-        lesion_instances=lesions if lesions is not None and lesions >= 0 else None,
-    )
 
 
 # --- folder scan --------------------------------------------------------------------------------
@@ -372,17 +89,39 @@ def _mask_name(file_name: str) -> str | None:
     return None
 
 
-def _load_metadata(root: Path) -> dict[str, dict[str, str]]:
-    """The dataset's metadata sheet (xlsx preferred over csv), or {} when there is none."""
+def _load_metadata(root: Path) -> tuple[dict[str, dict[str, str]], str | None]:
+    """The dataset's metadata sheet (xlsx preferred over csv) and its file name, or ({}, None) without one."""
     for name in ("metadata.xlsx", "metadata.csv"):
         path = root / name
         if path.exists() or path.is_symlink():
-            return read_metadata_sheet(_inside(path, root, "metadata sheet"))
-    return {}
+            return read_metadata_sheet(_inside(path, root, "metadata sheet")), name
+    return {}, None
 
 
-def scan_pants_folder(root: Path, structure_names: Sequence[str]) -> list[PantsCase]:
-    """List the cases of a PanTS-layout folder (ImageTr/ImageTe + LabelTr/LabelTe), sorted by id."""
+@dataclass(frozen=True)
+class CaseProblem:
+    """A case folder that cannot be imported as it is: its case id, the file at fault (relative to the dataset
+    folder) and why."""
+
+    case_id: str
+    file: str
+    reason: str
+
+
+@dataclass
+class PantsFolder:
+    """What a dataset folder holds: its importable cases, the cases that cannot be imported (with the reason) and
+    the metadata rows of case ids that have no case folder."""
+
+    root: Path
+    cases: list[PantsCase]
+    problems: list[CaseProblem]
+    metadata_file: str | None
+    orphan_rows: list[str]
+
+
+def _dataset_root(root: Path) -> tuple[Path, list[tuple[str, str, str]]]:
+    """The resolved dataset folder and its (image folder, label folder, split) triples; refused if not PanTS."""
     root_path = Path(root)
     if not root_path.is_dir():
         raise InvalidInput(f"dataset folder {str(root_path)!r} does not exist or is not a folder")
@@ -393,61 +132,145 @@ def scan_pants_folder(root: Path, structure_names: Sequence[str]) -> list[PantsC
             f"{root_path.name}: not a PanTS-layout folder (neither ImageTr nor ImageTe found)",
             path=str(root_path),
         )
-    wanted = list(dict.fromkeys(structure_names))
-    known = set(wanted)
-    sheet = _load_metadata(root_path)
-
-    cases: dict[str, PantsCase] = {}
-    for image_dir_name, label_dir_name, split in present:
+    for image_dir_name, _, _ in present:
         image_dir = _inside(root_path / image_dir_name, root_path, "folder")
         if not image_dir.is_dir():
             raise InvalidInput(f"{image_dir_name} is not a folder", path=str(image_dir))
-        label_dir = root_path / label_dir_name
-        for entry in _visible(image_dir):
-            case_id = entry.name
-            _check_name(case_id, "case")
-            case_dir = _inside(entry, root_path, "case folder")
-            if not case_dir.is_dir():
-                continue  # stray files next to the case folders
-            image = next((case_dir / n for n in IMAGE_NAMES if (case_dir / n).exists()), None)
-            if image is None:
-                raise InvalidInput(
-                    f"case {case_id} ({image_dir_name}/{case_id}) has no ct.nii.gz",
-                    case_id=case_id,
-                )
-            image = _inside(image, root_path, f"image of case {case_id}")
-            if not image.is_file():
-                raise InvalidInput(f"case {case_id}: {image.name} is not a file", case_id=case_id)
-            if case_id in cases:
-                raise InvalidInput(f"case {case_id} appears in more than one split", case_id=case_id)
+    return root_path, present
 
-            structures: dict[str, Path] = {}
-            unknown: list[str] = []
-            seg_dir = label_dir / case_id / "segmentations"
-            if seg_dir.exists() or seg_dir.is_symlink():
-                seg_dir = _inside(seg_dir, root_path, f"segmentations of case {case_id}")
-                for mask in _visible(seg_dir):
-                    _check_name(mask.name, "mask file")
-                    mask_path = _inside(mask, root_path, f"mask file of case {case_id}")
-                    structure = _mask_name(mask.name)
-                    if mask_path.is_file() and structure in known:
-                        if structure in structures:
-                            raise InvalidInput(
-                                f"case {case_id}: structure {structure} has both .nii and .nii.gz files",
-                                case_id=case_id,
-                            )
-                        structures[structure] = mask_path
-                    else:
-                        unknown.append(mask.name)
-            raw = dict(sheet.get(case_id, {}))
-            cases[case_id] = PantsCase(
-                case_id=case_id,
-                split=split,
-                image_path=image,
-                structure_paths={name: structures[name] for name in wanted if name in structures},
-                missing_structures=[name for name in wanted if name not in structures],
-                unknown_files=unknown,
-                raw_metadata=raw,
-                metadata=normalise_metadata(raw),
-            )
-    return [cases[k] for k in sorted(cases)]
+
+def _relative(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _read_case(
+    root: Path,
+    case_dir: Path,
+    label_dir_name: str,
+    split: str,
+    wanted: Sequence[str],
+    raw: dict[str, str],
+    read_masks: bool = True,
+) -> PantsCase | None:
+    """One case folder (None for a stray file beside the case folders); InvalidInput naming the faulty `file`.
+
+    Without `read_masks` the segmentation folder is not listed (no structure paths, none missing)."""
+    case_id = case_dir.name
+    _check_name(case_id, "case")
+    case_dir = _inside(case_dir, root, "case folder")
+    if not case_dir.is_dir():
+        return None
+    image = next((case_dir / n for n in IMAGE_NAMES if (case_dir / n).exists()), None)
+    if image is None:
+        where = _relative(case_dir, root)
+        raise InvalidInput(
+            f"case {case_id} ({where}) has no ct.nii.gz", case_id=case_id, file=f"{where}/{IMAGE_NAMES[0]}"
+        )
+    image = _inside(image, root, f"image of case {case_id}")
+    if not image.is_file():
+        raise InvalidInput(f"case {case_id}: {image.name} is not a file", case_id=case_id, file=_relative(image, root))
+    known = set(wanted)
+    structures: dict[str, Path] = {}
+    unknown: list[str] = []
+    seg_dir = root / label_dir_name / case_id / "segmentations"
+    if read_masks and (seg_dir.exists() or seg_dir.is_symlink()):
+        seg_dir = _inside(seg_dir, root, f"segmentations of case {case_id}")
+        for mask in _visible(seg_dir):
+            _check_name(mask.name, "mask file")
+            mask_path = _inside(mask, root, f"mask file of case {case_id}")
+            structure = _mask_name(mask.name)
+            if mask_path.is_file() and structure in known:
+                if structure in structures:
+                    raise InvalidInput(
+                        f"case {case_id}: structure {structure} has both .nii and .nii.gz files",
+                        case_id=case_id,
+                        file=_relative(mask_path, root),
+                    )
+                structures[structure] = mask_path
+            else:
+                unknown.append(mask.name)
+    return PantsCase(
+        case_id=case_id,
+        split=split,
+        image_path=image,
+        structure_paths={name: structures[name] for name in wanted if name in structures},
+        missing_structures=[name for name in wanted if name not in structures] if read_masks else [],
+        unknown_files=unknown,
+        raw_metadata=raw,
+        metadata=normalise_metadata(raw),
+    )
+
+
+def survey_pants_folder(root: Path, structure_names: Sequence[str], *, read_masks: bool = True) -> PantsFolder:
+    """List a PanTS-layout folder's cases, collecting each case's problem instead of stopping at the first.
+
+    A folder that is not a PanTS dataset, or whose metadata sheet cannot be read, is refused as a whole. Without
+    `read_masks` only the case folders and CTs are checked (fast on 36k cases; `read_pants_case` lists a case's
+    masks when it is imported).
+    """
+    root_path, present = _dataset_root(root)
+    wanted = list(dict.fromkeys(structure_names))
+    sheet, sheet_name = _load_metadata(root_path)
+    cases: dict[str, PantsCase] = {}
+    problems: dict[str, CaseProblem] = {}
+    for image_dir_name, label_dir_name, split in present:
+        for entry in _visible(root_path / image_dir_name):
+            case_id = entry.name
+            try:
+                raw = dict(sheet.get(case_id, {}))
+                case = _read_case(root_path, entry, label_dir_name, split, wanted, raw, read_masks)
+                if case is not None and (case_id in cases or case_id in problems):
+                    raise InvalidInput(
+                        f"case {case_id} appears in more than one split", case_id=case_id, file=f"{image_dir_name}"
+                    )
+            except InvalidInput as exc:
+                cases.pop(case_id, None)
+                file = str(exc.details.get("file") or _relative(entry, root_path))
+                problems.setdefault(case_id, CaseProblem(case_id, file, exc.message))
+                continue
+            if case is not None:
+                cases[case_id] = case
+    orphans = sorted(case_id for case_id in sheet if case_id not in cases and case_id not in problems)
+    return PantsFolder(
+        root=root_path,
+        cases=[cases[k] for k in sorted(cases)],
+        problems=[problems[k] for k in sorted(problems)],
+        metadata_file=sheet_name,
+        orphan_rows=orphans,
+    )
+
+
+def scan_pants_folder(root: Path, structure_names: Sequence[str]) -> list[PantsCase]:
+    """List the cases of a PanTS-layout folder (ImageTr/ImageTe + LabelTr/LabelTe), sorted by id; the first
+    faulty case refuses the whole folder (see survey_pants_folder to collect every problem instead)."""
+    folder = survey_pants_folder(root, structure_names)
+    if folder.problems:
+        first = folder.problems[0]
+        raise InvalidInput(first.reason, case_id=first.case_id, file=first.file)
+    return folder.cases
+
+
+def read_pants_case(
+    root: Path, case_id: str, split: str, structure_names: Sequence[str], raw_metadata: Mapping[str, str]
+) -> PantsCase:
+    """Read one case of a PanTS-layout folder again (its files as they are now), with its metadata row."""
+    root_path = Path(root).resolve()
+    folders = {split_name: (img, lab) for img, lab, split_name in SPLITS}
+    if split not in folders:
+        raise InvalidInput(f"unknown split {split!r}")
+    image_dir_name, label_dir_name = folders[split]
+    case = _read_case(
+        root_path,
+        root_path / image_dir_name / case_id,
+        label_dir_name,
+        split,
+        list(dict.fromkeys(structure_names)),
+        dict(raw_metadata),
+    )
+    if case is None:
+        raise InvalidInput(
+            f"case {case_id}: {image_dir_name}/{case_id} is no longer a folder",
+            case_id=case_id,
+            file=f"{image_dir_name}/{case_id}",
+        )
+    return case

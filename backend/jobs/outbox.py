@@ -37,6 +37,7 @@ TASK_OF_KIND = {
     "export": queue.TASK_EXPORT,
     "evaluate": queue.TASK_EVALUATE,
     "fuse": queue.TASK_FUSE,
+    "import": queue.TASK_IMPORT,
 }
 
 # session.info keys: the jobs registered in the current transaction, and the messages its commit publishes.

@@ -6,6 +6,7 @@ from backend.models.audit import AuditEvent
 from backend.models.auth import AuthSession, LoginThrottle
 from backend.models.dashboard import DashboardDecision, DashboardTotal, DashboardVolume
 from backend.models.evaluation import EvaluationCase, EvaluationDetection, EvaluationRun
+from backend.models.imports import ImportCase, ImportRun
 from backend.models.jobs import Job
 from backend.models.labels import LabelDraft, LabelVersion, LabelVersionStructure
 from backend.models.monailabel import MonaiLabelClient
@@ -38,6 +39,8 @@ __all__ = [
     "EvaluationCase",
     "EvaluationDetection",
     "EvaluationRun",
+    "ImportCase",
+    "ImportRun",
     "Job",
     "LabelDraft",
     "LabelSchema",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,10 @@ from backend.audit import service as audit
 from backend.core import decode_limits
 from backend.core.blobstore import BlobStore
 from backend.core.db import get_or_404
-from backend.core.errors import Conflict, InvalidInput
+from backend.core.errors import Conflict, DomainError, InvalidInput
 from backend.core.filenames import clean_file_name
 from backend.imaging import dicom, nifti, pants
+from backend.imaging.nifti import MaskValues
 from backend.labels import service as labels
 from backend.models import LabelVersion, Project, Scan, User
 from backend.projects import service as projects
@@ -223,6 +226,15 @@ def import_dicom(
     )
 
 
+@dataclass(frozen=True)
+class CaseFailure:
+    """A case that could not be imported: the file at fault (relative to the dataset folder) and why."""
+
+    case_id: str
+    file: str | None
+    reason: str
+
+
 @dataclass
 class DatasetImportReport:
     """What a dataset import did, case by case."""
@@ -231,32 +243,117 @@ class DatasetImportReport:
     skipped: list[str] = field(default_factory=list)
     missing_structures: dict[str, list[str]] = field(default_factory=dict)
     unknown_files: dict[str, list[str]] = field(default_factory=dict)
+    failed: list[CaseFailure] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PreparedCase:
+    """A PanTS case decoded, checked and stored as blobs (the CT, the masks' chunks), before any database work."""
+
+    case: pants.PantsCase
+    volume: nifti.LoadedVolume
+    image_digest: str
+    image_bytes: int
+    masks: labels.PrebuiltMasks | None
+    mask_values: dict[str, MaskValues]
+    timings: dict[str, float]
+
+
+def _dataset_name(path: Path, root: Path | None) -> str:
+    """How messages name a dataset file: relative to the dataset folder when it is known."""
+    return str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else path.name
+
+
+def read_dataset_file(path: Path, name: str) -> bytes:
+    """A dataset file's bytes; InvalidInput naming the file when it is missing or cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise InvalidInput(f"{name}: file not found", file=name) from exc
+    except IsADirectoryError as exc:
+        raise InvalidInput(f"{name}: is a folder, not a NIfTI file", file=name) from exc
+    except OSError as exc:
+        raise InvalidInput(f"{name}: cannot read the file ({exc.strerror or exc})", file=name) from exc
+
+
+def prepare_pants_case(
+    blobs: BlobStore, case: pants.PantsCase, *, root: Path | None = None, threads: int | None = None
+) -> PreparedCase:
+    """Decode a PanTS case's CT and masks (each checked against the CT's grid) and store their blobs.
+
+    No database work, so a caller imports the slow part outside any transaction. The masks decode on `threads`
+    threads (default: the CPUs available) and only a few are in memory at once. Errors name the file at fault
+    (relative to `root`, the dataset folder); blobs stored before an error are unreferenced (`maskloop gc`).
+    """
+    started = time.perf_counter()
+    image_name = _dataset_name(case.image_path, root)
+    data = read_dataset_file(case.image_path, image_name)
+    limits = decode_limits.current()
+    # The masks are checked against the grid the CT's header declares, so they decode while the CT does.
+    geometry = nifti.header_geometry(
+        data, image_name, max_bytes=limits.max_decoded_bytes, max_voxels=limits.max_scan_voxels
+    )
+    values: dict[str, MaskValues] = {}
+
+    def loader(structure: str, path: Path) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            name = _dataset_name(path, root)
+            mask, values[structure] = nifti.load_mask_with_values(read_dataset_file(path, name), geometry, name)
+            return mask
+
+        return load
+
+    def read_ct() -> tuple[nifti.LoadedVolume, str, int, float]:
+        volume = nifti.load_nifti_bytes(
+            data, image_name, max_bytes=limits.max_decoded_bytes, max_voxels=limits.max_scan_voxels
+        )
+        stored = nifti.ensure_gzip(data)
+        return volume, blobs.put_bytes(stored), len(stored), time.perf_counter() - started
+
+    loaders = {structure: loader(structure, path) for structure, path in case.structure_paths.items()}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ct") as pool:
+        ct = pool.submit(read_ct)
+        try:
+            masks = labels.prebuild_masks(blobs, loaders, threads=threads) if loaders else None
+        except BaseException:
+            ct.result()  # a faulty CT is the case's first problem; else the mask's error stands
+            raise
+        volume, digest, size, ct_s = ct.result()
+    # Seconds: the CT's decoding and storing (alongside the masks'), and the whole decoding of the case.
+    timings = {"ct": round(ct_s, 3), "decode": round(time.perf_counter() - started, 3)}
+    return PreparedCase(case, volume, digest, size, masks, values, timings)
 
 
 def import_pants_case(
-    db: Session, blobs: BlobStore, project: Project, actor: User | None, case: pants.PantsCase
+    db: Session,
+    blobs: BlobStore,
+    project: Project,
+    actor: User | None,
+    case: pants.PantsCase,
+    prepared: PreparedCase | None = None,
 ) -> tuple[Scan, LabelVersion | None]:
-    """Import one PanTS case: the CT and, if it has masks, an `import` version (missing files stay missing)."""
-    data = case.image_path.read_bytes()
-    scan = import_nifti(
+    """Import one PanTS case: the CT and, if it has masks, an `import` version (missing files stay missing), QA.
+
+    With `prepared` (see prepare_pants_case) only the rows are written here, a short transaction.
+    """
+    check_case_id(case.case_id)
+    _ensure_new_case(db, project, case.case_id)
+    prepared = prepared or prepare_pants_case(blobs, case)
+    scan = _create_scan(
         db,
-        blobs,
         project,
         actor,
-        data,
-        case.image_path.name,
         case_id=case.case_id,
+        image_digest=prepared.image_digest,
+        image_bytes=prepared.image_bytes,
+        volume=prepared.volume,
+        source_format="nifti",
+        source_name=clean_file_name(case.image_path.name),
         split=case.split,
         raw_metadata=case.raw_metadata,
     )
-    if not case.structure_paths:
+    if prepared.masks is None:
         return scan, None
-    geometry = geometry_of(scan)
-    loaded = {
-        name: nifti.load_mask_with_values(path.read_bytes(), geometry, f"{case.case_id}/{name}.nii.gz")
-        for name, path in case.structure_paths.items()
-    }
-    masks = {name: mask for name, (mask, _) in loaded.items()}
     version = labels.create_version(
         db,
         blobs,
@@ -264,12 +361,13 @@ def import_pants_case(
         author=labels.Author(user_id=actor.id if actor else None),
         kind="import",
         message=f"imported from {case.image_path.parent.parent.parent.name}/{case.case_id}",
-        masks=masks,
+        masks={},
+        prebuilt=prepared.masks,
         missing=case.missing_structures,
     )
-    # QA of the import (missing files, float masks off {0, 1}, tumour flag, phase, orientation...).
-    values = {name: report for name, (_, report) in loaded.items()}
-    quality.run_qa(db, blobs, scan, version, mask_values=values, actor=actor)
+    # QA of the import (missing files, float masks off {0, 1}, tumour flag, phase, orientation...); the CT is
+    # already decoded, so the phase rule does not decode it again.
+    quality.run_qa(db, blobs, scan, version, mask_values=prepared.mask_values, actor=actor, volume=prepared.volume.data)
     return scan, version
 
 
@@ -283,25 +381,40 @@ def import_pants_dataset(
     progress: Callable[[int, int, str], None] | None = None,
     commit: Callable[[], None] | None = None,
 ) -> DatasetImportReport:
-    """Import a PanTS-layout folder; cases already in the project are skipped, so a rerun resumes."""
+    """Import a PanTS-layout folder here, case after case; cases already in the project are skipped, so a rerun
+    resumes. Each case is written in a savepoint (committed after it when `commit` is given): a case that fails
+    (a truncated or missing file, a mask of the wrong grid) is reported in `failed` and the others go on.
+    (`backend.imports` runs the same import as one job per case, on any number of workers.)"""
     structure_names = [s.name for s in projects.structures_of(db, project.id)]
-    cases = pants.scan_pants_folder(root, structure_names)
+    folder = pants.survey_pants_folder(root, structure_names)
     existing = set(db.scalars(select(Scan.case_id).where(Scan.project_id == project.id)))
     report = DatasetImportReport()
-    for index, case in enumerate(cases):
+    report.failed += [CaseFailure(p.case_id, p.file, p.reason) for p in folder.problems]
+    report.failed += [
+        CaseFailure(case_id, folder.metadata_file, f"the metadata sheet has a row for {case_id} but no case folder")
+        for case_id in folder.orphan_rows
+    ]
+    for index, case in enumerate(folder.cases):
         if case.case_id in existing:
             report.skipped.append(case.case_id)
         else:
-            import_pants_case(db, blobs, project, actor, case)
-            report.imported.append(case.case_id)
-            if case.missing_structures:
-                report.missing_structures[case.case_id] = list(case.missing_structures)
-            if case.unknown_files:
-                report.unknown_files[case.case_id] = list(case.unknown_files)
+            try:
+                with db.begin_nested():
+                    import_pants_case(
+                        db, blobs, project, actor, case, prepare_pants_case(blobs, case, root=folder.root)
+                    )
+            except DomainError as exc:
+                report.failed.append(CaseFailure(case.case_id, exc.details.get("file"), exc.message))
+            else:
+                report.imported.append(case.case_id)
+                if case.missing_structures:
+                    report.missing_structures[case.case_id] = list(case.missing_structures)
+                if case.unknown_files:
+                    report.unknown_files[case.case_id] = list(case.unknown_files)
             if commit is not None:
                 commit()
         if progress is not None:
-            progress(index + 1, len(cases), case.case_id)
+            progress(index + 1, len(folder.cases), case.case_id)
     return report
 
 

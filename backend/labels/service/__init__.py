@@ -13,8 +13,11 @@ from backend.labels.service.masks import (
 from backend.labels.service.saves import (
     Author,
     BoxPatch,
+    PrebuiltMasks,
     create_version,
     create_version_from_label_map,
+    mask_threads,
+    prebuild_masks,
     save_patch,
 )
 from backend.labels.service.versions import (
@@ -31,6 +34,7 @@ __all__ = [
     "MAX_DRAFT_BYTES",
     "Author",
     "BoxPatch",
+    "PrebuiltMasks",
     "StructureDiff",
     "authors_of",
     "combined_map",
@@ -45,7 +49,9 @@ __all__ = [
     "lineage",
     "list_versions",
     "load_manifest",
+    "mask_threads",
     "patches_from_label_map",
+    "prebuild_masks",
     "read_mask",
     "save_draft",
     "save_patch",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,9 +43,29 @@ class BoxPatch:
     box: np.ndarray
 
 
+# Blob writes in flight at once: each waits on storage (an fsync, an S3 round trip), not on the CPU.
+_BLOB_WRITERS = 8
+_writers_lock = threading.Lock()
+_writers: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _blob_writers() -> ThreadPoolExecutor:
+    """The process's blob-writing threads, shared by every save (started once, and again in a forked child)."""
+    global _writers
+    with _writers_lock:
+        if _writers is None or _writers[0] != os.getpid():
+            _writers = (os.getpid(), ThreadPoolExecutor(max_workers=_BLOB_WRITERS, thread_name_prefix="blob-put"))
+        return _writers[1]
+
+
 @dataclass
 class _TrackingPut:
-    """Writes blobs and counts the bytes that were not already stored (storage cost of a version)."""
+    """Writes blobs and counts the bytes that were not already stored (storage cost of a version).
+
+    The digest is returned at once and the write runs on a small thread pool, so the waits of many chunk writes
+    overlap (a whole mask is ~60 chunks: 60 fsyncs or S3 PUTs one after another cost more than its decoding);
+    `wait()` must return before any row names the blobs.
+    """
 
     blobs: BlobStore
     new_bytes: int = 0
@@ -52,6 +73,8 @@ class _TrackingPut:
     # Structures are encoded on several threads: each digest is written (and counted) by the first to claim it.
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _claimed: set[str] = field(default_factory=set)
+    _writes: list[Future[None]] = field(default_factory=list)
+    _pending: dict[str, bytes] = field(default_factory=dict)
 
     def __call__(self, data: bytes) -> str:
         digest = sha256_hex(data)
@@ -59,11 +82,39 @@ class _TrackingPut:
             if digest in self._claimed:
                 return digest
             self._claimed.add(digest)
-        if not self.blobs.exists(digest):
-            self.blobs.put_bytes(data)
-            with self._lock:
-                self.new_bytes += len(data)
+            self._pending[digest] = data
+            self._writes.append(_blob_writers().submit(self._write, digest, data))
         return digest
+
+    def _write(self, digest: str, data: bytes) -> None:
+        try:
+            if not self.blobs.exists(digest):
+                self.blobs.put_bytes(data)
+                with self._lock:
+                    self.new_bytes += len(data)
+        finally:
+            with self._lock:
+                self._pending.pop(digest, None)
+
+    def reader(self, get: Callable[[str], bytes]) -> Callable[[str], bytes]:
+        """`get`, which also finds the blobs handed over here and still being written."""
+
+        def read(digest: str) -> bytes:
+            with self._lock:
+                data = self._pending.get(digest)
+            return data if data is not None else get(digest)
+
+        return read
+
+    def wait(self, *, raise_errors: bool = True) -> None:
+        """Wait until every blob handed over is stored; the first failed write is raised (after all finished)
+        unless the caller is already failing (`raise_errors=False`: its own error stays the one reported)."""
+        with self._lock:
+            writes, self._writes = self._writes, []
+        wait_all(writes)
+        for write in writes:
+            if raise_errors:
+                write.result()
 
 
 def _check_base(db: Session, scan: Scan, base_version_id: int | None, *, branch: bool) -> LabelVersion | None:
@@ -191,13 +242,63 @@ def _existing_for_key(db: Session, scan: Scan, idempotency_key: str | None) -> L
     return existing
 
 
+def mask_threads(threads: int | None = None) -> int:
+    """Threads that encode masks at once: `threads` when given (> 0), else the CPUs this process may run on."""
+    if threads:
+        return max(1, threads)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _build_manifests(masks: dict[int, np.ndarray], put: _TrackingPut) -> dict[int, MaskManifest]:
-    """Chunk and compress each structure's mask, several structures at once (zlib and numpy release the GIL)."""
-    if len(masks) < 2:
+    """Chunk and compress each structure's mask, several structures at once (zstd and numpy release the GIL)."""
+    if len(masks) < 2 or mask_threads() < 2:
         return {sid: chunks.build_manifest(mask, put) for sid, mask in masks.items()}
-    with ThreadPoolExecutor(max_workers=min(len(masks), os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(len(masks), mask_threads())) as pool:
         futures = {sid: pool.submit(chunks.build_manifest, mask, put) for sid, mask in masks.items()}
         return {sid: future.result() for sid, future in futures.items()}
+
+
+@dataclass(frozen=True)
+class PrebuiltMasks:
+    """Structure masks already cut into chunks whose blobs are stored, built before the version's transaction."""
+
+    manifests: dict[str, MaskManifest]
+    new_bytes: int
+
+
+def prebuild_masks(
+    blobs: BlobStore, loaders: Mapping[str, Callable[[], np.ndarray]], *, threads: int | None = None
+) -> PrebuiltMasks:
+    """Decode (each loader) and chunk structure masks on threads, storing the chunk blobs; no database work.
+
+    Each mask is dropped as soon as its manifest is built, so a case's masks decode in parallel (zlib-ng, zstd
+    and numpy release the GIL) with only `threads` of them in memory at once. The first error is raised once
+    the masks being decoded have finished; masks not yet started are not decoded. Pass the result to
+    `create_version(prebuilt=...)`.
+    """
+    put = _TrackingPut(blobs)
+
+    def build(loader: Callable[[], np.ndarray]) -> MaskManifest:
+        return chunks.build_manifest(loader(), put)
+
+    workers = min(len(loaders), mask_threads(threads))
+    try:
+        if workers < 2:
+            manifests = {name: build(loader) for name, loader in loaders.items()}
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="masks") as pool:
+                futures = {name: pool.submit(build, loader) for name, loader in loaders.items()}
+                try:
+                    manifests = {name: future.result() for name, future in futures.items()}
+                except BaseException:
+                    for future in futures.values():
+                        future.cancel()
+                    raise
+    except BaseException:
+        put.wait(raise_errors=False)
+        raise
+    put.wait()
+    return PrebuiltMasks(manifests, put.new_bytes)
 
 
 def create_version(
@@ -213,11 +314,12 @@ def create_version(
     missing: Collection[str] = (),
     branch: bool = False,
     idempotency_key: str | None = None,
+    prebuilt: PrebuiltMasks | None = None,
 ) -> LabelVersion:
     """Create a version from whole per-structure masks; structures not given are inherited from the base.
 
     Without a base, structures that are neither given nor listed as missing are recorded as missing
-    (unknown), never as empty.
+    (unknown), never as empty. `prebuilt` adds masks already chunked and stored by `prebuild_masks`.
     """
     existing = _existing_for_key(db, scan, idempotency_key)
     if existing is not None:
@@ -237,10 +339,22 @@ def create_version(
         if tuple(mask.shape) != shape:
             raise InvalidInput(f"mask of {name!r} has shape {list(mask.shape)}, the scan has {list(shape)}")
         given[structure.id] = mask
+    ready: dict[int, MaskManifest] = {}
+    for name, manifest in (prebuilt.manifests if prebuilt else {}).items():
+        structure = projects.find_structure(structures, name)
+        if structure.id in given or structure.id in ready:
+            raise InvalidInput(f"structure {structure.name!r} was given twice")
+        if manifest.shape != shape:
+            raise InvalidInput(f"mask of {name!r} has shape {list(manifest.shape)}, the scan has {list(shape)}")
+        ready[structure.id] = manifest
     missing_ids = {projects.find_structure(structures, name).id for name in missing}
-    built = _build_manifests(given, put)
+    try:
+        built = _build_manifests(given, put) | ready
+    except BaseException:
+        put.wait(raise_errors=False)
+        raise
     for structure in structures:
-        if structure.id in given:
+        if structure.id in built:
             manifest = built[structure.id]
             entries[structure.id] = ("present", put(manifest.to_bytes()), manifest.voxel_count)
         elif structure.id in missing_ids or structure.id not in inherited:
@@ -248,6 +362,7 @@ def create_version(
         else:
             row = inherited[structure.id]
             entries[structure.id] = (row.status, row.manifest_digest, row.voxel_count)
+    put.wait()  # every blob is stored before a row names it
     return _persist(
         db,
         scan,
@@ -256,7 +371,7 @@ def create_version(
         author=author,
         message=message,
         entries=entries,
-        new_bytes=put.new_bytes,
+        new_bytes=put.new_bytes + (prebuilt.new_bytes if prebuilt else 0),
         branch=branch,
         idempotency_key=idempotency_key,
     )
@@ -337,9 +452,10 @@ def save_patch(
         if manifest is None:
             status, digest, _ = current.get(structure.id, ("missing", None, 0))
             manifest = load_manifest(blobs, digest) if status == "present" and digest else MaskManifest.empty(shape)
-        manifests[structure.id] = chunks.apply_box(manifest, patch.origin, patch.box, blobs.get_bytes, put)
+        manifests[structure.id] = chunks.apply_box(manifest, patch.origin, patch.box, put.reader(blobs.get_bytes), put)
     for sid, manifest in manifests.items():
         current[sid] = ("present", put(manifest.to_bytes()), manifest.voxel_count)
+    put.wait()  # every blob is stored before a row names it
     return _persist(
         db,
         scan,

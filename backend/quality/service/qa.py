@@ -48,13 +48,17 @@ def _read_cropped(
     return chunks.read_region(manifest, origin, size, blobs.get_bytes), region
 
 
-def _aorta_mean_hu(blobs: BlobStore, scan: Scan, entry: LabelVersionStructure) -> float | None:
-    """Mean HU of the CT inside the aorta mask (the CT is decoded once; the mask only where it has voxels)."""
+def _aorta_mean_hu(
+    blobs: BlobStore, scan: Scan, entry: LabelVersionStructure, volume: np.ndarray | None = None
+) -> float | None:
+    """Mean HU of the CT inside the aorta mask (the CT is decoded once, unless the caller has it decoded already;
+    the mask only where it has voxels)."""
     cropped = _read_cropped(blobs, entry)
     if cropped is None:
         return None
     aorta, region = cropped
-    volume = nifti.load_nifti_bytes(blobs.get_bytes(scan.image_digest), f"{scan.case_id}.nii.gz").data
+    if volume is None:
+        volume = nifti.load_nifti_bytes(blobs.get_bytes(scan.image_digest), f"{scan.case_id}.nii.gz").data
     if tuple(volume.shape) != tuple(scan.shape):
         return None
     return qa_rules.mean_inside(volume[region], aorta)
@@ -90,9 +94,11 @@ def qa_input(
     version: LabelVersion,
     config: qa_rules.QAConfig,
     mask_values: Mapping[str, MaskValues] | None = None,
+    volume: np.ndarray | None = None,
 ) -> qa_rules.QAInput:
     """Gather what the rules look at: counts from the version rows, sub-structure/parent overlaps from the
-    chunk manifests, the lesion mask cropped to its chunks, and the mean HU inside the aorta."""
+    chunk manifests, the lesion mask cropped to its chunks, and the mean HU inside the aorta (in `volume`, the
+    scan's decoded CT, when the caller has it)."""
     structures = projects.structures_of(db, scan.project_id)
     by_id = {s.id: s for s in structures}
     entries = {by_id[e.structure_id].name: e for e in version.structures if e.structure_id in by_id}
@@ -114,7 +120,7 @@ def qa_input(
     aorta_hu = None
     aorta = entries.get(qa_rules.AORTA)
     if scan.phase and aorta is not None and "phase_mismatch" not in config.disabled_rules:
-        aorta_hu = _aorta_mean_hu(blobs, scan, aorta)
+        aorta_hu = _aorta_mean_hu(blobs, scan, aorta, volume)
     outside = {} if "outside_parent" in config.disabled_rules else _outside_counts(blobs, entries, parents)
     return qa_rules.QAInput(
         structures=stats,
@@ -154,6 +160,7 @@ def run_qa(
     *,
     mask_values: Mapping[str, MaskValues] | None = None,
     actor: User | None = None,
+    volume: np.ndarray | None = None,
 ) -> list[QAFinding]:
     """Run the QA rules on a version and store its open findings (idempotent per version).
 
@@ -168,7 +175,8 @@ def run_qa(
     project = db.get(Project, scan.project_id)
     assert project is not None
     config = qa_config(project)
-    findings = qa_rules.run_rules(qa_input(db, blobs, scan, version, config, mask_values), config)
+    # `volume`: the scan's CT already decoded by the caller (an import), so it is not decoded a second time.
+    findings = qa_rules.run_rules(qa_input(db, blobs, scan, version, config, mask_values, volume), config)
     by_name = _structure_ids(db, scan.project_id)
     replaced = delete(QAFinding).where(QAFinding.version_id == version.id, QAFinding.status == "open")
     if mask_values is None:

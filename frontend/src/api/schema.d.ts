@@ -936,6 +936,67 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/projects/{project_id}/imports": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Imports
+         * @description The project's import runs with their progress, newest launch first (leads and admins).
+         */
+        get: operations["list_imports_api_projects__project_id__imports_get"];
+        put?: never;
+        /**
+         * Launch Import
+         * @description Import a PanTS-layout dataset folder on the server as one `cpu` job per case (leads and admins).
+         *
+         *     The folder must lie under the server's import root (`MASKLOOP_IMPORT_ROOT`; a relative path is taken from it,
+         *     symlinks are resolved first): a folder outside it, or any folder when no import root is configured, is
+         *     refused with **403** and nothing is read. A folder that does not exist, is not a PanTS dataset (no ImageTr
+         *     or ImageTe) or whose metadata sheet cannot be read is refused with **422**. Two launches of one new folder
+         *     at the same instant: the second gets **409** and may simply retry.
+         *
+         *     Each case is imported in its own transaction by whichever worker takes its job: its CT, an `import` label
+         *     version of its masks (absent mask files are recorded as missing structures), QA. A case that cannot be
+         *     imported (a truncated or missing file, a mask on another grid, a metadata row without a case folder) is
+         *     reported with its file and reason while the others go on. **201** starts a run; launching a folder that
+         *     already has a run in this project resumes it (**200**): imported and skipped cases stay as they are, cases
+         *     still being imported are left to their jobs, failed ones are queued again. Follow the run with
+         *     `GET /api/projects/{project_id}/imports/{run_id}`.
+         */
+        post: operations["launch_import_api_projects__project_id__imports_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/projects/{project_id}/imports/{run_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Import Report
+         * @description A run's progress and report (leads and admins): counts per status, then its cases by case id, a page at a
+         *     time, optionally only those of one status. A failed case names the file at fault (relative to the dataset
+         *     folder) and the reason; a case whose job ended without importing it (its worker was lost too often, the job
+         *     was cancelled) is reported failed with the job's error, and a resume queues it again.
+         */
+        get: operations["import_report_api_projects__project_id__imports__run_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/projects/{project_id}/jobs": {
         parameters: {
             query?: never;
@@ -2336,6 +2397,40 @@ export interface components {
             username: string;
         };
         /**
+         * CaseCounts
+         * @description Cases of a run per status. A case whose job ended without importing it (a lost worker, a cancelled job)
+         *     counts as failed.
+         */
+        CaseCounts: {
+            /**
+             * Failed
+             * @description Could not be imported; see each case's file and reason.
+             */
+            failed: number;
+            /**
+             * Imported
+             * @description Imported by this run: a scan, its `import` label version and QA.
+             */
+            imported: number;
+            /**
+             * Pending
+             * @description Queued: waiting for a worker.
+             */
+            pending: number;
+            /**
+             * Running
+             * @description Being imported by a worker now (or again, after its worker was lost).
+             */
+            running: number;
+            /**
+             * Skipped
+             * @description Already in the project (imported before, or by another upload).
+             */
+            skipped: number;
+            /** Total */
+            total: number;
+        };
+        /**
          * CheckOut
          * @description One dependency's check.
          */
@@ -3011,6 +3106,237 @@ export interface components {
             hi: number;
             /** Lo */
             lo: number;
+        };
+        /**
+         * ImportCaseOut
+         * @description One case of a run, as the report lists it.
+         */
+        ImportCaseOut: {
+            /**
+             * Attempts
+             * @description Times a worker started it (more than one after a lost worker or a resume).
+             */
+            attempts: number;
+            /** Case Id */
+            case_id: string;
+            /**
+             * File
+             * @description For a failed case, the file at fault, relative to the dataset folder.
+             */
+            file: string | null;
+            /** Finished At */
+            finished_at: string | null;
+            /**
+             * Job Id
+             * @description Its import job (GET /api/jobs/{id}).
+             */
+            job_id: number | null;
+            /**
+             * Missing Structures
+             * @description Structures without a mask file (recorded as missing).
+             */
+            missing_structures: string[];
+            /**
+             * Reason
+             * @description Why it failed or was skipped.
+             */
+            reason: string | null;
+            /**
+             * Scan Id
+             * @description The scan it became (imported) or already was (skipped).
+             */
+            scan_id: number | null;
+            /**
+             * Split
+             * @description 'train' (ImageTr) or 'test' (ImageTe); null without a case folder.
+             */
+            split: string | null;
+            /** Started At */
+            started_at: string | null;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "pending" | "running" | "imported" | "skipped" | "failed";
+            /**
+             * Timings
+             * @description Seconds of its last attempt: ct (decoding the CT, alongside the masks), decode (the CT and the masks), persist (its rows and QA, one transaction), total.
+             */
+            timings: {
+                [key: string]: number;
+            };
+            /**
+             * Unknown Files
+             * @description Files in its segmentations folder that name no structure.
+             */
+            unknown_files: string[];
+            /** Worker */
+            worker: string | null;
+        };
+        /**
+         * ImportLaunchOut
+         * @description The run a launch started or resumed, and what this launch queued.
+         */
+        ImportLaunchOut: {
+            counts: components["schemas"]["CaseCounts"];
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: number | null;
+            /**
+             * Eta S
+             * @description Seconds left at the pace since the last launch (null until known).
+             */
+            eta_s: number | null;
+            /**
+             * Finished At
+             * @description When the last case finished (null while running).
+             */
+            finished_at: string | null;
+            /**
+             * Found
+             * @description Case folders found in the dataset.
+             */
+            found: number;
+            /** Id */
+            id: number;
+            /**
+             * In Progress
+             * @description Cases left to the jobs already importing them.
+             */
+            in_progress: number;
+            /**
+             * Launched At
+             * Format: date-time
+             * @description When it was last launched or resumed.
+             */
+            launched_at: string;
+            /**
+             * Launches
+             * @description How many times the folder was launched (the first launch and resumes).
+             */
+            launches: number;
+            /** Project Id */
+            project_id: number;
+            /**
+             * Queued
+             * @description Cases this launch sent to the `cpu` queue (one job each).
+             */
+            queued: number;
+            /**
+             * Resumed
+             * @description True when the folder already had a run in this project (a resume).
+             */
+            resumed: boolean;
+            /**
+             * Root
+             * @description The dataset folder, resolved on the server.
+             */
+            root: string;
+            /**
+             * Status
+             * @description 'running' while any case is pending or running.
+             * @enum {string}
+             */
+            status: "running" | "finished";
+        };
+        /**
+         * ImportReportOut
+         * @description A run's progress and its report: the counts and one page of its cases (by case id).
+         */
+        ImportReportOut: {
+            /** Cases */
+            cases: components["schemas"]["ImportCaseOut"][];
+            /** Limit */
+            limit: number;
+            /** Offset */
+            offset: number;
+            run: components["schemas"]["ImportRunOut"];
+            /**
+             * Total
+             * @description Cases matching the status filter.
+             */
+            total: number;
+        };
+        /**
+         * ImportRequest
+         * @description A dataset folder on the server to import (PanTS layout: ImageTr/ImageTe, LabelTr/LabelTe, metadata sheet).
+         * @example {
+         *       "path": "PanTS"
+         *     }
+         * @example {
+         *       "path": "/datasets/PanTS"
+         *     }
+         */
+        ImportRequest: {
+            /**
+             * Path
+             * @description The folder on the server: relative to the import root (MASKLOOP_IMPORT_ROOT) or absolute. It must lie under the import root once symlinks are resolved; anything else is refused with 403.
+             */
+            path: string;
+        };
+        /**
+         * ImportRunOut
+         * @description An import run: one per project and dataset folder; launching the folder again resumes it.
+         */
+        ImportRunOut: {
+            counts: components["schemas"]["CaseCounts"];
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: number | null;
+            /**
+             * Eta S
+             * @description Seconds left at the pace since the last launch (null until known).
+             */
+            eta_s: number | null;
+            /**
+             * Finished At
+             * @description When the last case finished (null while running).
+             */
+            finished_at: string | null;
+            /** Id */
+            id: number;
+            /**
+             * Launched At
+             * Format: date-time
+             * @description When it was last launched or resumed.
+             */
+            launched_at: string;
+            /**
+             * Launches
+             * @description How many times the folder was launched (the first launch and resumes).
+             */
+            launches: number;
+            /** Project Id */
+            project_id: number;
+            /**
+             * Root
+             * @description The dataset folder, resolved on the server.
+             */
+            root: string;
+            /**
+             * Status
+             * @description 'running' while any case is pending or running.
+             * @enum {string}
+             */
+            status: "running" | "finished";
+        };
+        /**
+         * ImportRunPage
+         * @description A project's import runs, newest launch first.
+         */
+        ImportRunPage: {
+            /** Items */
+            items: components["schemas"]["ImportRunOut"][];
+            /** Total */
+            total: number;
         };
         /**
          * InterpolateParams
@@ -9756,6 +10082,319 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["FindingPage"];
+                };
+            };
+            /** @description Not authenticated: no, an expired or a revoked credential */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated, but not allowed to do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input (the fields that failed are in details.errors) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after the Retry-After header's seconds */
+            429: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (the database) is briefly unavailable; nothing was changed; retry after Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_imports_api_projects__project_id__imports_get: {
+        parameters: {
+            query?: {
+                offset?: number;
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ImportRunPage"];
+                };
+            };
+            /** @description Not authenticated: no, an expired or a revoked credential */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated, but not allowed to do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input (the fields that failed are in details.errors) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after the Retry-After header's seconds */
+            429: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (the database) is briefly unavailable; nothing was changed; retry after Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    launch_import_api_projects__project_id__imports_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ImportRequest"];
+            };
+        };
+        responses: {
+            /** @description The folder's run existed: it was resumed. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ImportLaunchOut"];
+                };
+            };
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ImportLaunchOut"];
+                };
+            };
+            /** @description Malformed request (e.g. an unreadable multipart body) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not authenticated: no, an expired or a revoked credential */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated, but not allowed to do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body larger than this route's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input (the fields that failed are in details.errors) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after the Retry-After header's seconds */
+            429: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (the database) is briefly unavailable; nothing was changed; retry after Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    import_report_api_projects__project_id__imports__run_id__get: {
+        parameters: {
+            query?: {
+                /** @description only the cases with this status, e.g. 'failed' */
+                status?: ("pending" | "running" | "imported" | "skipped" | "failed") | null;
+                offset?: number;
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                project_id: number;
+                run_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ImportReportOut"];
                 };
             };
             /** @description Not authenticated: no, an expired or a revoked credential */
