@@ -166,7 +166,7 @@ def test_seg_nrrd_too_big_for_the_scan_is_refused() -> None:
     [
         ("label.nii.gz", b""),
         ("label.nii.gz", b"this is not an image at all, just words" * 20),
-        ("label.nii.gz", gzip.compress(b"garbage" * 100)),
+        ("label.nii.gz", gzip.compress(b"garbage" * 100, mtime=0)),
         ("label.seg.nrrd", b"NRRD0004\ntype: banana\n\n"),
         ("label.seg.nrrd", b"NRRD0004\ndimension: 3\n"),  # no end of header
         ("label.png", b"\x89PNG\r\n\x1a\n"),
