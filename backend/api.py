@@ -36,6 +36,7 @@ from backend.evaluation.router import router as evaluation_router
 from backend.exports.router import router as exports_router
 from backend.http_errors import error_response, install_error_handlers, install_openapi
 from backend.imports.router import router as imports_router
+from backend.interactive.router import router as interactive_router
 from backend.jobs.router import router as jobs_router
 from backend.labels import service as labels_service
 from backend.labels.router import router as labels_router
@@ -142,12 +143,18 @@ def body_policy(settings: Settings) -> BodyPolicy:
     draft = Limit(
         labels_service.MAX_DRAFT_BYTES, f"a draft may hold at most {labels_service.MAX_DRAFT_BYTES // mib} MiB"
     )
+    # A click carries the structure's current mask box (base64): more than a plain JSON body, far less than a file.
+    interactive = Limit(
+        settings.interactive_max_body_kb * 1024,
+        f"a click request is larger than the limit of {settings.interactive_max_body_kb} KiB",
+    )
     routes = (
         ("POST", r"/api/projects/[^/]+/scans(/dicom)?", upload),
         ("POST", r"/api/scans/[^/]+/versions(/combined|/patch)?", upload),
         ("POST", r"/api/scans/[^/]+/operations", upload),
         ("POST", r"/api/models/[^/]+/versions", upload),
         ("PUT", r"/api/scans/[^/]+/draft", draft),
+        ("POST", r"/api/scans/[^/]+/interactive", interactive),
         ("PUT", r"/monailabel/[^/]+/datastore/label", upload),
     )
     return BodyPolicy(
@@ -184,6 +191,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.include_router(evaluation_router)
     app.include_router(monailabel_router)
     app.include_router(imports_router)
+    app.include_router(interactive_router)
     app.include_router(editing_router)
     app.include_router(observability_router)  # /api/health/ready
     if settings.metrics_enabled:

@@ -25,6 +25,8 @@ from bench import (
     hardening_fuzz,
     hardening_headers,
     hardening_jobs,
+    interactive,
+    interactive_serving,
     merge_results,
     model_workers,
     monailabel,
@@ -52,6 +54,8 @@ BENCHMARKS: list[Benchmark] = [
     hardening_fuzz.run,
     monailabel.run,
     imports_bench.run,
+    interactive.run,
+    interactive_serving.run,
     s3_bench.run,
     editor_ops.run,
 ]

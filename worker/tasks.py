@@ -14,11 +14,12 @@ from backend.core.queue import (
     TASK_EXPORT,
     TASK_FUSE,
     TASK_IMPORT,
+    TASK_INTERACTIVE,
     TASK_PREANNOTATE,
     TASK_TRAIN,
 )
 from worker.celery_app import app
-from worker.pipelines import attention, preannotate, training
+from worker.pipelines import attention, interactive, preannotate, training
 from worker.pipelines import evaluate as evaluate_pipeline
 from worker.pipelines import export as export_pipeline
 from worker.pipelines import fuse as fuse_pipeline
@@ -89,3 +90,11 @@ def fuse_task(self: Task, job_id: int) -> None:
 def import_case_task(self: Task, job_id: int) -> None:
     """Import one case of a dataset import run (its CT, masks, version and QA) in one transaction."""
     _run(self, import_case_pipeline.run, job_id)
+
+
+# A click: acknowledged on receipt and never retried (its caller waits seconds at most; a message that expired
+# while queued is dropped by Celery), no job row, no result.
+@app.task(name=TASK_INTERACTIVE, acks_late=False, ignore_result=True)
+def interactive_task(message: dict[str, Any]) -> None:
+    """Answer a click request (or warm-up) of the interactive queue."""
+    interactive.handle(message)

@@ -117,10 +117,20 @@ def train(
     epochs: Annotated[int, typer.Option(help="training epochs")] = 20,
     heldout: Annotated[float, typer.Option(help="held-out fraction")] = 0.25,
     phantom: Annotated[bool, typer.Option(help="(re)train the bundled phantom UNet from synthetic data")] = False,
+    interactive: Annotated[
+        bool, typer.Option(help="with --phantom: the click-guided (AI refine) model instead of the UNet")
+    ] = False,
     as_user: Annotated[str, typer.Option("--as", help="e-mail of the requesting lead")] = DEMO_ADMIN,
     wait: Annotated[bool, typer.Option(help="follow the job with a progress bar")] = False,
 ) -> None:
     """Fine-tune a model on label versions (a queued job), or retrain the bundled phantom model locally."""
+    if interactive and not phantom:
+        refuse("--interactive trains on phantoms: give --interactive --phantom")
+    if phantom and interactive:
+        # The click-guided model: trained on varied phantoms, measured on held-out ones (its own process too).
+        out = PHANTOM_WEIGHTS / "interactive_unet.pt"
+        module = "worker.models.interactive.phantom_training"
+        raise typer.Exit(subprocess.call([sys.executable, "-m", module, str(out)]))
     if phantom:
         # Runs the pure ML module in its own process: the backend never imports torch.
         out = PHANTOM_WEIGHTS / "phantom_unet.pt"

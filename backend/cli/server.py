@@ -17,6 +17,7 @@ from backend.cli.common import console
 from backend.core import migrate as migrations
 from backend.core.config import Settings, get_settings
 from backend.core.db import session_scope
+from backend.core.queue import INTERACTIVE_QUEUE
 from backend.flows import jobs as job_flows
 
 
@@ -39,8 +40,10 @@ def _checked_settings() -> Settings:
 
 
 def _worker_command(queues: str, concurrency: int, pool: str | None) -> list[str]:
-    """The celery command line of a maskloop worker."""
+    """The celery command line of a maskloop worker (the interactive queue alone: a solo pool, so the warm model
+    and the cached volumes live in the process that takes the messages)."""
     embedded = get_settings().resolved_broker_url.startswith("sqla+sqlite")
+    interactive_only = queues == INTERACTIVE_QUEUE
     return [
         sys.executable,
         "-m",
@@ -53,7 +56,7 @@ def _worker_command(queues: str, concurrency: int, pool: str | None) -> list[str
         "--concurrency",
         str(concurrency),
         "-P",
-        pool or ("solo" if embedded else "prefork"),
+        pool or ("solo" if embedded or interactive_only else "prefork"),
         "--loglevel",
         "INFO",
         "--hostname",
@@ -94,22 +97,36 @@ def serve(
     migrations.upgrade(settings.resolved_database_url)
     start_worker = worker if worker is not None else settings.resolved_broker_url.startswith("sqla+sqlite")
     _resend_unsent_jobs()
-    child = (
-        subprocess.Popen(_worker_command("gpu,cpu", 1, "solo"), preexec_fn=_die_with_parent) if start_worker else None
-    )
+    children = []
+    if start_worker:
+        children.append(subprocess.Popen(_worker_command("gpu,cpu", 1, "solo"), preexec_fn=_die_with_parent))
+        if settings.interactive_worker:
+            children.append(_interactive_worker(settings))
     try:
         uvicorn.run("backend.main:app", host=host or settings.api_host, port=port or settings.api_port, reload=reload)
     finally:
-        if child is not None:
+        for child in children:
             child.send_signal(signal.SIGTERM)
+        for child in children:
             try:
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 child.kill()
 
 
+def _interactive_worker(settings: Settings) -> subprocess.Popen[bytes]:
+    """The embedded default's warm worker of the interactive queue: a second solo process (a long pre-annotation
+    in the first never delays a click) that polls the SQLite broker every `interactive_poll_s`."""
+    env = dict(os.environ)
+    if settings.resolved_broker_url.startswith("sqla+") and "MASKLOOP_BROKER_POLL_S" not in env:
+        env["MASKLOOP_BROKER_POLL_S"] = str(settings.interactive_poll_s)
+    return subprocess.Popen(_worker_command(INTERACTIVE_QUEUE, 1, "solo"), env=env, preexec_fn=_die_with_parent)
+
+
 def run_worker(
-    queues: Annotated[str, typer.Option(help="comma-separated queues: gpu, cpu")] = "gpu,cpu",
+    queues: Annotated[
+        str, typer.Option(help="comma-separated queues: gpu, cpu; or interactive (click requests, a solo pool)")
+    ] = "gpu,cpu",
     concurrency: Annotated[int, typer.Option(help="tasks at once (1 per GPU)")] = 1,
     pool: Annotated[str | None, typer.Option(help="celery pool: prefork, solo, threads")] = None,
 ) -> None:

@@ -246,6 +246,44 @@ class Settings(BaseSettings):
         "the CPUs the process may run on.",
     )
 
+    # --- interactive AI: click-guided refinement served by a warm worker of the `interactive` queue ---
+    interactive_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="How long a click request waits for the interactive worker (then 504)."
+    )
+    interactive_max_clicks: int = Field(
+        default=64,
+        ge=1,
+        le=1000,
+        description="Most clicks (positive + negative) in one request; a model may allow fewer.",
+    )
+    interactive_max_body_kb: int = Field(
+        default=16384, ge=64, description="Largest body of a click request (its `previous` mask box, base64), KiB."
+    )
+    interactive_volume_cache_mb: int = Field(
+        default=2048, ge=0, description="Decoded scan volumes an interactive worker keeps (LRU by image digest), MiB."
+    )
+    interactive_model_cache: int = Field(
+        default=2, ge=1, description="Interactive model versions one worker process keeps loaded and warm (LRU)."
+    )
+    interactive_replies: Literal["auto", "redis", "file"] = Field(
+        default="auto",
+        description="How a worker's answer reaches the API: 'redis' (a reply list, BLPOP; needs a Redis broker), "
+        "'file' (data_dir/interactive-replies, one machine: the embedded default); 'auto' picks by the broker URL.",
+    )
+    interactive_poll_s: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="File replies: seconds between the API's looks for a reply; also the SQLite-broker poll period "
+        "of the interactive worker `maskloop serve` starts.",
+    )
+    interactive_worker: bool = Field(
+        default=True, description="`maskloop serve` with its embedded worker also starts a warm `interactive` worker."
+    )
+    broker_poll_s: float | None = Field(
+        default=None, gt=0, description="SQLite broker: seconds between an idle worker's polls; empty: kombu's 1 s."
+    )
+
     @property
     def resolved_database_url(self) -> str:
         """Database URL with the embedded SQLite default filled in."""

@@ -59,6 +59,14 @@ _BUILT_IN = (
         needs_weights=False,
         summary="weightless HU thresholds + connected components + position priors",
     ),
+    # Click-guided refinement (worker.models.interactive): answers clicks, not pre-annotation jobs; its weights
+    # come from `maskloop train --interactive --phantom` (fine-tuning as a training job is not wired yet).
+    ArchitectureTraits(
+        "interactive",
+        trainable=False,
+        needs_weights=True,
+        summary="click-guided binary UNet (image + positive/negative clicks + previous mask), DeepGrow/DeepEdit",
+    ),
 )
 _CATALOGUE: dict[str, ArchitectureTraits] = {traits.name: traits for traits in _BUILT_IN}
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")  # fits models.architecture (String(32))

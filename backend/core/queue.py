@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from celery import Celery
 
@@ -23,6 +24,7 @@ TASK_EVALUATE = "maskloop.evaluate"
 TASK_FUSE = "maskloop.fuse"
 # One case of a dataset import (backend/imports): the cpu queue, one job per case.
 TASK_IMPORT = "maskloop.import_case"
+TASK_INTERACTIVE = "maskloop.interactive"
 
 
 def configure(app: Celery, settings: Settings) -> None:
@@ -44,6 +46,13 @@ def configure(app: Celery, settings: Settings) -> None:
     if settings.resolved_broker_url.startswith(("redis://", "rediss://")):
         # A task whose worker died unacknowledged is delivered again after this many seconds.
         app.conf.broker_transport_options = {"visibility_timeout": settings.broker_visibility_timeout_s}
+    elif settings.broker_poll_s and settings.resolved_broker_url.startswith("sqla+"):
+        # An idle worker polls the SQLite broker every `polling_interval` (kombu's virtual transports: 1 s); the
+        # interactive worker `maskloop serve` starts polls often. Set on the transport class: kombu's SQLAlchemy
+        # transport hands every transport option to create_engine, which refuses this one.
+        from kombu.transport import sqlalchemy as sqla_transport
+
+        sqla_transport.Transport.polling_interval = settings.broker_poll_s
 
 
 @lru_cache
@@ -61,3 +70,8 @@ def send(task_name: str, job_id: int, queue: str, attempt: int | str = 0) -> str
     task_id = f"job-{job_id}-{attempt}"
     client().send_task(task_name, args=[job_id], queue=queue, task_id=task_id)
     return task_id
+
+
+def send_interactive(message: dict[str, Any], expires_s: float) -> None:
+    """Publish a click request on the interactive queue; a worker drops it unrun once `expires_s` have passed."""
+    client().send_task(TASK_INTERACTIVE, args=[message], queue=INTERACTIVE_QUEUE, expires=expires_s)

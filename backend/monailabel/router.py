@@ -15,8 +15,11 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from backend.auth.dependencies import Blobs, CurrentUser, DbSession, SettingsDep
 from backend.core.errors import GatewayTimeout, InvalidInput, NotFound
 from backend.flows import accounts, reads
+from backend.flows import interactive as interactive_flows
 from backend.flows import monailabel as flows
+from backend.interactive import service as interactive
 from backend.labels import service as labels
+from backend.models import Model, Scan
 from backend.monailabel import service
 from backend.monailabel.dependencies import require_project
 from backend.monailabel.schemas import LabelParams, SampleOut, SampleRequest, TokenOut
@@ -66,25 +69,23 @@ def info(db: DbSession, access: ProjectAccess = require_project("read")) -> dict
     """The app description: labels in schema order, models, strategies, datastore totals."""
     structures = service.structures(db, access.project)
     label_names = {s.name: s.label_value for s in structures}
-    models = {
-        m.name: {
-            "type": "segmentation",
-            "labels": label_names,
-            "dimension": 3,
-            "description": f"maskloop model {m.name} ({m.architecture})",
-            "config": {},
-        }
-        for m in service.models_of(db, access.project)
-    }
+    registered = service.models_of(db, access.project)
+    models = {m.name: _model_info(m, label_names) for m in registered}
+    clicks = any(interactive.is_interactive(m) for m in registered)
     total, completed = service.datastore_counts(db, access.project)
     lead = access.role in ("lead", "admin")
     return {
         "name": f"maskloop: {access.project.name}",
         "description": access.project.description or "",
         "version": VERSION,
-        "labels": [s.name for s in structures],
+        # DeepEdit clients send negative clicks as the points of a "background" label they take from this list.
+        "labels": [s.name for s in structures] + (["background"] if clicks else []),
         "models": models,
-        "trainers": {name: {"description": "maskloop training on approved versions"} for name in models}
+        "trainers": {
+            m.name: {"description": "maskloop training on approved versions"}
+            for m in registered
+            if not interactive.is_interactive(m)
+        }
         if lead
         else {},
         "strategies": {
@@ -95,6 +96,28 @@ def info(db: DbSession, access: ProjectAccess = require_project("read")) -> dict
         "scoring": {},
         "train_stats": {},
         "datastore": {"total": total, "completed": completed, "label_tags": {"final": completed}},
+    }
+
+
+def _model_info(model: Model, label_names: dict[str, int]) -> dict[str, Any]:
+    """A model as /info/ lists it: a click-guided one as DeepEdit (its labels and "background"), others as
+    segmentation models of every label."""
+    if not interactive.is_interactive(model):
+        return {
+            "type": "segmentation",
+            "labels": label_names,
+            "dimension": 3,
+            "description": f"maskloop model {model.name} ({model.architecture})",
+            "config": {},
+        }
+    known = {name: value for name, value in label_names.items() if name in set(model.structures)}
+    return {
+        "type": "deepedit",
+        "labels": {**known, "background": 0},
+        "dimension": 3,
+        "description": f"maskloop click-guided model {model.name}: positive clicks on a label, negative ones on "
+        "'background' (DeepEdit), or foreground/background (DeepGrow)",
+        "config": {},
     }
 
 
@@ -298,6 +321,9 @@ async def infer(
 
     def _run() -> Response:
         scan = service.scan_by_case_id(db, access.project, image)
+        found = service.model_named(db, access.project, model)
+        if found is not None and interactive.is_interactive(found):
+            return _refine(scan)
         timeout_s = settings.monailabel_infer_timeout_s
         result = flows.infer(
             db, access.project, scan, model, client_id=client_id, timeout_s=timeout_s, actor=access.user
@@ -318,6 +344,23 @@ async def infer(
         if output == "json":
             return Response(json.dumps(answer), media_type="application/json")
         written = service.label_file(db, blobs, scan, result.version, extension)
+        return _multipart(answer, written.filename, written.data)
+
+    def _refine(scan: Scan) -> Response:
+        # Clicks: the structures' masks refined by the warm interactive worker; nothing is written (the client
+        # saves the result as a label). Always a combined .nii.gz of only the refined structures, so a client
+        # updates exactly those segments.
+        refined = interactive_flows.monailabel_refine(
+            db, blobs, settings, access.project, scan, model, params, client_id=client_id, actor=access.user
+        )
+        answer = {
+            "label_names": refined.label_values,
+            "model_version_id": refined.model.version_id,
+            "timings": refined.timings,
+        }
+        if output == "json":
+            return Response(json.dumps(answer), media_type="application/json")
+        written = service.masks_file(scan, refined.masks, service.structures(db, access.project))
         return _multipart(answer, written.filename, written.data)
 
     return await run_in_threadpool(_run)

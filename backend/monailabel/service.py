@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Table, func, select
@@ -179,3 +180,115 @@ def remember_base(db: Session, user: User, client_id: str, scan: Scan, version_i
         set_={"base_version_id": version_id, "updated_at": now},
     )
     db.execute(statement)
+
+
+# --- infer with clicks (an interactive model): the point forms MONAI Label's clients send ---
+
+# The most structures one infer may refine (each is one round trip to the interactive worker).
+MAX_CLICK_PROMPTS = 8
+
+
+@dataclass(frozen=True)
+class ClickPrompt:
+    """The clicks for one structure: voxel indices (i, j, k) of the image as the client loaded it, i.e. the stored
+    NIfTI that `datastore/image` serves, whose array order is maskloop's storage order (checked downstream)."""
+
+    structure: str
+    positive: list[list[Any]]
+    negative: list[list[Any]]
+
+
+def _points(value: Any, what: str) -> list[list[Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(p, list) for p in value):
+        raise InvalidInput(f"'{what}' must be a list of [i, j, k] voxel indices, got {str(value)[:200]}")
+    return [list(p) for p in value]
+
+
+def _merge(first: list[list[Any]], second: list[list[Any]]) -> list[list[Any]]:
+    return first + [p for p in second if p not in first]
+
+
+def click_prompts(params: Mapping[str, Any], schema: Sequence[Structure], known: Sequence[str]) -> list[ClickPrompt]:
+    """The structures to refine and their clicks, from any of the clients' forms.
+
+    * DeepGrow (3D Slicer, OHIF): ``label`` + ``foreground`` / ``background`` point lists.
+    * DeepEdit (3D Slicer's multi-label mode, OHIF): point lists keyed by label name, negatives under
+      ``background``; Slicer adds the current segment as ``label`` (only it is refined), OHIF does not (every
+      label with points is).
+    * OHIF's VISTA3D prompts: ``points`` + ``point_labels`` (1 positive, 0 negative, others ignored) +
+      ``label_prompt`` (one label value).
+    """
+    by_name: dict[str, str] = {}
+    for s in schema:
+        by_name[s.name] = s.name
+        for alias in s.aliases:
+            by_name.setdefault(alias, s.name)
+    by_value = {s.label_value: s.name for s in schema}
+
+    def resolve(name: Any) -> str:
+        if not isinstance(name, str) or name not in by_name:
+            raise InvalidInput(f"label {str(name)[:100]!r} is not a structure of the project's label schema")
+        return by_name[name]
+
+    def only_known(form: str) -> str:
+        if len(known) == 1:
+            return known[0]
+        raise InvalidInput(f"{form} clicks must name their structure ('label')")
+
+    label = params.get("label")
+    if "points" in params:
+        points = _points(params.get("points"), "points")
+        kinds = params.get("point_labels", [1] * len(points))
+        if not isinstance(kinds, list) or len(kinds) != len(points) or not all(isinstance(k, int) for k in kinds):
+            raise InvalidInput("'point_labels' must hold one integer per point (1 positive, 0 negative)")
+        prompt = params.get("label_prompt")
+        if prompt:
+            if not isinstance(prompt, list) or len(prompt) != 1 or prompt[0] not in by_value:
+                raise InvalidInput(f"'label_prompt' must hold one label value of the schema, got {str(prompt)[:100]}")
+            name = by_value[prompt[0]]
+        else:
+            name = resolve(label) if label else only_known("VISTA3D-style")
+        positive = [p for p, k in zip(points, kinds, strict=True) if k > 0]
+        return [ClickPrompt(name, positive, [p for p, k in zip(points, kinds, strict=True) if k == 0])]
+    negative = _points(params.get("background"), "background")
+    foreground = _points(params.get("foreground"), "foreground")
+    per_label = {
+        by_name[key]: _points(value, key)
+        for key, value in params.items()
+        if key in by_name and key not in ("foreground", "background") and isinstance(value, list)
+    }
+    if label:
+        name = resolve(label)
+        return [ClickPrompt(name, _merge(foreground, per_label.get(name, [])), negative)]
+    if foreground:
+        return [ClickPrompt(only_known("DeepGrow"), foreground, negative)]
+    prompts = [ClickPrompt(name, points, negative) for name, points in per_label.items() if points]
+    if not prompts:
+        if negative and len(known) == 1:
+            return [ClickPrompt(known[0], [], negative)]
+        raise InvalidInput(
+            "an interactive model needs clicks: 'foreground'/'background' with 'label' (DeepGrow), point lists "
+            "keyed by label name (DeepEdit), or 'points'/'point_labels'/'label_prompt'"
+        )
+    if len(prompts) > MAX_CLICK_PROMPTS:
+        raise InvalidInput(f"clicks for {len(prompts)} structures; one infer refines at most {MAX_CLICK_PROMPTS}")
+    return prompts
+
+
+def masks_file(scan: Scan, masks: Mapping[str, np.ndarray], schema: Sequence[Structure]) -> LabelFile:
+    """Whole masks of some structures as one combined .nii.gz map (parts painted after their parents)."""
+    values = {s.name: s.label_value for s in schema}
+    order = [s.name for s in labels.default_paint_order(schema) if s.name in masks]
+    dtype = np.uint8 if max((values[n] for n in order), default=0) < 256 else np.uint16
+    label_map = np.zeros(scans.geometry_of(scan).shape, dtype=dtype)
+    for name in order:
+        label_map[masks[name]] = values[name]
+    data = nifti.to_nifti_gz(label_map, scans.geometry_of(scan).affine)
+    return LabelFile(f"{scan.case_id}.nii.gz", data, order)
+
+
+def model_named(db: Session, project: Project, name: str) -> Model | None:
+    """The project's model of that name, if any."""
+    return db.scalar(select(Model).where(Model.project_id == project.id, Model.name == name))

@@ -7,6 +7,7 @@ from it afterwards.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from backend.imaging.phantom.geometry import (
     tube,
     union,
 )
+
+if TYPE_CHECKING:
+    from backend.imaging.phantom.variation import Variation
 
 PHANTOM_STRUCTURES: tuple[str, ...] = (
     "aorta",
@@ -152,9 +156,13 @@ class _Painter:
 
 
 def draw_anatomy(
-    grid: Grid, rng: np.random.Generator, lesion: bool
-) -> tuple[np.ndarray, dict[str, Box | None], Box | None, np.ndarray, int]:
-    """Rasterise the template anatomy into a RAS label map plus a separate vein mask."""
+    grid: Grid, rng: np.random.Generator, lesion: bool, vary: Variation | None = None, duct: bool = False
+) -> tuple[np.ndarray, dict[str, Box | None], Box | None, np.ndarray, int, tuple[Box, np.ndarray] | None]:
+    """Rasterise the template anatomy into a RAS label map plus separate vein (and, if asked, duct) masks.
+
+    ``vary`` (opt-in shape variation) is applied on top of the default draws, which stay the same, so a phantom
+    without it is unchanged.
+    """
     nx, ny, nz = grid.shape
     # All random draws happen here, in a fixed order, whether or not a lesion is drawn.
     body_scale = float(rng.uniform(0.95, 1.02))
@@ -175,9 +183,24 @@ def draw_anatomy(
     lesion_r = float(rng.uniform(9.0, 14.0))
     lesion_hu = int(rng.integers(10, 21))
     vessel_shift = jitter(rng, (0.0, 0.0, 0.0), 2.0)
+    vessel_r = 1.0
+    if vary is not None:
+        panc_pts = [(q[0] + d[0], q[1] + d[1], q[2] + d[2]) for q, d in zip(panc_pts, vary.pancreas_shift, strict=True)]
+        panc_r = [r * f for r, f in zip(panc_r, vary.pancreas_radius, strict=True)]
+        lesion_part, lesion_u, lesion_r = vary.lesion_part, vary.lesion_u, vary.lesion_radius_mm
+        lesion_jit = (
+            lesion_jit[0] + vary.lesion_offset[0],
+            lesion_jit[1] + vary.lesion_offset[1],
+            lesion_jit[2] + vary.lesion_offset[2],
+        )
+        vessel_r = vary.vessel_radius
 
     def organ(name: str, center: Vec3, semi: Vec3) -> tuple[Vec3, Vec3]:
         s, d = organ_scale[name], organ_shift[name]
+        if vary is not None:
+            vs_, vd = vary.organ_scale[name], vary.organ_shift[name]
+            s = (s[0] * vs_[0], s[1] * vs_[1], s[2] * vs_[2])
+            d = (d[0] + vd[0], d[1] + vd[1], d[2] + vd[2])
         return (
             (center[0] + d[0], center[1] + d[1], center[2] + d[2]),
             (semi[0] * s[0], semi[1] * s[1], semi[2] * s[2]),
@@ -262,8 +285,8 @@ def draw_anatomy(
             les = ok & sphere & (part == (_P_HEAD, _P_BODY, _P_TAIL)[lesion_part])
             sub[les] = lesion_label
     # --- great vessels (painted last among labelled structures) ---
-    p.paint(cylinder_z(grid, (10.0 + vs[0], -40.0 + vs[1]), 10.0, (-200.0, 200.0)), _AORTA)
-    p.paint(cylinder_z(grid, (-22.0 + vs[0], -35.0 + vs[1]), 11.0, (-200.0, 200.0)), _POSTCAVA)
+    p.paint(cylinder_z(grid, (10.0 + vs[0], -40.0 + vs[1]), 10.0 * vessel_r, (-200.0, 200.0)), _AORTA)
+    p.paint(cylinder_z(grid, (-22.0 + vs[0], -35.0 + vs[1]), 11.0 * vessel_r, (-200.0, 200.0)), _POSTCAVA)
 
     pbox = p.boxes.get("pancreas")
     if lesion and lesion_center is not None and pbox is not None:
@@ -299,7 +322,20 @@ def draw_anatomy(
         vsub = label[box_slices(veins_box)]
         # Veins stay inside the cavity and off the pancreas, the lesion and the great vessels.
         veins_sub = vm & (vsub >= _CAVITY) & ((vsub < _P_HEAD) | (vsub > _POSTCAVA))
-    return label, p.boxes, veins_box, veins_sub, lesion_hu
+    duct_shape = None
+    if duct:
+        radius = vary.duct_radius_mm if vary is not None else 2.5
+        duct_tube = tube(grid, panc_pts, [radius] * len(panc_pts))
+        if duct_tube is not None:
+            dbox, dm = duct_tube
+            # The duct runs inside the pancreas parts (not through the lesion or the vessels painted over them).
+            duct_shape = (dbox, dm & np.isin(label[box_slices(dbox)], (_P_HEAD, _P_BODY, _P_TAIL)))
+    return label, p.boxes, veins_box, veins_sub, lesion_hu, duct_shape
+
+
+def structure_of_label() -> dict[int, str]:
+    """The structure name (box key) of each tissue label id that forms a structure."""
+    return dict(_LABEL_TO_STRUCTURE)
 
 
 def _centerline_yz(points: Sequence[Vec3], x: float) -> tuple[float, float]:

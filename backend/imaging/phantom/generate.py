@@ -8,8 +8,19 @@ from dataclasses import dataclass
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
 
-from backend.imaging.phantom.anatomy import PHANTOM_STRUCTURES, STRUCTURE_LABELS, VEIN_HU, draw_anatomy, hu_table
+from backend.imaging.phantom.anatomy import (
+    PHANTOM_STRUCTURES,
+    STRUCTURE_LABELS,
+    VEIN_HU,
+    draw_anatomy,
+    hu_table,
+    structure_of_label,
+)
 from backend.imaging.phantom.geometry import Box, Grid, box_slices
+from backend.imaging.phantom.variation import DUCT_HU, draw_variation, label_boxes, mask_box, warp
+
+# Only drawn when asked for (``duct=True``), so the default phantom's structures stay those of PHANTOM_STRUCTURES.
+DUCT = "pancreatic_duct"
 
 
 @dataclass(frozen=True)
@@ -39,14 +50,22 @@ def generate_phantom(
     lesion: bool = True,
     orientation: str = "RAS",
     noise_hu: float = 10.0,
+    variation: float = 0.0,
+    duct: bool = False,
 ) -> Phantom:
-    """Draw a deterministic abdominal CT phantom; shape and spacing are in the output axis order."""
+    """Draw a deterministic abdominal CT phantom; shape and spacing are in the output axis order.
+
+    ``variation`` > 0 (opt-in, up to 2) adds seeded shape variation: organ sizes and positions, lesion size and
+    position, a smooth random deformation (``backend.imaging.phantom.variation``); 0 draws the default anatomy.
+    ``duct`` adds a ``pancreatic_duct`` mask (a thin fluid-filled tube inside the pancreas).
+    """
     if len(shape) != 3 or len(spacing) != 3:
         raise ValueError("shape and spacing must have three entries")
     if min(shape) < 1 or min(spacing) <= 0:
         raise ValueError("shape entries must be >= 1 and spacing entries > 0")
     if noise_hu < 0:
         raise ValueError("noise_hu must be >= 0")
+    vary = draw_variation(seed, variation) if variation else None
     codes = parse_orientation(orientation)
     out_ornt = axcodes2ornt(codes)
     # The drawn array's first axis runs towards the patient's left (template +x), i.e. it is LAS-ordered.
@@ -60,11 +79,17 @@ def generate_phantom(
 
     rng = np.random.default_rng(seed)
     grid = Grid(rshape)
-    label, boxes, veins_box, veins_sub, lesion_hu = draw_anatomy(grid, rng, lesion)
+    label, boxes, veins_box, veins_sub, lesion_hu, duct_shape = draw_anatomy(grid, rng, lesion, vary, duct)
+    if vary is not None:
+        label, boxes, veins_box, veins_sub, duct_shape = _deform(
+            grid, vary.control, label, veins_box, veins_sub, duct_shape
+        )
 
     volume = hu_table(lesion_hu)[label]
     if veins_box is not None:
         volume[box_slices(veins_box)][veins_sub] = VEIN_HU
+    if duct_shape is not None:
+        volume[box_slices(duct_shape[0])][duct_shape[1]] = DUCT_HU
     if noise_hu > 0:
         _add_noise(volume, rng, float(noise_hu))
 
@@ -100,9 +125,11 @@ def generate_phantom(
         sub = label[box_slices(box)]
         parts[name] = (box, sub == ids[0] if len(ids) == 1 else np.isin(sub, ids))
     del label
+    if duct_shape is not None:
+        parts[DUCT] = duct_shape
 
     masks: dict[str, np.ndarray] = {}
-    for name in PHANTOM_STRUCTURES:
+    for name in (*PHANTOM_STRUCTURES, DUCT) if duct else PHANTOM_STRUCTURES:
         m = np.zeros(volume.shape, dtype=bool)
         if name in parts:
             box, sub = parts.pop(name)
@@ -112,6 +139,29 @@ def generate_phantom(
                 m[box_slices(_reorient_box(box, rshape, transform))] = apply_orientation(sub, transform)
         masks[name] = m
     return Phantom(volume=volume, affine=affine, masks=masks, has_lesion=bool(lesion))
+
+
+def _deform(
+    grid: Grid,
+    control: np.ndarray,
+    label: np.ndarray,
+    veins_box: Box | None,
+    veins_sub: np.ndarray,
+    duct_shape: tuple[Box, np.ndarray] | None,
+) -> tuple[np.ndarray, dict[str, Box | None], Box | None, np.ndarray, tuple[Box, np.ndarray] | None]:
+    """Warp the label map and the overlays by one smooth field; recompute every structure's box."""
+    overlays = []
+    for box, sub in ((veins_box, veins_sub), duct_shape or (None, None)):
+        full = np.zeros(label.shape, dtype=bool)
+        if box is not None and sub is not None:
+            full[box_slices(box)] = sub
+        overlays.append(full)
+    label, veins, duct = warp(grid, control, [label, *overlays])
+    boxes = label_boxes(label, structure_of_label())
+    veins_part = mask_box(veins)
+    new_veins_box, new_veins_sub = veins_part if veins_part is not None else (None, np.zeros((0, 0, 0), dtype=bool))
+    new_duct = mask_box(duct) if duct_shape is not None else None
+    return label, boxes, new_veins_box, new_veins_sub, new_duct
 
 
 def _reorient_box(box: Box, ras_shape: tuple[int, int, int], transform: np.ndarray) -> Box:

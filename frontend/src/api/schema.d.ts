@@ -1549,6 +1549,49 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/scans/{scan_id}/interactive": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Click
+         * @description Refine one structure from clicks: its new mask in a box around them, to preview and later save as a patch.
+         *
+         *     Nothing is written. 422 for a structure the model does not know, clicks outside the volume or too many; 409
+         *     for an approved scan, another user's edit lease, or a model without promoted weights; 504 past the timeout.
+         */
+        post: operations["click_api_scans__scan_id__interactive_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/scans/{scan_id}/interactive/warm": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Warm
+         * @description Have a worker load the model and this scan's volume now (the editor calls it when the tool is picked).
+         */
+        post: operations["warm_api_scans__scan_id__interactive_warm_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/scans/{scan_id}/lease": {
         parameters: {
             query?: never;
@@ -2447,6 +2490,72 @@ export interface components {
              * @description how long the check took
              */
             seconds: number;
+        };
+        /**
+         * ClickIn
+         * @description A click request: every click of the session so far (newest last) and the structure's current mask.
+         */
+        ClickIn: {
+            /**
+             * Branch
+             * @description the edit will be saved as a branch (a blinded reader's), not on the head
+             * @default false
+             */
+            branch: boolean;
+            /**
+             * Model
+             * @description interactive model name; default: the project's interactive model
+             */
+            model?: string | null;
+            /** Negative */
+            negative?: number[][];
+            /** Positive */
+            positive?: number[][];
+            /** @description the structure's current mask (its bounding box); none: the structure is empty */
+            previous?: components["schemas"]["PreviousBoxIn"] | null;
+            /**
+             * Structure
+             * @description structure name (or alias) of the schema
+             */
+            structure: string;
+        };
+        /**
+         * ClickOut
+         * @description The structure's new mask inside a box: replace the voxels of that box with it (a preview; nothing is saved).
+         */
+        ClickOut: {
+            /**
+             * Data
+             * @description the encoded box, base64
+             */
+            data: string;
+            /**
+             * Encoding
+             * @description always bits+gzip: one bit per voxel, NIfTI order (x fastest), gzip
+             */
+            encoding: string;
+            /** Model */
+            model: string;
+            /** Model Version Id */
+            model_version_id: number;
+            /** Origin */
+            origin: number[];
+            /** Size */
+            size: number[];
+            /** Structure */
+            structure: string;
+            /**
+             * Timings
+             * @description milliseconds: total_ms (API), queue_ms, worker_ms, network_ms…
+             */
+            timings: {
+                [key: string]: number;
+            };
+            /**
+             * Voxels
+             * @description set voxels in the box
+             */
+            voxels: number;
         };
         /**
          * CommentIn
@@ -4018,6 +4127,27 @@ export interface components {
             structures: string[];
         };
         /**
+         * PreviousBoxIn
+         * @description The structure's current mask in a box: the patch-save box encodings (voxels in NIfTI order, x fastest).
+         */
+        PreviousBoxIn: {
+            /**
+             * Data
+             * @description the encoded box, base64
+             */
+            data: string;
+            /**
+             * Encoding
+             * @description u8+gzip, bits+gzip, u8 or bits
+             * @default bits+gzip
+             */
+            encoding: string;
+            /** Origin */
+            origin: number[];
+            /** Size */
+            size: number[];
+        };
+        /**
          * PriorityOut
          * @description One (scan, structure) pair of the review priority list.
          */
@@ -5330,6 +5460,28 @@ export interface components {
             volume_ml: number;
             /** Voxel Count */
             voxel_count: number;
+        };
+        /**
+         * WarmIn
+         * @description Which model to warm (default: the project's interactive model).
+         */
+        WarmIn: {
+            /** Model */
+            model?: string | null;
+        };
+        /**
+         * WarmOut
+         * @description The model a worker is loading, with the scan's volume.
+         */
+        WarmOut: {
+            /** Max Clicks */
+            max_clicks: number;
+            /** Model */
+            model: string;
+            /** Model Version Id */
+            model_version_id: number;
+            /** Structures */
+            structures: string[];
         };
         /**
          * TokenOut
@@ -13709,6 +13861,232 @@ export interface operations {
             };
             /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input (the fields that failed are in details.errors) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after the Retry-After header's seconds */
+            429: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (the database) is briefly unavailable; nothing was changed; retry after Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    click_api_scans__scan_id__interactive_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                scan_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ClickIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ClickOut"];
+                };
+            };
+            /** @description Malformed request (e.g. an unreadable multipart body) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not authenticated: no, an expired or a revoked credential */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated, but not allowed to do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body larger than this route's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input (the fields that failed are in details.errors) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after the Retry-After header's seconds */
+            429: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (the database) is briefly unavailable; nothing was changed; retry after Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    warm_api_scans__scan_id__interactive_warm_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                scan_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["WarmIn"] | null;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WarmOut"];
+                };
+            };
+            /** @description Malformed request (e.g. an unreadable multipart body) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not authenticated: no, an expired or a revoked credential */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated, but not allowed to do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body larger than this route's limit */
+            413: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -1,11 +1,13 @@
 /**
  * Pointer input on the image: a stroke of the chosen tool on the active structure (brush, eraser, filled outline,
- * flood fill, grow-cut), each finished stroke one undo step; the brush-sized ring under the pointer.
+ * flood fill, grow-cut), each finished stroke one undo step; the brush-sized ring under the pointer; a click of the
+ * AI refine tool (aiRefine.ts: inside, or Shift+click outside).
  */
 
 import type { Vec3 } from '../core/geometry'
 import { type HuRange, fillPolygon, floodFill2D, growCut, paintDisc, paintSegment } from '../core/tools'
 import { toast } from '../dom'
+import { AiRefine } from './aiRefine'
 import type { WorkspaceContext } from './context'
 
 export class ToolInput {
@@ -13,10 +15,13 @@ export class ToolInput {
   /** The HU range painting is limited to, or null (the tool bar's switch). */
   private readonly huRange: () => HuRange | null
   private stroke: { plane: number; last: Vec3; pts: Vec3[] } | null = null
+  /** The AI refine tool: its clicks go to the click-guided model, its status sits on the stage. */
+  readonly aiRefine: AiRefine
 
   constructor(ctx: WorkspaceContext, huRange: () => HuRange | null) {
     this.ctx = ctx
     this.huRange = huRange
+    this.aiRefine = new AiRefine(ctx)
   }
 
   private get tool(): string {
@@ -34,12 +39,17 @@ export class ToolInput {
       const viewer = ctx.viewer
       if (this.tool === 'navigate' || e.button !== 0 || e.ctrlKey || e.metaKey || ctx.store.get().spacePan || !viewer?.ct) return
       if ((e.target as HTMLElement | null)?.closest?.('.comment-layer')) return // a comment marker or its popup
+      if ((e.target as HTMLElement | null)?.closest?.('.ai-refine-status')) return // the AI refine status and its button
       const hit = viewer.voxelAt(e.clientX, e.clientY)
       if (!hit) return
       e.stopPropagation()
       e.preventDefault()
       if (ctx.editor.refuseEdit()) return
       if (ctx.session.busy || !ctx.session.edited.has(ctx.store.get().active!)) return
+      if (this.tool === 'airefine') {
+        this.aiRefine.click(hit.vox, !e.shiftKey).catch((err: unknown) => ctx.fail(err))
+        return
+      }
       ctx.review.ensureLease().catch((err: unknown) => ctx.fail(err))
       this.start(hit.vox, hit.plane, e.shiftKey)
       if (this.stroke) {

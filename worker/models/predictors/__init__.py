@@ -4,7 +4,7 @@ Importing this package registers the bundled predictors; extra ones register whe
 (``load_modules``, which the worker runs at start on ``MASKLOOP_PREDICTOR_MODULES``).
 """
 
-from worker.models.predictors import classical, segresnet, unet
+from worker.models.predictors import classical, interactive, segresnet, unet
 from worker.models.predictors.base import (
     ArchitectureTraits,
     Hooks,
@@ -31,6 +31,7 @@ __all__ = [
     "check_probabilities",
     "classical",
     "get",
+    "interactive",
     "load_modules",
     "register",
     "segresnet",
