@@ -6,7 +6,7 @@
  * Lead-page URLs carry their state in the hash query: `#/audit?project=1&action=task.submit&page=2`.
  */
 
-import { api } from './api/client'
+import { ApiError, api } from './api/client'
 import { clear, h } from './dom'
 import type { Project } from './api/types'
 
@@ -30,6 +30,11 @@ export function canSee(page: LeadPage, project: Project | null): boolean {
   if (page === 'dashboard') return DASHBOARD_ROLES.has(project.role)
   if (page === 'exports') return EXPORT_ROLES.has(project.role)
   return EVALUATION_ROLES.has(project.role)
+}
+
+/** Whether the caller may start jobs in the project (exports, evaluations; backend `run_jobs`). */
+export function canRunJobs(project: Project | null): boolean {
+  return !!project && (!!api.user?.is_admin || EXPORT_ROLES.has(project.role))
 }
 
 /** The hash path and its query: `#/audit?x=1` → ['/audit', {x: '1'}]. */
@@ -219,4 +224,21 @@ export function fmtDuration(seconds: number | null | undefined): string {
   if (seconds < 5400) return `${(seconds / 60).toFixed(1)} min`
   if (seconds < 172800) return `${(seconds / 3600).toFixed(1)} h`
   return `${(seconds / 86400).toFixed(1)} d`
+}
+
+/** The message of a failed request: every failed field of a validation error (`details.errors`), else `detail`. */
+export function errorText(err: unknown): string {
+  if (err instanceof ApiError) {
+    const errors = (err.body.details as { errors?: unknown } | undefined)?.errors
+    if (Array.isArray(errors) && errors.length) {
+      const parts = errors.map((d) => {
+        const item = d as { loc?: unknown[]; msg?: string }
+        const where = Array.isArray(item.loc) ? item.loc.filter((x) => x !== 'body').join('.') : ''
+        return `${where ? where + ': ' : ''}${item.msg ?? JSON.stringify(d)}`
+      })
+      return `${err.status}: ${parts.join('; ')}`
+    }
+    return err.message
+  }
+  return (err as Error).message ?? String(err)
 }

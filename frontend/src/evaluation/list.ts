@@ -1,17 +1,25 @@
-/** `#/evaluations`: the project's evaluation runs and the leaderboard of model versions per structure. */
+/**
+ * `#/evaluations`: a form that starts an evaluation run (leads and admins), the project's runs (followed while
+ * they run) and the leaderboard of model versions per structure.
+ */
 
 import { ApiError, api } from '../api/client'
 import type { Project, SchemaOut } from '../api/types'
 import { dataTable, figure, hbars } from '../charts'
 import { pretty } from '../core/structures'
-import { clear, fmtTime, h } from '../dom'
-import { fmtNum, openLeadPage } from '../lead'
-import { ACTIVE, type EvaluationPage, type Leaderboard, m3, mm, statusChip } from './model'
+import { clear, fmtTime, h, toast } from '../dom'
+import { canRunJobs, errorText, fmtNum, openLeadPage } from '../lead'
+import { ACTIVE, type EvaluationPage, type EvaluationRun, type Leaderboard, m3, mm, statusChip } from './model'
+import { type EvaluationCreate, type EvaluationOptions, evaluationRequest } from './request'
+import { evaluationForm } from './start'
+
+const POLL_MS = 3000
 
 export class EvaluationList {
   readonly root: HTMLElement
   private project!: Project
   private params!: URLSearchParams
+  private readonly runsSection = h('section', { class: 'eval-section', 'data-testid': 'runs' })
 
   constructor(root: HTMLElement) {
     this.root = root
@@ -24,13 +32,15 @@ export class EvaluationList {
     this.project = project
     this.params = params
     const structure = params.get('structure') ?? ''
-    const [runs, board, schema] = await Promise.all([
-      api.get<EvaluationPage>(`/api/projects/${project.id}/evaluations?page_size=100`),
+    const mayStart = canRunJobs(project)
+    const [runs, board, schema, options] = await Promise.all([
+      this.fetchRuns(),
       api.get<Leaderboard>(`/api/projects/${project.id}/leaderboard${structure ? `?structure=${encodeURIComponent(structure)}` : ''}`).catch((err) => {
         if (err instanceof ApiError && err.status === 422) return { structure, nsd_definition: '', rows: [] } as Leaderboard
         throw err
       }),
       api.get<SchemaOut>(`/api/projects/${project.id}/schema`).catch(() => ({ name: '', structures: [] }) as SchemaOut),
+      mayStart ? api.get<EvaluationOptions>(`/api/projects/${project.id}/evaluation-options`) : Promise.resolve(null),
     ])
     if (!body.isConnected) return
     clear(body)
@@ -41,40 +51,79 @@ export class EvaluationList {
         h('h1', null, 'Evaluations'),
         h('p', { class: 'muted' }, 'Model versions scored against the approved ground truth (DSC, NSD, HD95, tumour detection).'),
       ),
-      this.runsTable(runs),
-      this.leaderboard(board, schema, structure),
     )
-    if (runs.items.some((r) => ACTIVE.has(r.status))) this.refreshSoon(body)
+    if (options) body.append(this.startForm(options))
+    body.append(this.runsSection, this.leaderboard(board, schema, structure))
+    this.renderRuns(runs, mayStart)
+    if (runs.items.some((r) => ACTIVE.has(r.status))) this.refreshSoon(mayStart)
   }
 
-  /** While a run is queued or running, reload the list every few seconds (stops once the user moves on). */
-  private refreshSoon(body: HTMLElement): void {
-    const here = location.hash
+  private fetchRuns(): Promise<EvaluationPage> {
+    return api.get<EvaluationPage>(`/api/projects/${this.project.id}/evaluations?page_size=100`)
+  }
+
+  /** The form; a started run opens its report, which follows it until it has finished. */
+  private startForm(options: EvaluationOptions): HTMLElement {
+    const form = evaluationForm(options, (values) => {
+      form.showError(null)
+      const built = evaluationRequest(values)
+      if (built.error !== undefined) {
+        form.showError(built.error)
+        return
+      }
+      form.setBusy(true)
+      this.start(built.body)
+        .then((run) => {
+          toast(`Evaluation #${run.id} queued`, 'ok')
+          location.hash = `#/evaluations/${run.id}?project=${this.project.id}`
+        })
+        .catch((err) => form.showError(errorText(err)))
+        .finally(() => form.setBusy(false))
+    })
+    return form.element
+  }
+
+  /** Queue an evaluation run (`POST /api/projects/{id}/evaluations`). */
+  start(body: EvaluationCreate): Promise<EvaluationRun> {
+    return api.post<EvaluationRun>(`/api/projects/${this.project.id}/evaluations`, { json: body })
+  }
+
+  /** While a run is queued or running, re-read the runs every few seconds (the form is left as it is). */
+  private refreshSoon(mayStart: boolean): void {
     window.setTimeout(() => {
-      if (body.isConnected && location.hash === here) window.dispatchEvent(new HashChangeEvent('hashchange'))
-    }, 4000)
+      if (!this.runsSection.isConnected) return
+      this.fetchRuns()
+        .then((runs) => {
+          if (!this.runsSection.isConnected) return
+          this.renderRuns(runs, mayStart)
+          if (runs.items.some((r) => ACTIVE.has(r.status))) this.refreshSoon(mayStart)
+        })
+        .catch(() => this.refreshSoon(mayStart))
+    }, POLL_MS)
   }
 
-  private runsTable(runs: EvaluationPage): HTMLElement {
-    if (!runs.items.length)
-      return h(
-        'section',
-        { class: 'eval-section' },
+  private renderRuns(runs: EvaluationPage, mayStart: boolean): void {
+    const section = this.runsSection
+    clear(section)
+    if (!runs.items.length) {
+      section.append(
         h('h2', null, 'Runs'),
         h(
           'div',
           { class: 'empty', 'data-testid': 'runs-empty' },
-          'No evaluation runs yet. Start one with POST /api/projects/{id}/evaluations (a model version, or explicit label versions, against approved ground truth).',
+          mayStart
+            ? 'No evaluation runs yet. Start one above: a model version (or label versions) against the approved ground truth of a split.'
+            : 'No evaluation runs yet. A project lead starts them on this page.',
         ),
       )
-    return h(
-      'section',
-      { class: 'eval-section' },
+      return
+    }
+    section.append(
       h('h2', null, `Runs (${runs.total})`),
       h(
         'table',
         { class: 'worklist', 'data-testid': 'runs-table' },
-        h('thead', null, h('tr', null, ['Run', 'Status', 'Model version', 'Split', 'Cases', 'Structures', 'Started', 'Finished'].map((t) => h('th', null, t)))),
+        h('thead', null, h('tr', null, ['Run', 'Status', 'Model version', 'Split', 'Cases', 'Structures', 'Metrics', 'Started', 'Finished'].map((t) => h('th', null, t)))),
         h(
           'tbody',
           null,
@@ -88,6 +137,7 @@ export class EvaluationList {
               h('td', null, r.split ?? '—'),
               h('td', { class: 'num' }, fmtNum(r.cases_planned)),
               h('td', { class: 'muted' }, r.structures.length ? `${r.structures.length}` : 'all'),
+              h('td', { class: 'muted', title: r.nsd_definition }, r.metric_definition),
               h('td', { class: 'nowrap' }, fmtTime(r.created_at)),
               h('td', { class: 'nowrap' }, fmtTime(r.finished_at)),
             ),

@@ -134,8 +134,9 @@ export function pct(x: number | null | undefined): string {
 }
 
 export function statusChip(run: EvaluationRun): HTMLElement {
-  const progress = ACTIVE.has(run.status) && run.job_progress !== null ? ` ${Math.round(run.job_progress * 100)}%` : ''
-  return h('span', { class: `status-chip ${run.status}`, 'data-testid': 'run-status' }, run.status + progress)
+  // job_progress is a percentage (0–100), as every job reports it.
+  const progress = run.status === 'running' && run.job_progress !== null ? ` ${Math.round(run.job_progress)}%` : ''
+  return h('span', { class: `status-chip ${run.status}`, 'data-testid': 'run-status', 'data-status': run.status }, run.status + progress)
 }
 
 export function tolerance(t: Summary['nsd_tolerance_mm']): string {

@@ -1,10 +1,11 @@
-/** `#/evaluations/{id}`: one evaluation run's report. */
+/** `#/evaluations/{id}`: one evaluation run's report, or its status and progress (followed) until it has finished. */
 
 import { ApiError, api } from '../api/client'
 import { columns, dataTable, figure, hbars, type TableSpec } from '../charts'
 import { pretty } from '../core/structures'
 import { clear, fmtTime, h } from '../dom'
 import { fmtNum, openLeadPage } from '../lead'
+import type { Project } from '../api/types'
 import {
   ACTIVE,
   type Breakdown,
@@ -22,6 +23,8 @@ import {
   tolerance,
 } from './model'
 
+const FOLLOW_MS = 2000
+
 export class EvaluationReport {
   readonly root: HTMLElement
   readonly runId: number
@@ -34,7 +37,11 @@ export class EvaluationReport {
   async open(): Promise<void> {
     const frame = await openLeadPage(this.root, 'evaluations', 'evaluation report')
     if (!frame) return
-    const { body, project } = frame
+    await this.render(frame.body, frame.project)
+  }
+
+  /** Draw the run: its report once it has succeeded, else its status, followed until it has finished. */
+  private async render(body: HTMLElement, project: Project): Promise<void> {
     let run: EvaluationRun
     try {
       run = await api.get<EvaluationRun>(`/api/evaluations/${this.runId}`)
@@ -65,9 +72,10 @@ export class EvaluationReport {
           h('h1', { 'data-testid': 'run-name' }, run.name || `Evaluation ${run.id}`, ' ', statusChip(run)),
           h(
             'p',
-            { class: 'muted' },
+            { class: 'muted', 'data-testid': 'run-what' },
             `${run.model_version_id === null ? 'explicit label versions' : `model version #${run.model_version_id}`} · split ${run.split ?? '—'} · ` +
-              `${fmtNum(summary.cases ?? run.cases_planned)} cases · ${fmtNum(summary.pairs ?? 0)} case×structure pairs · started ${fmtTime(run.created_at)}` +
+              `${fmtNum(summary.cases ?? run.cases_planned)} cases · ${fmtNum(summary.pairs ?? 0)} case×structure pairs · ` +
+              `metrics ${run.metric_definition} · started ${fmtTime(run.created_at)}` +
               (run.finished_at ? ` · finished ${fmtTime(run.finished_at)}` : ''),
           ),
         ),
@@ -76,24 +84,22 @@ export class EvaluationReport {
           { class: 'downloads' },
           run.status === 'succeeded' ? downloadLink('Cases CSV', `${base}/cases?format=csv`, `${stem}-cases.csv`, 'download-csv') : null,
           run.status === 'succeeded' ? downloadLink('Cases JSON', `${base}/cases?format=json`, `${stem}-cases.json`, 'download-json') : null,
-          downloadLink('Report JSON', base, `${stem}.json`, 'download-report'),
+          downloadLink('Report JSON', `${base}/report`, `${stem}-report.json`, 'download-report'),
         ),
       ),
     )
     if (run.status !== 'succeeded') {
+      const active = ACTIVE.has(run.status)
+      const percent = Math.max(0, Math.min(100, run.job_progress ?? 0))
       body.append(
         h(
           'div',
-          { class: run.status === 'failed' ? 'error pad' : 'muted pad', 'data-testid': 'run-pending' },
-          run.status === 'failed' ? `This run failed: ${run.error ?? 'no message'}` : `This run is ${run.status}; the report appears when it has finished.`,
+          { class: run.status === 'failed' ? 'error pad' : 'muted pad', 'data-testid': 'run-pending', 'data-status': run.status },
+          run.status === 'failed' ? `This run failed: ${run.error ?? 'no message'}` : `This run is ${run.status}; the report appears here when it has finished.`,
+          active ? h('progress', { max: '100', value: String(percent), 'data-testid': 'run-progress' }) : null,
         ),
       )
-      if (ACTIVE.has(run.status)) {
-        const here = location.hash
-        window.setTimeout(() => {
-          if (body.isConnected && location.hash === here) window.dispatchEvent(new HashChangeEvent('hashchange'))
-        }, 3000)
-      }
+      if (active) this.followSoon(body, project)
       return
     }
     body.append(
@@ -114,11 +120,22 @@ export class EvaluationReport {
       body.append(h('p', { class: 'warn' }, `${summary.unpredicted_cases.length} approved case(s) had no prediction from this model version.`))
   }
 
+  /** Re-read the run every few seconds while it is queued or running (until the user moves on). */
+  private followSoon(body: HTMLElement, project: Project): void {
+    const here = location.hash
+    window.setTimeout(() => {
+      if (!body.isConnected || location.hash !== here) return
+      this.render(body, project).catch(() => this.followSoon(body, project))
+    }, FOLLOW_MS)
+  }
+
   private definitions(run: EvaluationRun): HTMLElement {
     const s = run.summary
     return h(
       'div',
-      { class: 'definition', 'data-testid': 'nsd-definition' },
+      { class: 'definition', 'data-testid': 'nsd-definition', 'data-definition': run.metric_definition },
+      h('b', null, 'Metric definition'),
+      `: ${run.metric_definition} (the same for NSD and HD${s.hd_percentile ?? 95}). `,
       h('b', null, 'NSD'),
       ` (normalised surface distance, “surface Dice”) at tolerance τ = ${tolerance(s.nsd_tolerance_mm)}: ${s.nsd_definition ?? run.nsd_definition}. ` +
         'The share of the two surfaces’ area (ground truth and prediction, each surface element weighted by its area in mm²) lying within τ of the other surface. ',
