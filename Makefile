@@ -79,6 +79,30 @@ chromium:
 	  echo "the browser tests need Chromium: run 'sudo apt-get install -y chromium' first" >&2; exit 1; \
 	fi
 
+# dciodvfy (Debian's dicom3tools) validates the exported DICOM SEG and CT in the tests: installed through apt when
+# this runs as root, otherwise a message naming the command.
+.PHONY: dicom3tools
+dicom3tools:
+	@command -v dciodvfy >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing dicom3tools for the DICOM checks (apt-get install -y dicom3tools)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dicom3tools; \
+	else \
+	  echo "the DICOM checks need dciodvfy: run 'sudo apt-get install -y dicom3tools' first" >&2; exit 1; \
+	fi
+
+# Orthanc with its DICOMweb plugin (Debian's orthanc + orthanc-dicomweb) is the PACS of the PACS tests and bench:
+# installed through apt when this runs as root, otherwise a message naming the command. The tests start their own.
+.PHONY: orthanc
+orthanc:
+	@test -x /usr/sbin/Orthanc && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Orthanc for the PACS tests (apt-get install -y orthanc orthanc-dicomweb)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q orthanc orthanc-dicomweb; \
+	else \
+	  echo "the PACS tests need Orthanc: run 'sudo apt-get install -y orthanc orthanc-dicomweb' first" >&2; exit 1; \
+	fi
+
 services:
 	@bash scripts/services.sh
 
@@ -92,13 +116,13 @@ typecheck: install
 importlint: install
 	$(BIN)/lint-imports
 
-test: install frontend chromium services lint typecheck importlint frontend-check
+test: install frontend chromium dicom3tools orthanc services lint typecheck importlint frontend-check
 	$(BIN)/pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
-bench: install frontend chromium services
+bench: install frontend chromium orthanc services
 	$(BIN)/python -m bench
 
 clean:

@@ -43,6 +43,7 @@ from backend.labels.router import router as labels_router
 from backend.monailabel.router import router as monailabel_router
 from backend.observability.router import metrics_router
 from backend.observability.router import router as observability_router
+from backend.pacs.router import router as pacs_router
 from backend.projects.router import router as projects_router
 from backend.quality.router import router as quality_router
 from backend.registry.router import router as registry_router
@@ -152,6 +153,7 @@ def body_policy(settings: Settings) -> BodyPolicy:
         ("POST", r"/api/projects/[^/]+/scans(/dicom)?", upload),
         ("POST", r"/api/scans/[^/]+/versions(/combined|/patch)?", upload),
         ("POST", r"/api/scans/[^/]+/operations", upload),
+        ("POST", r"/api/scans/[^/]+/labels/dicom-seg", upload),
         ("POST", r"/api/models/[^/]+/versions", upload),
         ("PUT", r"/api/scans/[^/]+/draft", draft),
         ("POST", r"/api/scans/[^/]+/interactive", interactive),
@@ -193,6 +195,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.include_router(imports_router)
     app.include_router(interactive_router)
     app.include_router(editing_router)
+    app.include_router(pacs_router)
     app.include_router(observability_router)  # /api/health/ready
     if settings.metrics_enabled:
         app.include_router(metrics_router)  # /metrics

@@ -33,9 +33,11 @@ from bench import (
     review_scale,
     viewer,
 )
+from bench import dicom_seg as dicom_seg_bench
 from bench import evaluation as evaluation_bench
 from bench import exports as exports_bench
 from bench import imports as imports_bench
+from bench import pacs as pacs_bench
 from bench import s3 as s3_bench
 
 # The registry: add a module's entry point here to have `make bench` run it.
@@ -58,6 +60,8 @@ BENCHMARKS: list[Benchmark] = [
     interactive_serving.run,
     s3_bench.run,
     editor_ops.run,
+    dicom_seg_bench.run,
+    pacs_bench.run,
 ]
 
 

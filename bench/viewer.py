@@ -22,7 +22,10 @@ Figures (results.json keys):
   request body the browser sent (`POST /api/scans/{id}/versions/patch`, captured from the network);
   `stroke_full_mask_bytes` is what a full-mask upload of the edited structure would send: the multipart body
   of `POST /api/scans/{id}/versions` carrying the liver after the edit as a gzip-compressed NIfTI (level 6)
-  with the same message; `stroke_save_bytes_ratio` = the two, in percent (goal ≤ 1 %). For context,
+  with the same message; `stroke_save_bytes_ratio` = the two, in percent (goal ≤ 1 %). The stroke's box is a few
+  dozen bytes, so the body is mostly the meta JSON and the multipart framing: the workspace sends such a small box
+  inline in the meta (base64 `data`) instead of as a part of its own, whichever is smaller; the benchmark prints
+  the body's make-up (meta JSON, framing, box parts). For context,
   `stroke_full_upload_all_bytes` is the same upload of every structure (what a tool that re-uploads the
   whole label set on each save sends).
 
@@ -275,10 +278,12 @@ def _stroke(
         point = page.evaluate("([v, p]) => window.maskloop.clientPointOf(v, p)", [[edge + dx, row, z], 0])
         points.append((point["x"], point["y"]))
     sent: list[int] = []
+    bodies: list[tuple[bytes, str]] = []
 
     def on_request(request: Any) -> None:
         if request.method == "POST" and request.url.endswith("/versions/patch"):
             sent.append(len(request.post_data_buffer or b""))
+            bodies.append((request.post_data_buffer or b"", request.headers.get("content-type", "")))
 
     page.on("request", on_request)
     page.mouse.move(*points[0])
@@ -305,10 +310,24 @@ def _stroke(
             everything[row["name"]] = _read_mask(base, headers, version["id"], row["name"])
     full_all = _upload_bytes(base, scan["id"], everything, affine)
     print(
-        f"stroke: {len(added)} voxels painted; request {sent[-1]} B; full {EDITED} upload {full} B; "
-        f"all {len(everything)} structures {full_all} B"
+        f"stroke: {len(added)} voxels painted; request {sent[-1]} B ({_make_up(*bodies[-1])}); full {EDITED} upload "
+        f"{full} B; all {len(everything)} structures {full_all} B"
     )
     return {"request_bytes": sent[-1], "full_bytes": full, "full_all_bytes": full_all}
+
+
+def _make_up(body: bytes, content_type: str) -> str:
+    """What a multipart body is made of: the meta field's JSON, the box parts' bytes, and the framing."""
+    boundary = content_type.partition("boundary=")[2].encode()
+    meta = parts = 0
+    for chunk in body.split(b"--" + boundary)[1:-1]:
+        head, _, value = chunk.partition(b"\r\n\r\n")
+        size = len(value) - 2  # the CRLF before the next boundary
+        if b'name="meta"' in head:
+            meta += size
+        else:
+            parts += size
+    return f"meta JSON {meta} B, box parts {parts} B, framing {len(body) - meta - parts} B"
 
 
 def _upload_bytes(base: str, scan_id: int, masks: dict[str, np.ndarray], affine: np.ndarray) -> int:

@@ -22,6 +22,8 @@ from backend.core.db import get_session, make_engine
 from backend.main import create_app
 from backend.models import Project, User
 from backend.projects import service as projects
+from tests.orthanc import OrthancServer
+from tests.orthanc import available as orthanc_available
 from tests.s3_server import S3Server
 
 PG_ADMIN_URL = os.environ.get("MASKLOOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -105,6 +107,17 @@ def db(database: str, request: pytest.FixtureRequest) -> Iterator[Session]:
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A real S3 API server (moto_server, a subprocess on 127.0.0.1) for this test session."""
     server = S3Server(tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    """A real PACS (Debian's Orthanc with DICOMweb) for this test worker process, on a free 127.0.0.1 port."""
+    missing = orthanc_available()
+    if missing:
+        pytest.fail(missing)
+    server = OrthancServer(tmp_path_factory.mktemp("orthanc")).start()
     yield server
     server.stop()
 

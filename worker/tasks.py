@@ -10,20 +10,24 @@ from celery.exceptions import Retry
 
 from backend.core.queue import (
     TASK_ATTENTION,
+    TASK_CHECK_WEIGHTS,
     TASK_EVALUATE,
     TASK_EXPORT,
     TASK_FUSE,
     TASK_IMPORT,
     TASK_INTERACTIVE,
+    TASK_PACS,
     TASK_PREANNOTATE,
     TASK_TRAIN,
 )
 from worker.celery_app import app
 from worker.pipelines import attention, interactive, preannotate, training
+from worker.pipelines import check_weights as check_weights_pipeline
 from worker.pipelines import evaluate as evaluate_pipeline
 from worker.pipelines import export as export_pipeline
 from worker.pipelines import fuse as fuse_pipeline
 from worker.pipelines import import_case as import_case_pipeline
+from worker.pipelines import pacs_retrieve as pacs_pipeline
 from worker.pipelines.common import JobBusy, TransientError
 
 RETRY: dict[str, Any] = {
@@ -68,6 +72,12 @@ def train_task(self: Task, job_id: int) -> None:
     _run(self, training.run, job_id)
 
 
+@app.task(name=TASK_CHECK_WEIGHTS, **RETRY)
+def check_weights_task(self: Task, job_id: int) -> None:
+    """Check uploaded weights against their model's architecture (strict load, one forward pass)."""
+    _run(self, check_weights_pipeline.run, job_id)
+
+
 @app.task(name=TASK_EXPORT, **RETRY)
 def export_task(self: Task, job_id: int) -> None:
     """Write a dataset export (PanTS, nnU-Net, MSD, DICOM SEG) and store its archive."""
@@ -90,6 +100,12 @@ def fuse_task(self: Task, job_id: int) -> None:
 def import_case_task(self: Task, job_id: int) -> None:
     """Import one case of a dataset import run (its CT, masks, version and QA) in one transaction."""
     _run(self, import_case_pipeline.run, job_id)
+
+
+@app.task(name=TASK_PACS, **RETRY)
+def pacs_task(self: Task, job_id: int) -> None:
+    """Retrieve a series from the project's PACS into a scan (WADO-RS), or send a version as DICOM SEG (STOW-RS)."""
+    _run(self, pacs_pipeline.run, job_id)
 
 
 # A click: acknowledged on receipt and never retried (its caller waits seconds at most; a message that expired

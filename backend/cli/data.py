@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from backend.auth import service as auth
-from backend.cli.common import console, fail, progress_bar
+from backend.cli.common import console, fail, progress_bar, refuse
 from backend.cli.jobs import preannotate
 from backend.core import migrate as migrations
 from backend.core.blobstore import get_blob_store
@@ -21,8 +21,10 @@ from backend.core.errors import DomainError
 from backend.flows import demo
 from backend.flows import imports as import_flows
 from backend.flows import labels as label_flows
+from backend.imaging import dicom
 from backend.imports import service as imports
 from backend.projects import service as projects
+from backend.scans import service as scans
 
 
 def _is_pants_folder(path: Path) -> bool:
@@ -46,7 +48,7 @@ def import_data(
         bool, typer.Option("--wait", help="with --queue: follow the cases as the workers import them, then report")
     ] = False,
 ) -> None:
-    """Import a NIfTI file, a DICOM series folder, or a whole PanTS-layout dataset folder.
+    """Import a NIfTI file, a DICOM series folder or single DICOM file, or a whole PanTS-layout dataset folder.
 
     A dataset folder becomes an import run with one job per case (each case in its own transaction; a case that
     fails is reported with its file and reason while the others go on). Importing the folder again resumes the
@@ -63,11 +65,73 @@ def import_data(
             actor = auth.get_user_by_email(db, as_user) if as_user else None
             if path.is_dir():
                 scan = label_flows.import_scan_dicom(db, blobs, proj, path, case_id=case_id or path.name, actor=actor)
+            elif _is_dicom_file(path):
+                # One DICOM file is a one-slice series (its thickness must say how deep the slice is).
+                scan = label_flows.import_scan_dicom(db, blobs, proj, [path], case_id=case_id or path.stem, actor=actor)
             else:
                 scan = label_flows.import_scan_nifti(
                     db, blobs, proj, path.read_bytes(), path.name, case_id=case_id, actor=actor
                 )
             console.print(f"imported {scan.case_id} as scan {scan.id} ({scan.orientation}, shape {scan.shape})")
+    except DomainError as exc:
+        fail(exc)
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """A file to read as DICOM: Part 10 content ('DICM' after the preamble) or a .dcm name."""
+    return path.is_file() and (dicom.is_dicom_file(path) or path.suffix.lower() in (".dcm", ".dicom"))
+
+
+def import_labels(
+    path: Path,
+    project: Annotated[str, typer.Option(help="project slug")],
+    case: Annotated[
+        str | None,
+        typer.Option(help="case id of the scan (default: the scan of the series the SEG references)"),
+    ] = None,
+    mapping: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="'segment label=structure' for a segment whose code and name match nothing"),
+    ] = None,
+    message: Annotated[str, typer.Option(help="version message")] = "",
+    as_user: Annotated[str | None, typer.Option("--as", help="e-mail recorded as the importer")] = None,
+) -> None:
+    """Import a DICOM SEG file as a label version of a scan (segments by SNOMED CT code or name, overlaps kept)."""
+    pairs: dict[str, str] = {}
+    for item in mapping or []:
+        label, sep, structure = item.partition("=")
+        if not sep or not label.strip() or not structure.strip():
+            refuse(f"--map {item!r} must look like 'segment label=structure'")
+        pairs[label.strip()] = structure.strip()
+    if not path.is_file():
+        refuse(f"{path}: no such file")
+    try:
+        with session_scope() as db:
+            proj = projects.get_project_by_slug(db, project)
+            actor = auth.get_user_by_email(db, as_user) if as_user else None
+            if actor is not None:
+                projects.authorize(db, actor, proj.id, "write_labels")
+            scan = None
+            if case is not None:
+                found = scans.scan_ids_by_case(db, proj.id, [case])
+                if case not in found:
+                    refuse(f"project {project!r} has no scan {case!r}")
+                scan = scans.get_scan(db, found[case])
+            scan, version = label_flows.import_dicom_seg(
+                db,
+                get_blob_store(),
+                path,
+                filename=path.name,
+                project=proj,
+                scan=scan,
+                mapping=pairs,
+                message=message,
+                actor=actor,
+            )
+            names = [row for row in version.structures if row.status == "present"]
+            console.print(
+                f"imported {path.name} as version {version.id} of scan {scan.case_id} ({len(names)} structures present)"
+            )
     except DomainError as exc:
         fail(exc)
 
@@ -182,3 +246,17 @@ def demo_data(
                 as_user=demo.DEMO_ADMIN,
                 wait=False,
             )
+        # Attention over the pre-annotations (each job waits for its scan's), so overlay and priorities work at once.
+        _demo_attention()
+
+
+def _demo_attention() -> None:
+    """Queue the demo's attention maps (after its pre-annotations)."""
+    try:
+        with session_scope() as db:
+            project = projects.get_project_by_slug(db, demo.DEMO_PROJECT)
+            launched = demo.launch_demo_attention(db, project, auth.get_user_by_email(db, demo.DEMO_ADMIN))
+            count = len(launched)
+    except DomainError as exc:
+        fail(exc)
+    console.print(f"queued {count} attention jobs (each runs once its scan's pre-annotations are done)")

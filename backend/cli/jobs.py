@@ -141,7 +141,8 @@ def train(
         with session_scope() as db:
             proj, actor = _lead(db, project, as_user)
             chosen = registry.get_model_by_name(db, proj.id, model)
-            ids = [int(v) for v in versions.split(",") if v.strip()] if versions else None
+            # `--versions ""` is an empty selection (refused), not "all": leave the option out for every approved one.
+            ids = [int(v) for v in versions.split(",") if v.strip()] if versions is not None else None
             job = job_flows.launch_training(
                 db, proj, chosen, label_version_ids=ids, epochs=epochs, heldout_fraction=heldout, actor=actor
             )

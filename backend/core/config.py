@@ -284,6 +284,41 @@ class Settings(BaseSettings):
         default=None, gt=0, description="SQLite broker: seconds between an idle worker's polls; empty: kombu's 1 s."
     )
 
+    # --- PACS over DICOMweb (backend/pacs): QIDO-RS search, WADO-RS retrieval, STOW-RS of a SEG ---
+    pacs_allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated PACS hosts a project's DICOMweb source may name: 'host' (any port) or "
+        "'host:port' ('[::1]:8042' for IPv6). Set by the platform's administrator; a source on another host is "
+        "refused with 403 when it is configured and whenever it is used. Empty: no PACS may be configured.",
+    )
+    pacs_credentials_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="Fernet key (urlsafe base64 of 32 bytes) that encrypts PACS passwords at rest; empty: derived "
+        "from secret_key. Changing it makes stored passwords unreadable (configure the sources again).",
+    )
+    pacs_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Seconds one DICOMweb request may take to connect or to answer."
+    )
+    pacs_search_limit: int = Field(
+        default=100, ge=1, le=1000, description="Most studies (or series) one QIDO-RS search returns."
+    )
+
+    # --- model registry: uploaded weights are checked by a worker (a `check_weights` job on the cpu queue) ---
+    weights_check_wait_s: float = Field(
+        default=20.0,
+        ge=0,
+        le=600,
+        description="How long a weights upload waits for its check (load into the network, one forward pass) "
+        "before answering 201 with weights_status 'pending' (0: never wait).",
+    )
+    weights_check_claim_wait_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=600,
+        description="An upload stops waiting early when no worker has taken its check within this many seconds "
+        "(every worker busy, or none running): the check runs when one is free.",
+    )
+
     @property
     def resolved_database_url(self) -> str:
         """Database URL with the embedded SQLite default filled in."""

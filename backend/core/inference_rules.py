@@ -46,6 +46,8 @@ class ArchitectureTraits:
     # A version must carry a weights file (a weightless pre-annotator needs none).
     needs_weights: bool
     summary: str = ""
+    # Pre-annotation jobs may run it (a click-guided model needs clicks: it only answers click requests).
+    preannotates: bool = True
 
 
 _BUILT_IN = (
@@ -60,10 +62,11 @@ _BUILT_IN = (
         summary="weightless HU thresholds + connected components + position priors",
     ),
     # Click-guided refinement (worker.models.interactive): answers clicks, not pre-annotation jobs; its weights
-    # come from `maskloop train --interactive --phantom` (fine-tuning as a training job is not wired yet).
+    # come from `maskloop train --interactive --phantom`, and a training job fine-tunes it on approved versions.
     ArchitectureTraits(
         "interactive",
-        trainable=False,
+        trainable=True,
+        preannotates=False,
         needs_weights=True,
         summary="click-guided binary UNet (image + positive/negative clicks + previous mask), DeepGrow/DeepEdit",
     ),

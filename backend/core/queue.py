@@ -25,6 +25,10 @@ TASK_FUSE = "maskloop.fuse"
 # One case of a dataset import (backend/imports): the cpu queue, one job per case.
 TASK_IMPORT = "maskloop.import_case"
 TASK_INTERACTIVE = "maskloop.interactive"
+# An uploaded weights file checked against its model's architecture (the cpu queue; the upload waits on it).
+TASK_CHECK_WEIGHTS = "maskloop.check_weights"
+# A PACS job (backend/pacs): retrieve a series over WADO-RS into a scan, or STOW-RS a version as DICOM SEG.
+TASK_PACS = "maskloop.pacs"
 
 
 def configure(app: Celery, settings: Settings) -> None:

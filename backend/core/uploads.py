@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar, get_origin
 
 from pydantic import BaseModel, ValidationError
@@ -11,6 +12,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
 from backend.core.errors import PayloadTooLarge
+from backend.core.filenames import clean_file_name
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -22,6 +24,24 @@ class Upload(Protocol):
 
     filename: str | None
     file: BinaryIO
+
+
+def spool_files(files: Sequence[Upload], folder: Path, limit: int, *, default: str = "file") -> list[Path]:
+    """Write uploads to a folder under their cleaned client names, within `limit` bytes in all (blocking).
+
+    Each file gets its own numbered subfolder, so equal names never collide and no name reaches outside; what a
+    reader reports about a file (an error naming it) then names the file as the user sent it."""
+    paths: list[Path] = []
+    total = 0
+    for index, upload in enumerate(files):
+        data = read_limited(upload, limit - total)
+        total += len(data)
+        name = clean_file_name(upload.filename, default=f"{default}-{index + 1}")
+        path = folder / f"{index:06d}" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
 
 
 def read_limited(upload: Upload, limit: int) -> bytes:

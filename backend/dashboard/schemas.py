@@ -236,13 +236,29 @@ class RoundDice(BaseModel):
     heldout_previous_mean: float | None
 
 
+class VersionDice(BaseModel):
+    """A model version's drafts against the approved versions, recorded at each approval (AI-vs-final Dice)."""
+
+    model_version_id: int
+    number: int
+    scans: int = Field(description="approved scans this version pre-annotated")
+    ai_vs_final_dice: dict[str, float] = Field(
+        description="structure name -> mean Dice of the version's draft vs the approved version, over those scans "
+        "(only the structures the version predicted)"
+    )
+    ai_vs_final_mean: float | None
+
+
 class ModelRounds(BaseModel):
-    """A model of the project and its training rounds, oldest first."""
+    """A model of the project, its training rounds, oldest first, and its versions' AI-vs-final Dice at approval."""
 
     model_id: int
     name: str
     architecture: str
     rounds: list[RoundDice]
+    versions: list[VersionDice] = Field(
+        description="one entry per version that pre-annotated an approved scan, oldest first; fills at every approval"
+    )
 
 
 class ModelRoundsOut(BaseModel):

@@ -8,11 +8,9 @@ click in flight holds no database connection.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,17 +20,15 @@ from backend.core import queue
 from backend.core.blobstore import BlobStore
 from backend.core.config import Settings
 from backend.core.db import release_transaction
-from backend.core.errors import DomainError, InvalidInput, ServiceUnavailable
+from backend.core.errors import InvalidInput, ServiceUnavailable
 from backend.interactive import service
 from backend.labels import service as labels
-from backend.models import Model, Project, Scan, User
+from backend.models import Project, Scan, User
 from backend.monailabel import service as monailabel
 from backend.projects import service as projects
-from backend.registry import service as registry
 from backend.scans import service as scans
 
 # A path only (the backend never imports the worker): the weights `maskloop train --interactive --phantom` writes.
-BUNDLED_WEIGHTS = Path(__file__).resolve().parents[2] / "worker" / "models" / "weights" / "interactive_unet.pt"
 
 
 @dataclass(frozen=True)
@@ -171,40 +167,3 @@ def monailabel_refine(
         masks[name] = whole
         timings = answer.timings
     return RefinedLabels(masks, {name: value for name, _w, _m, value in prepared}, choice, timings)
-
-
-def register_bundled_model(
-    db: Session, blobs: BlobStore, project_id: int, weights: Path = BUNDLED_WEIGHTS
-) -> Model | None:
-    """Register and promote the bundled click-guided model in a project (idempotent; None without its files)."""
-    sidecar = weights.with_suffix(".json")
-    if not (weights.is_file() and sidecar.is_file()):
-        return None
-    try:
-        return registry.get_model_by_name(db, project_id, service.DEFAULT_MODEL_NAME)
-    except DomainError:
-        pass
-    meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    if meta.get("architecture") != service.INTERACTIVE_ARCHITECTURE:
-        raise InvalidInput(f"{sidecar.name} describes a {meta.get('architecture')!r} model, not an interactive one")
-    names = {s.name for s in projects.structures_of(db, project_id)}
-    model = registry.create_model(
-        db,
-        project_id,
-        name=service.DEFAULT_MODEL_NAME,
-        architecture=service.INTERACTIVE_ARCHITECTURE,
-        structures=[name for name in meta.get("structures", []) if name in names],
-        config=dict(meta.get("config", {})),
-        preprocessing={},
-    )
-    version = registry.add_version(
-        db,
-        blobs,
-        model,
-        weights=weights.read_bytes(),
-        provenance={"trained_on": "synthetic phantoms", **dict(meta.get("training", {}))},
-        validation=dict(meta.get("validation", {})),
-    )
-    registry.promote(db, version, None, checked=False)
-    db.commit()
-    return model

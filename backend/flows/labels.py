@@ -16,8 +16,10 @@ from sqlalchemy.orm import Session
 
 from backend.core.blobstore import BlobStore
 from backend.core.errors import InvalidInput
+from backend.imaging import dicom_seg_read
 from backend.imaging.nifti import MaskValues
 from backend.labels import service as labels
+from backend.labels.service import seg_import
 from backend.models import LabelDraft, LabelVersion, Project, Scan, User
 from backend.quality import service as quality
 from backend.scans import service as scans
@@ -195,3 +197,53 @@ def import_pants_dataset(
     report = scans.import_pants_dataset(db, blobs, project, actor, root, progress=progress, commit=db.commit)
     db.commit()
     return report
+
+
+def import_dicom_seg(
+    db: Session,
+    blobs: BlobStore,
+    source: Path | bytes,
+    *,
+    filename: str,
+    project: Project | None = None,
+    scan: Scan | None = None,
+    mapping: Mapping[str, str] | None = None,
+    base_version_id: int | None = None,
+    message: str = "",
+    idempotency_key: str | None = None,
+    actor: User | None,
+) -> tuple[Scan, LabelVersion]:
+    """Import a DICOM SEG as an `import` label version, QA-checked, on the head (or the given base).
+
+    The scan is the given one (a SEG of another series is refused; one without source UIDs is matched by
+    geometry: every frame must lie on its voxel grid) or, without one, the `project`'s scan of the series the SEG
+    references. Segments become structures by code, then by name, or by `mapping`; unknown ones refuse the import
+    with their list. Structures the SEG does not hold are kept from the base. Nothing is stored on a refusal.
+    """
+    parsed = dicom_seg_read.parse_seg(source, filename)
+    if scan is None:
+        if project is None:
+            raise InvalidInput("a DICOM SEG import needs its project or its scan")
+        scan = seg_import.find_scan_by_series(db, project, parsed)
+    elif project is not None and scan.project_id != project.id:
+        raise InvalidInput(f"scan {scan.case_id} is not a scan of project {project.slug!r}")
+    seg_import.check_scan(scan, parsed)
+    structures = seg_import.map_segments(db, scan.project_id, parsed, mapping)
+    decoded = parsed.masks(scans.geometry_of(scan), set(structures))
+    masks: dict[str, np.ndarray] = {}
+    for number, name in structures.items():
+        masks[name] = masks[name] | decoded[number] if name in masks else decoded[number]
+    version = labels.create_version(
+        db,
+        blobs,
+        scan,
+        author=labels.Author(user_id=actor.id if actor is not None else None),
+        kind="import",
+        message=message or f"DICOM SEG {filename}"[:2000],
+        base_version_id=scan.head_version_id if base_version_id is None else base_version_id,
+        masks=masks,
+        idempotency_key=idempotency_key,
+    )
+    quality.run_qa(db, blobs, scan, version, actor=actor)
+    db.commit()
+    return scan, version

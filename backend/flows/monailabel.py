@@ -159,11 +159,16 @@ def _follow_model_version(db: Session, scan: Scan, version: LabelVersion, *, cli
 
 
 def train(db: Session, project: Project, model_name: str | None, *, actor: User) -> Job:
-    """Queue training of a model (the named one, or the project's first trainable) on the approved versions."""
+    """Queue training of a model (the named one, or the project's first trainable segmentation model) on the
+    approved versions."""
     if model_name:
         model = registry.get_model_by_name(db, project.id, model_name)
     else:
-        trainable = [m for m in registry.list_models(db, project.id) if registry.is_trainable(m.architecture)]
+        trainable = [
+            m
+            for m in registry.list_models(db, project.id)
+            if registry.is_trainable(m.architecture) and registry.architecture_traits(m.architecture).preannotates
+        ]
         if not trainable:
             raise NotFound("the project has no model to train")
         model = min(trainable, key=lambda m: m.id)

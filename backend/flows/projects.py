@@ -15,6 +15,7 @@ from backend.core.blobstore import BlobStore
 from backend.core.errors import InvalidInput, PermissionDenied
 from backend.models import Project, User
 from backend.projects import service as projects
+from backend.quality import service as quality
 from backend.registry import service as registry
 from backend.workflow import service as workflow
 
@@ -77,9 +78,14 @@ def remove_member(db: Session, project: Project, user_id: int, *, actor: User, a
 
 
 def update_settings(db: Session, project: Project, changes: dict[str, Any], *, actor: User) -> Project:
-    """Change project settings; a `workflow` section is checked and normalised by the workflow rules first."""
+    """Change project settings; a `workflow` section is checked and normalised by the workflow rules first (its
+    QA expected structures resolved against the schema), a `promotion` section by the registry's gate rules."""
     if "workflow" in changes:
         changes = {**changes, "workflow": workflow.validate_settings(changes["workflow"])}
+        if "expected_structures" in changes["workflow"].get("qa", {}):
+            changes = {**changes, "workflow": quality.resolve_expected_structures(db, project, changes["workflow"])}
+    if "promotion" in changes:
+        changes = {**changes, "promotion": registry.validate_promotion_rules(changes["promotion"])}
     updated = projects.update_settings(db, project, changes, actor)
     db.commit()
     return updated

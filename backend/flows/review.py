@@ -3,8 +3,9 @@ leases, assignments, comments and editing time.
 
 Each flow is one transaction ending in one commit. The reactions that cross domains live here because
 workflow.service sits below quality and jobs: a submit runs the QA rules on the submitted version, an approval
-asks the retrain policy (`flows.jobs.after_approval`) whether an 'auto' model trains now; its jobs are sent once
-this transaction commits (jobs.outbox).
+records the models' AI-vs-final Dice (`flows.registry.score_approval`) and asks the retrain policy
+(`flows.jobs.after_approval`) whether an 'auto' model trains now; its jobs are sent once this transaction commits
+(jobs.outbox).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from backend.core.blobstore import BlobStore
 from backend.core.errors import DomainError
 from backend.flows import jobs as job_flows
+from backend.flows import registry as registry_flows
 from backend.labels import service as labels
 from backend.models import Project, Review, ReviewComment, Scan, ScanTask, User
 from backend.quality import service as quality
@@ -67,9 +69,18 @@ def transition(
         _check_submitted(db, blobs, scan, task.submitted_version_id, actor)
     if action == "approve":
         # The retrain policy acts only once the last review level passed; its jobs go out after this commit.
-        job_flows.after_approval(db, scan)
+        _after_approval(db, blobs, scan)
     db.commit()
     return task
+
+
+def _after_approval(db: Session, blobs: BlobStore, scan: Scan) -> None:
+    """Once the last review level passed: score the models' drafts against the approved version (AI-vs-final Dice
+    per structure, recorded against each model version that pre-annotated the scan), then the retrain policy."""
+    task = workflow.ensure_task(db, scan)
+    if task.state == "approved":
+        registry_flows.score_approval_safely(db, blobs, scan, task.approved_version_id)
+    job_flows.after_approval(db, scan)
 
 
 def _check_submitted(db: Session, blobs: BlobStore, scan: Scan, version_id: int, actor: User) -> None:
@@ -86,6 +97,7 @@ def _check_submitted(db: Session, blobs: BlobStore, scan: Scan, version_id: int,
 
 def submit_review(
     db: Session,
+    blobs: BlobStore,
     scan: Scan,
     *,
     version_id: int,
@@ -101,7 +113,7 @@ def submit_review(
     )
     if decision == "approve":
         # The retrain policy acts only once the last review level passed; its jobs go out after this commit.
-        job_flows.after_approval(db, scan)
+        _after_approval(db, blobs, scan)
     db.commit()
     return review
 

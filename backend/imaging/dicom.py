@@ -6,6 +6,7 @@ import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_file_meta_info
+from pydicom.filereader import _read_file_meta_info, read_file_meta_info, read_preamble
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from backend.core import decode_limits
@@ -37,6 +38,18 @@ _MAX_INFLATED_FILE_BYTES = 256 * 1024**2
 # Values larger than this (the pixel data) stay on disk until their slice is decoded: one slice in memory at a
 # time instead of the whole series.
 _DEFER_SIZE = "64 KB"
+
+
+@dataclass(frozen=True, eq=False)
+class DicomVolume(LoadedVolume):
+    """A DICOM series as a volume, with the source identifiers a SEG or a PACS needs to refer back to it.
+
+    `instance_uids` are the SOP Instance UIDs of the slices in the volume's slice order k."""
+
+    series_uid: str = ""
+    study_uid: str = ""
+    frame_of_reference_uid: str = ""
+    instance_uids: tuple[str, ...] = ()
 
 
 @dataclass
@@ -70,35 +83,67 @@ def _collect_files(files: Sequence[Path] | Path) -> list[Path]:
     return paths
 
 
-def _check_deflated(path: Path) -> bool:
+def _check_deflated(source: Path | bytes, name: str) -> bool:
     """True when the file is deflate-compressed DICOM, after checking that it inflates within the bound.
 
     pydicom inflates such a dataset whole and unbounded, so its size is counted here first, piece by piece.
     """
-    meta = read_file_meta_info(path)
+    if isinstance(source, Path):
+        meta = read_file_meta_info(source)
+    else:
+        # The same as read_file_meta_info, on bytes: the preamble, then the file meta group only.
+        stream = BytesIO(source)
+        read_preamble(stream, False)
+        meta = _read_file_meta_info(stream)
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         return False
     group_length = meta.get("FileMetaInformationGroupLength")
     if not isinstance(group_length, int):
-        raise InvalidInput(f"{path.name}: deflated DICOM without a file meta group length", file=path.name)
+        raise InvalidInput(f"{name}: deflated DICOM without a file meta group length", file=name)
     # Preamble (128) + "DICM" (4) + the group length element itself (12, explicit VR) + the rest of the group.
     start = 128 + 4 + 12 + group_length
-    bounded.inflated_size(path.read_bytes()[start:], -15, _MAX_INFLATED_FILE_BYTES, path.name)
+    data = source.read_bytes() if isinstance(source, Path) else source
+    bounded.inflated_size(data[start:], -15, _MAX_INFLATED_FILE_BYTES, name)
     return True
 
 
-def _read(path: Path) -> Dataset | None:
+def _read(path: Path, name: str | None = None) -> Dataset | None:
     """Read one file; None when it is not DICOM at all, InvalidInput when it is broken DICOM."""
+    return _read_source(path, name or path.name)
+
+
+def _read_source(source: Path | bytes, name: str) -> Dataset | None:
+    """Read one DICOM file (a path or its bytes); None when it is not DICOM, InvalidInput when it is broken."""
     try:
-        deflated = _check_deflated(path)
+        deflated = _check_deflated(source, name)
         # A deflated dataset lives in memory once inflated: nothing to defer to.
-        return pydicom.dcmread(path, force=False, defer_size=None if deflated else _DEFER_SIZE)
+        defer = None if deflated or isinstance(source, bytes) else _DEFER_SIZE
+        return pydicom.dcmread(source if isinstance(source, Path) else BytesIO(source), force=False, defer_size=defer)
     except InvalidDicomError:
         return None
     except (InvalidInput, PayloadTooLarge):
         raise
     except Exception as exc:
-        raise InvalidInput(f"{path.name}: unreadable DICOM file ({exc})", file=path.name) from exc
+        raise InvalidInput(f"{name}: unreadable DICOM file ({exc})", file=name) from exc
+
+
+def read_dicom_file(source: Path | bytes, name: str | None = None) -> Dataset:
+    """Read one DICOM file (a path or its bytes) with the deflate bound; InvalidInput naming it when not DICOM."""
+    label = name or (source.name if isinstance(source, Path) else "file")
+    ds = _read_source(source, label)
+    if ds is None:
+        raise InvalidInput(f"{label}: not a DICOM file", file=label)
+    return ds
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Whether a file starts like DICOM Part 10 (a 128-byte preamble then 'DICM')."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def _floats(ds: Dataset, keyword: str, count: int, path: Path) -> np.ndarray:
@@ -133,6 +178,13 @@ def _float_or(ds: Dataset, keyword: str, default: float | None, path: Path) -> f
 def _check_image(ds: Dataset, path: Path) -> None:
     """Refuse objects that are not single-frame greyscale images."""
     modality = str(ds.get("Modality", "")).upper()
+    if modality == "SEG":
+        raise InvalidInput(
+            f"{path.name}: SEG object is not an image slice; import it as a label version of its scan "
+            "(POST /api/scans/{scan_id}/labels/dicom-seg, or `maskloop import-labels`)",
+            file=path.name,
+            modality=modality,
+        )
     if modality in _NON_IMAGE_MODALITIES:
         raise InvalidInput(
             f"{path.name}: {modality} object is not an image slice; upload the CT series only",
@@ -195,7 +247,7 @@ def _check_size(rows: int, cols: int, n: int, bits: int, max_voxels: int | None,
 
 def load_dicom_series(
     files: Sequence[Path] | Path, *, max_voxels: int | None = None, max_bytes: int | None = None
-) -> LoadedVolume:
+) -> DicomVolume:
     """Load one DICOM CT series (a folder, searched recursively, or a list of files) as a HU volume.
 
     Its size (slices x Rows x Columns) is checked against `max_voxels` and `max_bytes` (default: the settings)
@@ -295,8 +347,16 @@ def load_dicom_series(
                     file=s.path.name,
                 )
     else:
-        third = thickness if thickness and thickness > 0 else float(spacing[0])
-        step = normal * third
+        # One slice: its extent along the normal comes from its own tags, never guessed from the pixel spacing.
+        between = _float_or(first, "SpacingBetweenSlices", None, first_path)
+        third_or_none = between if between and between > 0 else thickness if thickness and thickness > 0 else None
+        if third_or_none is None:
+            raise InvalidInput(
+                f"{first_path.name}: a single slice needs SliceThickness or SpacingBetweenSlices to give the "
+                "volume its third spacing; neither is set (upload the whole series, or set one of them)",
+                file=first_path.name,
+            )
+        step = normal * third_or_none
 
     affine_lps = np.eye(4)
     affine_lps[:3, 0] = row_dir * spacing[1]  # i: along a row, one column apart
@@ -310,12 +370,16 @@ def load_dicom_series(
     with decode_limits.heavy_decode(f"DICOM series of {n} slices"):
         volume, source_dtype = _assemble(slices, rows, cols)
     geometry = Geometry.from_affine(volume.shape, affine)
-    return LoadedVolume(
+    return DicomVolume(
         data=volume,
         geometry=geometry,
         source_dtype=source_dtype,
         header_pixdim=geometry.spacing,
         slice_thickness=thickness if thickness and thickness > 0 else None,
+        series_uid=str(first.get("SeriesInstanceUID", "") or ""),
+        study_uid=str(first.get("StudyInstanceUID", "") or ""),
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "") or ""),
+        instance_uids=tuple(str(s.ds.get("SOPInstanceUID", "") or "") for s in slices),
     )
 
 

@@ -12,12 +12,17 @@ affines; only sheared grids (non-orthogonal i/j axes) cannot be written. CT valu
 16-bit pixels with RescaleSlope 1 and RescaleIntercept = the lowest HU (at most -1024), i.e. exactly;
 non-integer volumes are quantised to 1/16 HU.
 
+The series passes dicom3tools' `dciodvfy` without errors: ImageType DERIVED\\SECONDARY\\AXIAL (value 3 is
+required for CT), and the type 2C Laterality and PatientPosition present and empty (unknown).
+
 SEG. BINARY, one segment per structure, overlapping structures stay separate segments (never flattened); only
 the slab of slices holding voxels is encoded and empty frames are omitted (memory while building: slab voxels x
-structures bytes). Segment labels and colours come from the label schema; the segment algorithm type is MANUAL
-for human-made versions and AUTOMATIC for model versions. Segmented property categories are SNOMED CT
-"Anatomical Structure" (123037004), or "Morphologically Altered Structure" (49755003) for lesions; property
-types use the private coding scheme 99MASKLOOP with the structure name as code value (no SNOMED code is claimed).
+structures bytes). Segment labels are the structure names (a name past DICOM's 64 characters is kept whole in
+the Segment Description) and colours come from the label schema (as CIELab); the segment algorithm type is
+MANUAL for human-made versions and AUTOMATIC for model versions. Segments are coded with standard codes
+(`backend.imaging.dicom_codes`: SNOMED CT category, type, laterality modifier and a lesion's anatomic region),
+structures without one with the documented private scheme 99MASKLOOP, which the SEG then identifies in its
+Coding Scheme Identification Sequence. Reading a SEG back: `backend.imaging.dicom_seg_read` (`read_segments`).
 """
 
 from __future__ import annotations
@@ -27,21 +32,43 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.coding import Code
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from backend.core.errors import InvalidInput
-from backend.imaging.nifti import Geometry
+from backend.imaging import dicom_codes
+from backend.imaging.dicom_codes import PRIVATE_SCHEME, StructureCode
+from backend.imaging.dicom_seg_read import ParsedSeg, SegmentInfo, masks_by_name, parse_seg, read_segments
+
+if TYPE_CHECKING:
+    from highdicom.content import AlgorithmIdentificationSequence
+    from highdicom.seg import SegmentDescription
+
+__all__ = [
+    "PRIVATE_SCHEME",
+    "SOFTWARE",
+    "ParsedSeg",
+    "SegmentInfo",
+    "SegmentSpec",
+    "SeriesIds",
+    "ct_series",
+    "masks_by_name",
+    "parse_seg",
+    "read_segments",
+    "seg_to_bytes",
+    "segmentation",
+    "uid",
+    "write_datasets",
+]
 
 _LPS = np.diag([-1.0, -1.0, 1.0])
-ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
-MORPHOLOGICALLY_ALTERED = Code("49755003", "SCT", "Morphologically Altered Structure")
-PRIVATE_SCHEME = "99MASKLOOP"
 SOFTWARE = "maskloop"
+_MAX_LABEL = 64  # DICOM Segment Label (LO)
 
 
 def uid(*parts: object) -> str:
@@ -51,11 +78,22 @@ def uid(*parts: object) -> str:
 
 @dataclass(frozen=True)
 class SegmentSpec:
-    """One structure as a SEG segment: name, RGB colour '#rrggbb' and whether it is a lesion."""
+    """One structure as a SEG segment: name, RGB colour '#rrggbb', whether it is a lesion and its code.
+
+    `code` is the schema's code (its JSON object, or a StructureCode); None codes the structure from the
+    standard table by name, else with the private scheme (`dicom_codes.structure_code`).
+    """
 
     name: str
     color: str
     lesion: bool = False
+    code: Mapping[str, Any] | StructureCode | None = None
+
+    def structure_code(self) -> StructureCode:
+        """The code this segment is written with."""
+        if isinstance(self.code, StructureCode):
+            return self.code
+        return dicom_codes.structure_code(self.name, self.code, lesion=self.lesion)
 
 
 @dataclass(frozen=True)
@@ -144,7 +182,11 @@ def ct_series(
         ds.SeriesDescription = description[:64]
         ds.InstanceNumber = k + 1
         ds.Manufacturer = SOFTWARE
-        ds.ImageType = ["DERIVED", "SECONDARY"]
+        # Value 3 is required for CT Image Storage (AXIAL: a cross-sectional slice, whatever its plane).
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        # Type 2C: present, empty (not known for a volume that came without DICOM headers).
+        ds.Laterality = ""
+        ds.PatientPosition = ""
         ds.PositionReferenceIndicator = ""
         ds.KVP = ""
         ds.AcquisitionNumber = 1
@@ -191,8 +233,14 @@ def segmentation(
     sop_uid: str,
     series_description: str = "maskloop segmentation",
 ) -> Dataset:
-    """A BINARY DICOM SEG over the CT series: one segment per structure mask (data[i, j, k] like the volume)."""
+    """A BINARY DICOM SEG over the CT series: one standard-coded segment per structure mask.
+
+    `ct` holds the source slices in the volume's slice order k (as `ct_series` writes them, or an original series
+    sorted along its normal as `backend.imaging.dicom.load_dicom_series` stacks it); masks are data[i, j, k]
+    like the volume (i along a row, j down a column). Segment numbers follow the order of `segments`.
+    """
     import highdicom as hd
+    from highdicom.coding_schemes import CodingSchemeIdentificationItem
 
     if not segments:
         raise InvalidInput("a DICOM SEG needs at least one structure")
@@ -217,26 +265,15 @@ def segmentation(
             family=Code("123109", "DCM", "Artificial Intelligence"),
             version=algorithm_version[:64] or "1",
         )
+    private = False
     for number, (spec, mask) in enumerate(segments, start=1):
         if mask.shape != shape:
             raise InvalidInput(f"mask of {spec.name!r} has shape {list(mask.shape)}, expected {list(shape)}")
         pixels[..., number - 1] = np.transpose(mask[:, :, k0:k1], (2, 1, 0))
-        red, green, blue = (int(spec.color[i : i + 2], 16) for i in (1, 3, 5))
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=number,
-                segment_label=spec.name[:64],
-                segmented_property_category=MORPHOLOGICALLY_ALTERED if spec.lesion else ANATOMICAL_STRUCTURE,
-                segmented_property_type=Code(spec.name[:16], PRIVATE_SCHEME, spec.name[:64]),
-                algorithm_type=(
-                    hd.seg.SegmentAlgorithmTypeValues.MANUAL if manual else hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
-                ),
-                algorithm_identification=algorithm,
-                tracking_uid=uid(series_uid, spec.name),
-                tracking_id=spec.name[:64],
-                display_color=hd.color.CIELabColor.from_rgb(red, green, blue),
-            )
-        )
+        code = spec.structure_code()
+        private = private or PRIVATE_SCHEME in {c.scheme for c in (code.category, code.type)}
+        tracking = uid(series_uid, spec.name)
+        descriptions.append(_description(hd, number, spec, code, manual=manual, algorithm=algorithm, tracking=tracking))
     seg = hd.seg.Segmentation(
         source_images=list(ct),
         pixel_array=pixels,
@@ -256,8 +293,55 @@ def segmentation(
             hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, ct[k].ImagePositionPatient)
             for k in range(k0, k1)
         ],
+        coding_schemes=(
+            [
+                CodingSchemeIdentificationItem(
+                    designator=PRIVATE_SCHEME,
+                    name=dicom_codes.PRIVATE_SCHEME_NAME,
+                    responsible_organization=dicom_codes.PRIVATE_SCHEME_ORGANIZATION,
+                )
+            ]
+            if private
+            else None
+        ),
     )
     return seg
+
+
+def _description(
+    hd: ModuleType,
+    number: int,
+    spec: SegmentSpec,
+    code: StructureCode,
+    *,
+    manual: bool,
+    algorithm: AlgorithmIdentificationSequence | None,
+    tracking: str,
+) -> SegmentDescription:
+    """One Segment Sequence item: label, codes (with laterality modifier and region), colour, tracking ids."""
+    red, green, blue = (int(spec.color[i : i + 2], 16) for i in (1, 3, 5))
+    description: SegmentDescription = hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=spec.name[:_MAX_LABEL],
+        segmented_property_category=code.category.to_code(),
+        segmented_property_type=code.type.to_code(),
+        algorithm_type=(
+            hd.seg.SegmentAlgorithmTypeValues.MANUAL if manual else hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+        ),
+        algorithm_identification=algorithm,
+        tracking_uid=tracking,
+        tracking_id=spec.name[:_MAX_LABEL],
+        anatomic_regions=[code.region.to_code()] if code.region is not None else None,
+        display_color=hd.color.CIELabColor.from_rgb(red, green, blue),
+    )
+    if code.modifier is not None:
+        # Laterality: nested in the property type item (PS3.3 Segment Description macro, (0062,0011)).
+        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+            hd.sr.CodedConcept(code.modifier.value, code.modifier.scheme, code.modifier.meaning)
+        ]
+    if len(spec.name) > _MAX_LABEL:
+        description.SegmentDescription = spec.name
+    return description
 
 
 def seg_to_bytes(seg: Dataset) -> bytes:
@@ -265,76 +349,3 @@ def seg_to_bytes(seg: Dataset) -> bytes:
     buffer = BytesIO()
     seg.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
-
-
-def read_segments(data: bytes | Path, geometry: Geometry) -> dict[str, np.ndarray]:
-    """Decode a SEG back onto a scan grid: {segment label: bool mask data[i, j, k]}.
-
-    Frames are placed by their PlanePositionSequence positions and the plane orientation (LPS -> RAS -> voxel
-    indices through the inverse affine), not by their order, so any frame order or omitted frames are handled.
-    """
-    ds = dcmread(BytesIO(data) if isinstance(data, bytes) else data)
-    if getattr(ds, "SegmentationType", "") != "BINARY":
-        raise InvalidInput(f"expected a BINARY segmentation, got {getattr(ds, 'SegmentationType', None)!r}")
-    labels = {int(item.SegmentNumber): str(item.SegmentLabel) for item in ds.SegmentSequence}
-    shape = geometry.shape
-    out = {label: np.zeros(shape, dtype=bool) for label in labels.values()}
-    n_frames = int(getattr(ds, "NumberOfFrames", 0) or 0)
-    if n_frames == 0:
-        return out
-    frames = np.asarray(ds.pixel_array).reshape(n_frames, int(ds.Rows), int(ds.Columns)).astype(bool)
-    shared = ds.SharedFunctionalGroupsSequence[0]
-    first = ds.PerFrameFunctionalGroupsSequence[0]
-    orientation = np.array(_group(first, shared, "PlaneOrientationSequence").ImageOrientationPatient, dtype=float)
-    spacing = np.array(_group(first, shared, "PixelMeasuresSequence").PixelSpacing, dtype=np.float64)
-    inverse = np.linalg.inv(geometry.affine)
-    to_voxel = inverse[:3, :3] @ _LPS  # LPS displacement -> voxel displacement
-    step_col = to_voxel @ (orientation[:3] * spacing[1])  # one column to the right
-    step_row = to_voxel @ (orientation[3:] * spacing[0])  # one row down
-    for frame_index, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        # A macro shared by every frame (one segment, or one frame) sits in the shared functional groups.
-        identification = _group(item, shared, "SegmentIdentificationSequence")
-        number = int(identification.ReferencedSegmentNumber)
-        position = np.array(_group(item, shared, "PlanePositionSequence").ImagePositionPatient, dtype=np.float64)
-        origin = inverse[:3, :3] @ (_LPS @ position) + inverse[:3, 3]
-        _place(out[labels[number]], frames[frame_index], origin, step_row, step_col)
-    return out
-
-
-def _group(frame: Dataset, shared: Dataset, keyword: str) -> Dataset:
-    """A functional group macro of a frame, from its per-frame item or else the shared functional groups."""
-    for source in (frame, shared):
-        if keyword in source:
-            return source[keyword].value[0]
-    raise InvalidInput(f"the SEG frames lack {keyword}")
-
-
-def _place(
-    target: np.ndarray, frame: np.ndarray, origin: np.ndarray, step_row: np.ndarray, step_col: np.ndarray
-) -> None:
-    """Write one frame into a voxel grid whose axes it runs along (each step must be +-1 along one axis)."""
-    axes = []
-    for step in (step_row, step_col):
-        axis = int(np.argmax(np.abs(step)))
-        if abs(abs(step[axis]) - 1) > 1e-3 or np.abs(np.delete(step, axis)).max() > 1e-3:
-            raise InvalidInput("the SEG frames do not run along the scan's voxel axes")
-        axes.append((axis, round(float(step[axis]))))
-    start = np.rint(origin).astype(int)
-    if np.abs(origin - start).max() > 1e-2:
-        raise InvalidInput("a SEG frame does not lie on the scan's voxel grid")
-    (row_axis, row_sign), (col_axis, col_sign) = axes
-    index: list[object] = list(start)
-    rows, cols = frame.shape
-    index[row_axis] = np.arange(rows) * row_sign + start[row_axis]
-    index[col_axis] = np.arange(cols) * col_sign + start[col_axis]
-    arrays = [np.atleast_1d(np.asarray(v)) for v in index]
-    if any(a.min() < 0 or a.max() >= n for a, n in zip(arrays, target.shape, strict=True)):
-        raise InvalidInput("a SEG frame lies outside the scan's voxel grid")
-    grid = np.ix_(*arrays)
-    block = frame if row_axis < col_axis else frame.T
-    target[grid] |= block.reshape(target[grid].shape)
-
-
-def masks_by_name(segments: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Segments keyed by structure name, in the given order (absent names skipped)."""
-    return {name: segments[name] for name in names if name in segments}

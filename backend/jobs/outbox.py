@@ -38,6 +38,8 @@ TASK_OF_KIND = {
     "evaluate": queue.TASK_EVALUATE,
     "fuse": queue.TASK_FUSE,
     "import": queue.TASK_IMPORT,
+    "pacs": queue.TASK_PACS,
+    "check_weights": queue.TASK_CHECK_WEIGHTS,
 }
 
 # session.info keys: the jobs registered in the current transaction, and the messages its commit publishes.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Annotated
 
@@ -17,6 +19,7 @@ from backend.auth.dependencies import Blobs, DbSession, SettingsDep
 from backend.core import uploads
 from backend.core.db import read_after_commit
 from backend.core.errors import InvalidInput, NotFound, PayloadTooLarge
+from backend.core.filenames import clean_file_name
 from backend.core.ids import PathId
 from backend.flows import labels as flows
 from backend.flows import reads
@@ -27,6 +30,7 @@ from backend.labels.schemas import (
     AuthorOut,
     DiffOut,
     DraftOut,
+    PatchBox,
     PatchRequest,
     StructureDiffOut,
     VersionOut,
@@ -275,10 +279,7 @@ def _apply_patch(
         chunks.check_box((access.scan.shape[0], access.scan.shape[1], access.scan.shape[2]), origin, size)
         if size[0] * size[1] * size[2] > settings.max_patch_voxels:
             raise PayloadTooLarge(f"patch box of {list(size)} voxels exceeds the limit of {settings.max_patch_voxels}")
-        part = form.get(box.part)
-        if not isinstance(part, StarletteUploadFile):
-            raise InvalidInput(f"patch part {box.part!r} is missing from the upload")
-        data = uploads.read_limited(part, settings.max_upload_bytes)
+        data = _box_bytes(box, form, settings.max_upload_bytes)
         patches.append(service.BoxPatch(box.structure, origin, chunks.decode_box(data, size, box.encoding)))
     version = flows.save_patch(
         db,
@@ -289,6 +290,78 @@ def _apply_patch(
         message=meta.message,
         branch=meta.branch,
         idempotency_key=meta.idempotency_key,
+        actor=access.user,
+    )
+    return read_after_commit(db, lambda: _one_out(db, version, access.scan))
+
+
+def _box_bytes(box: PatchBox, form: FormData, limit: int) -> bytes:
+    """A patch box's bytes: inline (`data`, base64: a small box) or its multipart part (within the upload limit)."""
+    if box.data is not None:
+        try:
+            return base64.b64decode(box.data, validate=True)
+        except binascii.Error as exc:
+            raise InvalidInput(f"patch box data of {box.structure!r} is not valid base64: {exc}") from exc
+    part = form.get(box.part or "")
+    if not isinstance(part, StarletteUploadFile):
+        raise InvalidInput(f"patch part {box.part!r} is missing from the upload")
+    return uploads.read_limited(part, limit)
+
+
+class DicomSegForm(BaseModel):
+    """The multipart body of a DICOM SEG import."""
+
+    model_config = ConfigDict(title="Body_import_dicom_seg_api_scans__scan_id__labels_dicom_seg_post")
+    file: Annotated[UploadFile, Field(description="A BINARY or FRACTIONAL DICOM SEG of this scan's series")]
+    mapping: Annotated[
+        str | None, Field(description='JSON {"segment label or number": "structure"} for segments matching nothing')
+    ] = None
+    base_version_id: int | None = None
+    message: Annotated[str, Field(max_length=2000)] = ""
+    idempotency_key: Annotated[str | None, Field(max_length=200)] = None
+
+
+@router.post(
+    "/api/scans/{scan_id}/labels/dicom-seg",
+    response_model=VersionOut,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra={"requestBody": uploads.multipart_body(DicomSegForm)},
+)
+async def import_dicom_seg(
+    request: Request,
+    db: DbSession,
+    blobs: Blobs,
+    settings: SettingsDep,
+    access: ScanAccess = require_scan("write_labels"),
+) -> VersionOut:
+    """Import a DICOM SEG of this scan as an `import` version: segments by code or name, overlaps kept, QA-checked."""
+    async with uploads.form_of(request, DicomSegForm, max_files=1, invalid=RequestValidationError) as fields:
+        return await run_in_threadpool(_import_dicom_seg, db, blobs, settings, access, fields)
+
+
+def _import_dicom_seg(
+    db: DbSession, blobs: Blobs, settings: SettingsDep, access: ScanAccess, fields: DicomSegForm
+) -> VersionOut:
+    mapping: dict[str, str] | None = None
+    if fields.mapping:
+        try:
+            parsed = json.loads(fields.mapping)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"mapping is not valid JSON: {exc.msg}") from exc
+        if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+            raise InvalidInput('mapping must be a JSON object {"segment label or number": "structure"}')
+        mapping = {str(k): v for k, v in parsed.items()}
+    data = uploads.read_limited(fields.file, settings.max_upload_bytes)
+    _, version = flows.import_dicom_seg(
+        db,
+        blobs,
+        data,
+        filename=clean_file_name(fields.file.filename, default="seg.dcm"),
+        scan=access.scan,
+        mapping=mapping,
+        base_version_id=fields.base_version_id,
+        message=fields.message,
+        idempotency_key=fields.idempotency_key,
         actor=access.user,
     )
     return read_after_commit(db, lambda: _one_out(db, version, access.scan))

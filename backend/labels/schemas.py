@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, Field, StrictBool, model_validator
 
 from backend.core.ids import Id
 
@@ -48,14 +48,31 @@ class VersionOut(BaseModel):
     )
 
 
+# A box small enough to travel inside the meta JSON (base64) rather than as a multipart part of its own: a brush
+# stroke's box is a few dozen bytes, less than the part's framing. Larger boxes go as parts (base64 adds a third).
+MAX_INLINE_BOX_CHARS = 65_536
+
+
 class PatchBox(BaseModel):
-    """One box of new voxels for one structure; its bytes are in the multipart part named `part`."""
+    """One box of new voxels for one structure; its bytes are in the multipart part named `part`, or (a small box)
+    in `data` as base64 — exactly one of the two."""
 
     structure: str
     origin: list[int] = Field(min_length=3, max_length=3)
     size: list[int] = Field(min_length=3, max_length=3)
     encoding: str = "bits+gzip"
-    part: str = Field(min_length=1, max_length=100)
+    part: str | None = Field(default=None, min_length=1, max_length=100)
+    data: str | None = Field(
+        default=None,
+        max_length=MAX_INLINE_BOX_CHARS,
+        description="the box bytes (encoded as `encoding`) as standard base64, instead of a multipart part",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PatchBox:
+        if (self.part is None) == (self.data is None):
+            raise ValueError("a patch box names its multipart `part` or carries its bytes in `data` (base64), not both")
+        return self
 
 
 class PatchRequest(BaseModel):

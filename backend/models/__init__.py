@@ -1,7 +1,7 @@
 """ORM tables. Import from here so Alembic sees every table."""
 
 from backend.core.db import Base
-from backend.models.attention import AttentionMap, Prediction, TrainingRound
+from backend.models.attention import ApprovalDice, AttentionMap, Prediction, TrainingRound
 from backend.models.audit import AuditEvent
 from backend.models.auth import AuthSession, LoginThrottle
 from backend.models.dashboard import DashboardDecision, DashboardTotal, DashboardVolume
@@ -10,9 +10,10 @@ from backend.models.imports import ImportCase, ImportRun
 from backend.models.jobs import Job
 from backend.models.labels import LabelDraft, LabelVersion, LabelVersionStructure
 from backend.models.monailabel import MonaiLabelClient
+from backend.models.pacs import PacsIdentity, PacsSeries, PacsSource
 from backend.models.projects import LabelSchema, Membership, Project, Structure
 from backend.models.read_events import ReadEvent
-from backend.models.registry import Model, ModelVersion
+from backend.models.registry import Model, ModelDecision, ModelVersion
 from backend.models.scans import Scan
 from backend.models.users import ApiToken, User
 from backend.models.workflow import (
@@ -29,6 +30,7 @@ from backend.models.workflow import (
 __all__ = [
     "ActivityDaily",
     "ApiToken",
+    "ApprovalDice",
     "AttentionMap",
     "AuditEvent",
     "AuthSession",
@@ -49,8 +51,12 @@ __all__ = [
     "LoginThrottle",
     "Membership",
     "Model",
+    "ModelDecision",
     "ModelVersion",
     "MonaiLabelClient",
+    "PacsIdentity",
+    "PacsSeries",
+    "PacsSource",
     "Prediction",
     "Project",
     "QAFinding",

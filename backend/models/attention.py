@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backend.core.db import Base, JSONType
@@ -77,4 +77,33 @@ class TrainingRound(Base):
     heldout_previous: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     promoted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     decision: Mapped[str] = mapped_column(String(500), nullable=False, default="")
+    # The promotion gate as evaluated: held-out size against the minimum, each structure's old/new Dice against
+    # the margin, the means, and the reasons it failed (backend.registry.service.promotion).
+    gate: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, server_default=text("'{}'"))
+    created_at: Mapped[datetime] = created_at_column()
+
+
+class ApprovalDice(Base):
+    """At an approval: the Dice of one structure a model version predicted on the scan against the approved mask.
+
+    Written by the approving transaction for every model version that pre-annotated the scan, only for the
+    structures it predicted (not those its label version inherited from its parent); a later approval of the same
+    scan replaces the rows. The dashboard's AI-vs-final chart reads them.
+    """
+
+    __tablename__ = "approval_dice"
+    __table_args__ = (
+        UniqueConstraint("scan_id", "model_version_id", "structure_id", name="uq_approval_dice_scan_version_structure"),
+        Index("ix_approval_dice_model_version", "model_version_id", "structure_id"),
+        Index("ix_approval_dice_project", "project_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), nullable=False)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), nullable=False)
+    structure_id: Mapped[int] = mapped_column(ForeignKey("structures.id", ondelete="CASCADE"), nullable=False)
+    draft_version_id: Mapped[int] = mapped_column(ForeignKey("label_versions.id", ondelete="CASCADE"), nullable=False)
+    final_version_id: Mapped[int] = mapped_column(ForeignKey("label_versions.id", ondelete="CASCADE"), nullable=False)
+    dice: Mapped[float] = mapped_column(Float, nullable=False)
     created_at: Mapped[datetime] = created_at_column()

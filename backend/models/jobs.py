@@ -11,7 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from backend.core.db import Base, JSONType, UTCDateTime
 from backend.models._common import created_at_column
 
-JOB_KINDS = ("preannotate", "attention", "train", "import", "export", "evaluate", "fuse")
+JOB_KINDS = ("preannotate", "attention", "train", "import", "export", "evaluate", "fuse", "pacs", "check_weights")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 JOB_QUEUES = ("gpu", "cpu")
 
@@ -22,7 +22,9 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         CheckConstraint(
-            "kind IN ('preannotate', 'attention', 'train', 'import', 'export', 'evaluate', 'fuse')", name="kind_known"
+            "kind IN ('preannotate', 'attention', 'train', 'import', 'export', 'evaluate', 'fuse', 'pacs', "
+            "'check_weights')",
+            name="kind_known",
         ),
         CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status_known"),
         CheckConstraint("queue IN ('gpu', 'cpu')", name="queue_known"),

@@ -80,5 +80,10 @@ class Structure(Base):
     group: Mapped[str] = mapped_column(String(50), nullable=False, default="")
     inside: Mapped[str | None] = mapped_column(String(100), nullable=True)
     aliases: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
+    # The structure's DICOM SEG code ({"category", "type", "modifier"?, "region"?}; backend.imaging.dicom_codes);
+    # None: coded from the standard table by name, else with the documented private scheme.
+    # Deferred: loaded when first read (structures_of(..., with_codes=True) loads it with the rows), so code that
+    # never reads it also runs on databases from before the column (the migration tests seed old revisions).
+    code: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True, deferred=True)
 
     label_schema: Mapped[LabelSchema] = relationship(back_populates="structures")

@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backend.core.db import Base, JSONType
@@ -41,7 +52,10 @@ class ModelVersion(Base):
     """One set of weights of a model, with its provenance and held-out validation metrics."""
 
     __tablename__ = "model_versions"
-    __table_args__ = (UniqueConstraint("model_id", "number", name="uq_model_versions_model_number"),)
+    __table_args__ = (
+        UniqueConstraint("model_id", "number", name="uq_model_versions_model_number"),
+        CheckConstraint("weights_status IN ('pending', 'valid', 'invalid')", name="weights_status_known"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), nullable=False, index=True)
@@ -52,4 +66,44 @@ class ModelVersion(Base):
     provenance: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     validation: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     is_promoted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # Uploaded weights are 'pending' until a worker loaded them into the architecture and ran one forward pass
+    # ('valid'), or refused them ('invalid', the reason in weights_check); weights this platform produced (its
+    # training, the bundled files) and weightless versions are 'valid' at once. Only 'valid' ones are promoted.
+    # Server defaults only (no Python default): an insert that does not name them leaves them out, as rows written
+    # by code older than the columns did.
+    weights_status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="valid")
+    # {"job_id": id, "reason": "...", "checked_at": iso, "seconds": s} of the check, when there was one.
+    weights_check: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, server_default=text("'{}'"))
+    created_at: Mapped[datetime] = created_at_column()
+
+
+DECISION_KINDS = ("promote", "rollback")
+
+
+class ModelDecision(Base):
+    """Who made which version a model's promoted one, why, and (for a promotion) the held-out comparison."""
+
+    __tablename__ = "model_decisions"
+    __table_args__ = (
+        CheckConstraint("kind IN ('promote', 'rollback')", name="kind_known"),
+        Index("ix_model_decisions_model_id", "model_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    from_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True
+    )
+    to_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True
+    )
+    training_round_id: Mapped[int | None] = mapped_column(
+        ForeignKey("training_rounds.id", ondelete="SET NULL"), nullable=True
+    )
+    # None: the platform (an auto-policy promotion, a bundled model).
+    actor_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    # The promotion gate as evaluated (per-structure old/new Dice, held-out size, margin), when there was one.
+    gate: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     created_at: Mapped[datetime] = created_at_column()

@@ -23,6 +23,8 @@ class Scan(Base):
         Index("ix_scans_project_tumor", "project_id", "tumor"),
         # Covering index for per-site/phase counts (the dashboard): an index-only scan instead of the wide rows.
         Index("ix_scans_project_cover", "project_id", "id", postgresql_include=["site", "phase"]),
+        # A scan from a PACS series: found again by its series UID (deduplication, the SEG's references).
+        Index("ix_scans_project_source_series", "project_id", "source_series_uid"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -57,6 +59,9 @@ class Scan(Base):
     tumor: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     lesion_instances: Mapped[int | None] = mapped_column(Integer, nullable=True)
     raw_metadata: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    # The DICOM study and series the volume came from (research UIDs when the project de-identifies its intake).
+    source_study_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    source_series_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     # Not a foreign key on purpose: scans and label_versions point at each other; the labels service keeps
     # it consistent and moves it only by a conditional UPDATE (optimistic concurrency).

@@ -67,7 +67,7 @@ def get_project(access: ProjectAccess = require_project("read")) -> ProjectOut:
 @router.get("/{project_id}/schema", response_model=SchemaOut)
 def get_schema(db: DbSession, access: ProjectAccess = require_project("read")) -> SchemaOut:
     """The project's label schema: ordered structures with colours, groups and parents."""
-    structures = service.structures_of(db, access.project.id)
+    structures = service.structures_of(db, access.project.id, with_codes=True)
     return SchemaOut(
         name=access.project.label_schema.name,
         structures=[StructureOut.model_validate(s) for s in structures],

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backend.core.ids import Id
+from backend.imaging import dicom_codes
 
 
 class StructureIn(BaseModel):
@@ -19,6 +20,11 @@ class StructureIn(BaseModel):
     group: str = ""
     inside: str | None = None
     aliases: list[str] = Field(default_factory=list)
+    code: dict[str, Any] | None = Field(
+        default=None,
+        description="DICOM SEG code: {category, type, modifier?, region?}, each {scheme, value, meaning}; "
+        "default: the SNOMED CT code of the structure name from maskloop's table, else the private scheme 99MASKLOOP",
+    )
 
 
 class ProjectCreate(BaseModel):
@@ -56,6 +62,17 @@ class StructureOut(BaseModel):
     group: str
     inside: str | None
     aliases: list[str]
+    code: dict[str, Any] | None = Field(
+        default=None,
+        description="DICOM SEG code of the structure: the schema's own, else the standard table's by name (SNOMED "
+        "CT); None only for a structure with no standard code (the private scheme 99MASKLOOP is used for it)",
+    )
+
+    @model_validator(mode="after")
+    def _standard_code(self) -> StructureOut:
+        if self.code is None:
+            self.code = dicom_codes.default_code_json(self.name)
+        return self
 
 
 class SchemaOut(BaseModel):

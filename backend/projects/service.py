@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from backend.audit import service as audit
 from backend.core.db import get_or_404
 from backend.core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from backend.evaluation.settings import validate_evaluation_settings
+from backend.imaging import dicom_codes
 from backend.models import LabelSchema, Membership, Project, Structure, User
 from backend.models.projects import PROJECT_ROLES
 
@@ -58,6 +59,8 @@ class StructureSpec:
     group: str = ""
     inside: str | None = None
     aliases: tuple[str, ...] = ()
+    # The DICOM SEG code (dicom_codes.StructureCode JSON): the schema's own, else the standard table's by name.
+    code: dict[str, Any] | None = None
 
 
 def load_schema_file(path: Path = DEFAULT_SCHEMA_PATH) -> tuple[str, list[StructureSpec]]:
@@ -79,6 +82,14 @@ def parse_structures(items: Sequence[dict[str, Any]]) -> list[StructureSpec]:
         color = str(item.get("color", "#888888"))
         if not _COLOR_RE.match(color):
             raise InvalidInput(f"structure {name!r} colour {color!r} must look like #rrggbb")
+        given_code = item.get("code")
+        # Only a schema's own code is stored: without one the standard table's code by name applies wherever a code
+        # is used (SEG export, SEG import, the schema's output), so an older database row needs no backfill.
+        code = (
+            dicom_codes.StructureCode.from_json(given_code, f"code of structure {name!r}").to_json()
+            if given_code
+            else None
+        )
         specs.append(
             StructureSpec(
                 name=name,
@@ -87,6 +98,7 @@ def parse_structures(items: Sequence[dict[str, Any]]) -> list[StructureSpec]:
                 group=str(item.get("group", "")),
                 inside=item.get("inside"),
                 aliases=tuple(str(a) for a in item.get("aliases", [])),
+                code=code,
             )
         )
     names = [s.name for s in specs]
@@ -136,6 +148,8 @@ def create_project(
                 group=spec.group,
                 inside=spec.inside,
                 aliases=list(spec.aliases),
+                # Left out when None (not written as NULL): schemas then insert into databases of any revision.
+                **({"code": spec.code} if spec.code else {}),
             )
         )
     db.add(Membership(project_id=project.id, user_id=creator.id, role="admin"))
@@ -200,16 +214,17 @@ def list_projects_for(db: Session, user: User) -> list[tuple[Project, str]]:
     return [(project, role) for project, role in rows]
 
 
-def structures_of(db: Session, project_id: int) -> list[Structure]:
-    """The project's structures in schema order."""
-    return list(
-        db.scalars(
-            select(Structure)
-            .join(LabelSchema, LabelSchema.id == Structure.schema_id)
-            .where(LabelSchema.project_id == project_id)
-            .order_by(Structure.position)
-        )
+def structures_of(db: Session, project_id: int, *, with_codes: bool = False) -> list[Structure]:
+    """The project's structures in schema order (``with_codes``: their DICOM codes loaded in the same query)."""
+    query = (
+        select(Structure)
+        .join(LabelSchema, LabelSchema.id == Structure.schema_id)
+        .where(LabelSchema.project_id == project_id)
+        .order_by(Structure.position)
     )
+    if with_codes:
+        query = query.options(undefer(Structure.code))
+    return list(db.scalars(query))
 
 
 def find_structure(structures: Sequence[Structure], name: str) -> Structure:
@@ -306,13 +321,18 @@ def _evaluation_settings(section: object, structure_names: set[str]) -> dict[str
 
 
 def update_settings(db: Session, project: Project, changes: dict[str, Any], actor: User) -> Project:
-    """Merge validated changes into a project's settings (attention thresholds, workflow, evaluation)."""
-    unknown = set(changes) - {"attention", "workflow", "evaluation"}
+    """Merge validated changes into a project's settings (attention thresholds, workflow, evaluation, promotion)."""
+    unknown = set(changes) - {"attention", "workflow", "evaluation", "promotion"}
     if unknown:
         raise InvalidInput(
-            f"unknown project settings {sorted(unknown)}; known: ['attention', 'evaluation', 'workflow']"
+            f"unknown project settings {sorted(unknown)}; known: ['attention', 'evaluation', 'promotion', 'workflow']"
         )
     settings = dict(project.settings)
+    if "promotion" in changes:
+        # Validated by backend.registry.service.validate_promotion_rules (the flow calls it); keys merge.
+        if not isinstance(changes["promotion"], dict):
+            raise InvalidInput("promotion settings must be an object")
+        settings["promotion"] = {**settings.get("promotion", {}), **changes["promotion"]}
     if "evaluation" in changes:
         names = {structure.name for structure in structures_of(db, project.id)}
         settings["evaluation"] = _evaluation_settings(changes["evaluation"], names)

@@ -25,12 +25,15 @@ from backend.registry import service
 from backend.registry.dependencies import ModelAccess, ModelVersionAccess, require_model, require_model_version
 from backend.registry.schemas import (
     ModelCreate,
+    ModelDecisionOut,
     ModelOut,
     ModelUpdate,
     ModelVersionOut,
     PredictionOut,
     PriorityOut,
     PriorityPage,
+    PromoteIn,
+    RollbackIn,
     ScanPriorityOut,
     TrainingRoundOut,
 )
@@ -102,7 +105,11 @@ async def upload_version(
     settings: SettingsDep,
     access: ModelAccess = require_model("run_jobs"),
 ) -> ModelVersionOut:
-    """Register externally trained weights as the model's next version (not promoted)."""
+    """Register externally trained weights as the model's next version (not promoted).
+
+    A worker first loads them into the model's network and runs one forward pass on a tiny input; the upload waits
+    for that check: refused weights answer 422 with the reason, checked ones 201 with weights_status 'valid'. When
+    no worker answers in time it is 201 with 'pending': the version cannot be promoted or used until it passes."""
     # Parsed only now, after the access dependency: an unauthorised caller's upload is never read.
     async with uploads.form_of(request, WeightsForm, max_files=1, invalid=RequestValidationError) as fields:
         return await run_in_threadpool(_upload_version, db, blobs, settings, access, fields)
@@ -124,15 +131,36 @@ def _upload_version(
         provenance={**provenance_json, "uploaded_by": access.user.id},
         validation=validation_json,
         actor=access.user,
+        wait_s=settings.weights_check_wait_s,
+        claim_wait_s=settings.weights_check_claim_wait_s,
     )
     return ModelVersionOut.model_validate(version)
 
 
 @router.post("/api/model-versions/{version_id}/promote", response_model=ModelVersionOut)
-def promote(db: DbSession, access: ModelVersionAccess = require_model_version("run_jobs")) -> ModelVersionOut:
-    """Promote a version; refused (409) unless it beat the promoted one on their shared held-out set."""
-    version = registry_flows.promote(db, access.version, actor=access.user)
+def promote(
+    db: DbSession, body: PromoteIn | None = None, access: ModelVersionAccess = require_model_version("run_jobs")
+) -> ModelVersionOut:
+    """Promote a version: refused (409) unless its weights were checked and it passed the promotion gate against
+    the promoted one on their shared held-out set (enough held-out scans, no structure losing more than the
+    margin, the mean rising: project settings `promotion`). The decision is recorded."""
+    version = registry_flows.promote(db, access.version, actor=access.user, reason=body.reason if body else "")
     return ModelVersionOut.model_validate(version)
+
+
+@router.post("/api/model-versions/{version_id}/rollback", response_model=ModelVersionOut)
+def rollback(
+    body: RollbackIn, db: DbSession, access: ModelVersionAccess = require_model_version("run_jobs")
+) -> ModelVersionOut:
+    """Make an earlier version of the model the promoted one again (leads), recorded as a decision with the reason."""
+    version = registry_flows.roll_back(db, access.version, reason=body.reason, actor=access.user)
+    return ModelVersionOut.model_validate(version)
+
+
+@router.get("/api/models/{model_id}/decisions", response_model=list[ModelDecisionOut])
+def list_decisions(db: DbSession, access: ModelAccess = require_model("read")) -> list[ModelDecisionOut]:
+    """The model's promotions and rollbacks, oldest first: who, from which version to which, why, and the gate."""
+    return [ModelDecisionOut.model_validate(d) for d in service.decisions(db, access.model)]
 
 
 @router.get("/api/models/{model_id}/rounds", response_model=list[TrainingRoundOut])
@@ -149,7 +177,8 @@ def priorities(
     page: Annotated[int, Query(ge=1)] = 1,
     page_size: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> PriorityPage:
-    """(scan, structure) pairs ranked by attention volume per slice: what a radiologist should revise first."""
+    """(scan, structure) pairs ranked by attention volume per slice: what a radiologist should revise first
+    (approved scans are left out until reopened)."""
     structure_id = None
     if structure:
         structure_id = projects.find_structure(projects.structures_of(db, access.project.id), structure).id
@@ -184,7 +213,7 @@ def scan_priorities(
     page: Annotated[int, Query(ge=1)] = 1,
     page_size: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[ScanPriorityOut]:
-    """Scans ranked by their summed attention."""
+    """Scans ranked by their summed attention (approved scans left out)."""
     rows = service.ranked_scans(db, access.project.id, offset=(page - 1) * page_size, limit=page_size)
     return [ScanPriorityOut(scan_id=i, case_id=c, score=s) for i, c, s in rows]
 

@@ -40,6 +40,11 @@ class ModelVersionOut(BaseModel):
     provenance: dict[str, Any]
     validation: dict[str, Any]
     is_promoted: bool
+    weights_status: str = Field(
+        description="'valid' (checked: loads into the architecture and runs), 'pending' (a worker is checking it; "
+        "not promotable yet) or 'invalid' (refused; the reason is in weights_check)"
+    )
+    weights_check: dict[str, Any] = Field(description="the check's job_id, reason, checked_at and seconds")
     created_at: datetime
 
 
@@ -80,6 +85,10 @@ class TrainingRoundOut(BaseModel):
     heldout_previous: dict[str, Any]
     promoted: bool
     decision: str
+    gate: dict[str, Any] = Field(
+        description="the promotion gate as evaluated: passed, heldout_scans / min_heldout_scans, max_structure_drop, "
+        "mean_new / mean_previous, structures [{structure, previous, new, delta, ok}] and the failures"
+    )
     created_at: datetime
 
 
@@ -123,4 +132,33 @@ class PredictionOut(BaseModel):
     model_version_id: int
     label_version_id: int
     structures: list[str]
+    created_at: datetime
+
+
+class RollbackIn(BaseModel):
+    """Why a lead makes an earlier version the promoted one again (kept with the decision)."""
+
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class PromoteIn(BaseModel):
+    """An optional note kept with the promotion decision."""
+
+    reason: str = Field(default="", max_length=2000)
+
+
+class ModelDecisionOut(BaseModel):
+    """A promotion or rollback: who, from which version to which, why, and the gate that allowed it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    model_id: int
+    kind: str = Field(description="'promote' or 'rollback'")
+    from_version_id: int | None
+    to_version_id: int | None
+    training_round_id: int | None
+    actor_user_id: int | None = Field(description="null: the platform (auto policy, bundled model)")
+    reason: str
+    gate: dict[str, Any]
     created_at: datetime

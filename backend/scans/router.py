@@ -122,16 +122,9 @@ def _import_dicom(
     db: DbSession, blobs: Blobs, settings: SettingsDep, access: ProjectAccess, fields: ImportDicomForm
 ) -> Scan:
     service.check_case_id(fields.case_id)
-    total = 0
     with tempfile.TemporaryDirectory(prefix="maskloop-dicom-") as tmp:
-        paths = []
-        for index, upload in enumerate(fields.files):
-            data = uploads.read_limited(upload, settings.max_upload_bytes - total)
-            total += len(data)
-            # Our own file names: the client's names never touch the filesystem (no traversal).
-            path = Path(tmp) / f"{index:06d}.dcm"
-            path.write_bytes(data)
-            paths.append(path)
+        # The client's cleaned names (one numbered folder each, no traversal): errors name the files as sent.
+        paths = uploads.spool_files(fields.files, Path(tmp), settings.max_upload_bytes, default="slice")
         return flows.import_scan_dicom(
             db,
             blobs,

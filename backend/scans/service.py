@@ -210,7 +210,7 @@ def import_dicom(
     stored = nifti.to_nifti_gz(volume.data, volume.geometry.affine)
     digest = blobs.put_bytes(stored)
     source = str(files) if isinstance(files, Path) else f"{len(files)} DICOM files"
-    return _create_scan(
+    scan = _create_scan(
         db,
         project,
         actor,
@@ -224,6 +224,11 @@ def import_dicom(
         raw_metadata=raw_metadata,
         slice_thickness=volume.slice_thickness,
     )
+    # The source identifiers stay with the scan: a DICOM SEG of this series finds its scan by them.
+    scan.source_series_uid = volume.series_uid[:64] or None
+    scan.source_study_uid = volume.study_uid[:64] or None
+    db.flush()
+    return scan
 
 
 @dataclass(frozen=True)

@@ -270,10 +270,13 @@ def release_lease(db: DbSession, access: ScanAccess = require_scan("read")) -> T
 
 
 @router.post("/api/scans/{scan_id}/reviews", response_model=ReviewOut, status_code=status.HTTP_201_CREATED)
-def create_review(body: ReviewIn, db: DbSession, access: ScanAccess = require_scan("review")) -> ReviewOut:
+def create_review(
+    body: ReviewIn, db: DbSession, blobs: Blobs, access: ScanAccess = require_scan("review")
+) -> ReviewOut:
     """Approve or request changes on the head version at the current review level, with located comments."""
     review = flows.submit_review(
         db,
+        blobs,
         access.scan,
         version_id=body.version_id,
         decision=body.decision,

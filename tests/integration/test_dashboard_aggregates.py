@@ -365,15 +365,17 @@ def _agrees_with_fresh_process(url: str, project_id: int) -> None:
 
 @pytest.mark.slow
 def test_migration_backfills_a_seeded_database_and_a_fresh_process_agrees() -> None:
-    """Seed the benchmark's project at revision 0010 (before the aggregates), upgrade: the backfill's aggregates
-    equal the rows in a newly started process; a bulk load at head (triggers off) is repaired by dashboard_rebuild()."""
+    """Seed the benchmark's project, go back to revision 0010 (before the aggregates), upgrade: the backfill's
+    aggregates equal the rows in a newly started process; a bulk load at head (triggers off) is repaired by
+    dashboard_rebuild(). (Seeded at head and downgraded: today's tables cannot write into a revision-0010 schema.)"""
     from bench.review_scale import seed
 
     name = f"maskloop_dash_aggregates_{os.getpid()}"
     url = create_pg_database(name)
     try:
-        migrate.upgrade(url, "0010")
+        migrate.upgrade(url)
         seeded = seed(url, 80)
+        migrate.downgrade(url, "0010")
         migrate.upgrade(url)
         _agrees_with_fresh_process(url, seeded.project_id)
         # A second bulk load with triggers off, on top: the aggregates lag until dashboard_rebuild() runs.
@@ -397,7 +399,7 @@ def test_sqlite_upgrade_backfills_existing_rows(tmp_path: Path) -> None:
     from backend.auth import service as auth
 
     url = f"sqlite:///{tmp_path / 'embedded.db'}"
-    migrate.upgrade(url, "0010")
+    migrate.upgrade(url)  # rows written with today's tables, then the schema taken back to before the aggregates
     engine = make_engine(url)
     rng = random.Random(5)
     try:
@@ -413,6 +415,8 @@ def test_sqlite_upgrade_backfills_existing_rows(tmp_path: Path) -> None:
                 )
             db.commit()
             project_id = project.id
+        engine.dispose()
+        migrate.downgrade(url, "0010")
         migrate.upgrade(url)
         with Session(engine) as db:
             upgraded = db.get(Project, project_id)

@@ -104,14 +104,22 @@ def test_demo_data_and_serve_on_the_embedded_default(demo_server: tuple[str, Pat
         if jobs and all(j["status"] in ("succeeded", "failed", "cancelled") for j in jobs):
             break
         time.sleep(1)
-    assert len(jobs) == 4, jobs  # 2 scans x (classical-hu, phantom-unet)
+    assert len([j for j in jobs if j["kind"] == "preannotate"]) == 4, jobs  # 2 scans x (classical-hu, phantom-unet)
     assert all(j["status"] == "succeeded" for j in jobs), [(j["status"], j["error"]) for j in jobs]
+    # Then one attention job per scan (each waited for its scan's pre-annotations): the overlay works at once.
+    assert sorted(j["scan_id"] for j in jobs if j["kind"] == "attention") == sorted(s["id"] for s in page["items"])
+    overlay = httpx.get(f"{base}/api/scans/{scan['id']}/attention/liver", headers=headers)
+    assert overlay.status_code == 200, overlay.text
     versions = httpx.get(f"{base}/api/scans/{scan['id']}/versions", headers=headers).json()
     model_versions = [v for v in versions if v["kind"] == "model"]
     assert len(model_versions) == 2
     assert all(v["author"]["model_version_id"] is not None for v in model_versions)
     # The trained phantom model finds the liver where the ground truth has it.
-    unet = next(j for j in jobs if j["params"]["model"] == "phantom-unet" and j["scan_id"] == scan["id"])
+    unet = next(
+        j
+        for j in jobs
+        if j["kind"] == "preannotate" and j["params"]["model"] == "phantom-unet" and j["scan_id"] == scan["id"]
+    )
     diff = httpx.get(
         f"{base}/api/versions/{unet['result']['label_version_id']}/diff",
         params={"against": scan["head_version_id"]},

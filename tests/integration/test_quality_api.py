@@ -74,8 +74,15 @@ def test_import_runs_qa_and_findings_can_be_resolved(
 ) -> None:
     scan_id, version_id = labelled["scan"]["id"], labelled["version"]["id"]
     findings = client.get(f"/api/scans/{scan_id}/findings", headers=world.headers["viewer"]).json()
+    # The phantom has 17 of the 28 PanTS structures; by default the project expects only what it has labelled.
+    assert not any(f["rule"] == "structure_missing" for f in findings)
+    # A project that expects the whole PanTS set: the 11 never given are missing.
+    names = [s.name for s in world.project.label_schema.structures]
+    expect_all = {"workflow": {"qa": {"expected_structures": names}}}
+    changed = client.patch(f"/api/projects/{world.project.id}/settings", headers=world.headers["lead"], json=expect_all)
+    assert changed.status_code == 200, changed.text
+    findings = client.post(f"/api/scans/{scan_id}/qa", headers=world.headers["lead"]).json()
     rules = {(f["rule"], f["structure"]) for f in findings}
-    # The phantom has 17 of the 28 PanTS structures: the others were never given, so they are missing.
     missing = {s for r, s in rules if r == "structure_missing"}
     assert len(missing) == 11 and "femur_left" in missing and "liver" not in missing
     assert all(f["version_id"] == version_id and f["status"] == "open" for f in findings)

@@ -6,7 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from backend.models import Job, TrainingRound
+from backend.core.config import Settings
+from backend.models import Job, ModelVersion, TrainingRound
 from backend.registry import service as registry
 from tests.conftest import World
 from tests.factories import small_phantom, upload_masks, upload_scan
@@ -20,6 +21,27 @@ def no_broker(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, str]]:
 
     monkeypatch.setattr(queue, "send", lambda name, job_id, q, attempt=0: sent.append((name, job_id, q)) or "t")
     return sent
+
+
+@pytest.fixture(autouse=True)
+def no_wait(settings: Settings) -> None:
+    """No worker checks uploaded weights here: an upload answers 'pending' at once."""
+    settings.weights_check_wait_s = 0.0
+
+
+def _checked_upload(client: TestClient, world: World, db: Session, model_id: int, content: bytes = b"w") -> dict:
+    """Upload weights and record the check's verdict 'valid', as the worker writes it (the worker tests check real
+    weights): the version can then be promoted."""
+    response = client.post(
+        f"/api/models/{model_id}/versions",
+        headers=world.headers["lead"],
+        files={"weights": ("w.pt", content, "application/octet-stream")},
+    )
+    assert response.status_code == 201 and response.json()["weights_status"] == "pending", response.text
+    version = db.get(ModelVersion, response.json()["id"])
+    assert version is not None
+    registry.record_weights_check(db, version, valid=True, reason="checked", job_id=None, seconds=0.0)
+    return {**response.json(), "weights_status": "valid"}
 
 
 def _create(client: TestClient, world: World, **body: object) -> dict:
@@ -76,23 +98,13 @@ def test_weight_versions_are_hashed_and_promotion_needs_a_heldout_win(
 ) -> None:
     model = _create(client, world, name="seg", architecture="unet", structures=["liver"])
     lead = world.headers["lead"]
-    upload = client.post(
-        f"/api/models/{model['id']}/versions",
-        headers=lead,
-        files={"weights": ("w.pt", b"weights-one", "application/octet-stream")},
-    )
-    assert upload.status_code == 201
-    first = upload.json()
+    first = _checked_upload(client, world, db, model["id"], b"weights-one")
     assert first["number"] == 1 and len(first["weights_digest"]) == 64 and first["weights_bytes"] == 11
     assert client.post(f"/api/model-versions/{first['id']}/promote", headers=lead).status_code == 200
-    second = client.post(
-        f"/api/models/{model['id']}/versions",
-        headers=lead,
-        files={"weights": ("w.pt", b"weights-two", "application/octet-stream")},
-    ).json()
+    second = _checked_upload(client, world, db, model["id"], b"weights-two")
     refused = client.post(f"/api/model-versions/{second['id']}/promote", headers=lead)
     assert refused.status_code == 409 and "held-out" in refused.json()["detail"]
-    # A training round that compared both on one held-out set decides.
+    # A training round that compared both on one held-out set (of at least 5 scans) decides.
     for new, old, expected in ((0.60, 0.70, 409), (0.80, 0.70, 200)):
         db.query(TrainingRound).delete()
         db.add(
@@ -100,10 +112,10 @@ def test_weight_versions_are_hashed_and_promotion_needs_a_heldout_win(
                 model_id=model["id"],
                 new_model_version_id=second["id"],
                 previous_model_version_id=first["id"],
-                train_versions=3,
-                heldout_versions=1,
-                heldout_new={"mean_dice": new},
-                heldout_previous={"mean_dice": old},
+                train_versions=15,
+                heldout_versions=5,
+                heldout_new={"mean_dice": new, "per_structure": {"liver": new}},
+                heldout_previous={"mean_dice": old, "per_structure": {"liver": old}},
             )
         )
         db.flush()
@@ -125,12 +137,9 @@ def test_preannotate_targets_one_filtered_or_all_scans(
     url = f"/api/projects/{world.project.id}/preannotate"
     no_version = client.post(url, headers=lead, json={"model": "seg", "all": True})
     assert no_version.status_code == 422 and "promoted" in no_version.json()["detail"]
-    version = client.post(
-        f"/api/models/{model['id']}/versions",
-        headers=lead,
-        files={"weights": ("w.pt", b"w", "application/octet-stream")},
-    ).json()
+    version = _checked_upload(client, world, db, model["id"])
     client.post(f"/api/model-versions/{version['id']}/promote", headers=lead)
+    no_broker.clear()  # the weights check's message
     one = client.post(url, headers=lead, json={"model": "seg", "scan_ids": [ids[0]]}).json()
     site_b = client.post(url, headers=lead, json={"model": "seg", "filter": {"site": "B"}}).json()
     everything = client.post(url, headers=lead, json={"model": "seg", "all": True}).json()
@@ -167,7 +176,7 @@ def test_training_request_checks_its_versions(client: TestClient, world: World) 
     )
     same_scan = client.post(url, headers=lead, json={"label_version_ids": [version["id"], second["id"]]})
     assert same_scan.status_code == 422
-    assert "two versions of scan" in same_scan.json()["detail"]
+    assert "are not approved" in same_scan.json()["detail"]  # training takes approved versions only
     classical = _create(client, world, name="hu", architecture="classical", structures=["liver"])
     url_classical = f"/api/projects/{world.project.id}/models/{classical['id']}/train"
     assert client.post(url_classical, headers=lead, json={"label_version_ids": [1, 2]}).status_code == 422
@@ -212,12 +221,9 @@ def test_preannotation_skips_approved_scans_and_refuses_a_single_approved_one(
     db.add(task)
     db.flush()
     model = _create(client, world, name="seg", architecture="unet", structures=["liver"])
-    version = client.post(
-        f"/api/models/{model['id']}/versions",
-        headers=lead,
-        files={"weights": ("w.pt", b"w", "application/octet-stream")},
-    ).json()
+    version = _checked_upload(client, world, db, model["id"])
     client.post(f"/api/model-versions/{version['id']}/promote", headers=lead)
+    no_broker.clear()  # the weights check's message
     url = f"/api/projects/{world.project.id}/preannotate"
 
     # The whole project: one job (the open scan), the approved scan skipped and counted in the headers.

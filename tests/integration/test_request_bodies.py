@@ -401,7 +401,7 @@ def test_every_multipart_route_gets_the_upload_limit(client: TestClient, setting
         for method, operation in operations.items()
         if "multipart/form-data" in operation.get("requestBody", {}).get("content", {})
     ]
-    assert len(multipart) == 7  # scans, DICOM, versions (3), model weights, editor operations
+    assert len(multipart) == 8  # scans, DICOM, versions (3), model weights, editor operations, DICOM SEG import
     for method, path in multipart:
         assert policy.limit_for(method, path).max_bytes == settings.max_upload_bytes + MIB, path
     assert policy.limit_for("PUT", "/api/scans/7/draft").max_bytes == MAX_DRAFT_BYTES

@@ -125,9 +125,16 @@ def test_training_defaults_to_the_approved_versions(
     assert job is not None
     assert job.params["label_version_ids"] == [v for _, v in labelled[:3]]
     assert job.params["versions"] == "approved" and job.params["epochs"] == 2
-    explicit = client.post(url, headers=world.headers["lead"], json={"label_version_ids": [v for _, v in labelled[2:]]})
+    explicit = client.post(
+        url, headers=world.headers["lead"], json={"label_version_ids": [v for _, v in labelled[1:3]]}
+    )
     assert explicit.status_code == 201
     assert db.get(Job, explicit.json()["id"]).params["versions"] == "given"  # type: ignore[union-attr]
+    # Only approved versions train: the unapproved last one is refused, named.
+    unapproved = client.post(
+        url, headers=world.headers["lead"], json={"label_version_ids": [v for _, v in labelled[2:]]}
+    )
+    assert unapproved.status_code == 422 and str(labelled[3][1]) in unapproved.json()["detail"]
 
 
 def test_on_scan_approved_launches_training_every_n_approvals(

@@ -316,6 +316,7 @@ def test_training_on_phantoms_beats_a_floor_and_a_worse_model_is_not_promoted(st
         scan_id = _scan_from(stack, f"train-{seed}", phantom)
         masks = {name: phantom.masks[name] for name in ("liver", "spleen")}
         version_ids.append(upload_masks(stack.client, stack.headers["lead"], scan_id, masks, phantom.affine)["id"])
+        _approve(stack, scan_id, version_ids[-1])  # training takes approved versions only
     model = _model(
         stack,
         "trainable",
@@ -354,6 +355,19 @@ def test_training_on_phantoms_beats_a_floor_and_a_worse_model_is_not_promoted(st
     rounds = stack.client.get(f"/api/models/{model['id']}/rounds", headers=stack.headers["viewer"]).json()
     assert len(rounds) == 2 and rounds[1]["previous_model_version_id"] == new_id
     assert rounds[0]["train_versions"] == 3 and rounds[0]["heldout_versions"] == 1
+
+
+def _approve(stack: Stack, scan_id: int, version_id: int) -> None:
+    """Mark a scan approved the way the review workflow leaves it (the row set directly)."""
+    from datetime import UTC, datetime
+
+    from backend.models import ScanTask
+
+    with stack.factory() as db:
+        task = db.get(ScanTask, scan_id) or ScanTask(scan_id=scan_id, project_id=stack.project.id)
+        task.state, task.approved_version_id, task.approved_at = "approved", version_id, datetime.now(UTC)
+        db.add(task)
+        db.commit()
 
 
 def _scan_from(stack: Stack, case_id: str, phantom: Any) -> int:

@@ -406,6 +406,9 @@ def test_model_version_pre_annotates_and_never_overwrites_an_approved_scan(
 
 
 def test_submit_runs_the_qa_rules_on_the_submitted_version(client: TestClient, world: World, db: Session) -> None:
+    # The project expects a spleen (by default it expects only what it has labelled: here the liver).
+    expected = {"workflow": {"qa": {"expected_structures": ["liver", "spleen"]}}}
+    ok(client.patch(f"/api/projects/{world.project.id}/settings", headers=world.headers["lead"], json=expected))
     scan_id = scan_with_version(client, world, "qa")
     annotator = world.headers["annotator"]
     version = ok(save(client, annotator, scan_id, head(client, world, scan_id)), 201)["id"]

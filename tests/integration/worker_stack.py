@@ -174,6 +174,8 @@ def build_stack(tmp: Path, *, embedded: bool = False) -> Iterator[Stack]:
     os.environ.update({key: env[key] for key in ENV_KEYS})
     _clear_caches()
     settings = get_settings()
+    # A weights upload waits for its check; the stack's worker may still be booting (its first claim takes long).
+    settings.weights_check_wait_s = settings.weights_check_claim_wait_s = 180.0
     engine = make_engine(url)
     factory = sessionmaker(bind=engine, expire_on_commit=False)
     blobs = LocalBlobStore(tmp / "blobs")

@@ -218,17 +218,69 @@ def test_abdominal_slice_series_matches_sitk(tmp_path: Path) -> None:
 
 def test_abdominal_single_slice_matches_sitk(tmp_path: Path) -> None:
     path = tmp_path / "one.dcm"
-    _uncompressed_explicit_vr_un().save_as(path, enforce_file_format=True)
+    ds = _uncompressed_explicit_vr_un()
+    ds.SliceThickness = "2.5"
+    ds.save_as(path, enforce_file_format=True)
     vol = load_dicom_series([path])
     ref_affine, ref_data = sitk_reference(tmp_path)
     np.testing.assert_array_equal(vol.data, ref_data)
-    # In-plane columns and origin agree; the third column is a convention for one slice.
+    # In-plane columns and origin agree; one slice is as deep as its SliceThickness, along the normal (feet).
     np.testing.assert_allclose(vol.geometry.affine[:, [0, 1, 3]], ref_affine[:, [0, 1, 3]], atol=1e-6)
-    np.testing.assert_allclose(vol.geometry.affine[:3, 2], [0.0, 0.0, -0.859375], atol=1e-6)
+    np.testing.assert_allclose(vol.geometry.affine[:3, 2], [0.0, 0.0, -2.5], atol=1e-6)
+
+
+def test_single_slice_without_thickness_or_spacing_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """Issue 17: the z spacing of a lone slice was silently the pixel spacing; now the file is named and refused."""
+    ds = _ct_small()
+    del ds.SliceThickness
+    del ds.SpacingBetweenSlices
+    path = tmp_path / "lonely_slice.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(InvalidInput, match=r"lonely_slice\.dcm: a single slice needs SliceThickness or SpacingBetween"):
+        load_dicom_series([path])
+    # A series takes its spacing from the slice positions: no thickness needed there.
+    write_series(tmp_path / "series", ds, n=3, gap=2.0)
+    assert load_dicom_series(tmp_path / "series").geometry.spacing[2] == pytest.approx(2.0)
+
+
+def test_single_slice_spacing_between_slices_comes_first(tmp_path: Path) -> None:
+    ds = _ct_small()
+    ds.SpacingBetweenSlices = "3.0"
+    path = tmp_path / "one.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    vol = load_dicom_series([path])
+    assert vol.geometry.spacing[2] == pytest.approx(3.0)
+    assert vol.slice_thickness == 5.0
+    del ds.SpacingBetweenSlices
+    ds.save_as(path, enforce_file_format=True)
+    assert load_dicom_series([path]).geometry.spacing[2] == pytest.approx(5.0)
+
+
+def test_series_keeps_its_source_identifiers_in_slice_order(tmp_path: Path) -> None:
+    paths = write_series(tmp_path, _ct_small(), n=4, gap=2.0, series_uid="1.2.3.4", seed=5)
+    vol = load_dicom_series(tmp_path)
+    by_position = sorted((float(pydicom.dcmread(p).ImagePositionPatient[2]), p) for p in paths)
+    assert vol.series_uid == "1.2.3.4"
+    assert vol.study_uid == str(_ct_small().StudyInstanceUID)
+    assert vol.instance_uids == tuple(str(pydicom.dcmread(p).SOPInstanceUID) for _, p in by_position)
+
+
+def test_seg_in_a_series_points_to_the_label_import(tmp_path: Path) -> None:
+    paths = write_series(tmp_path, _ct_small(), n=2, gap=1.0)
+    ds = pydicom.dcmread(paths[0])
+    ds.Modality = "SEG"
+    ds.save_as(paths[0])
+    with pytest.raises(InvalidInput, match="SEG object is not an image slice; import it as a label version"):
+        load_dicom_series(tmp_path)
 
 
 def test_compressed_original_decodes_or_explains(tmp_path: Path) -> None:
-    path = Path(_explicit_vr_un_path())
+    original = Path(_explicit_vr_un_path())
+    # The original lacks SliceThickness, which a lone slice needs: the same compressed file with one.
+    ds = pydicom.dcmread(original)
+    ds.SliceThickness = "1.0"
+    path = tmp_path / original.name
+    ds.save_as(path, enforce_file_format=True)
     try:
         vol = load_dicom_series([path])
     except InvalidInput as exc:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from backend.core.blobstore import BlobStore, get_blob_store
 from backend.core.db import session_scope
 from backend.core.errors import InvalidInput
 from backend.imaging import softmaps
 from backend.jobs import service as jobs
+from backend.models import Job
 from backend.projects import service as projects
 from backend.registry import service as registry
 from backend.scans import service as scans
@@ -22,6 +26,21 @@ from worker.pipelines import common
 def run(job_id: int) -> None:
     """Compute and store the attention maps of one scan."""
     common.run_claimed(job_id, _run)
+
+
+def _pending_preannotations(db: Session, scan_id: int, before: datetime) -> list[int]:
+    """The scan's pre-annotation jobs launched before this attention job and still queued or running."""
+    rows = db.scalars(
+        select(Job.id)
+        .where(
+            Job.scan_id == scan_id,
+            Job.kind == "preannotate",
+            Job.status.in_(jobs.ACTIVE),
+            Job.created_at <= before,
+        )
+        .order_by(Job.id)
+    )
+    return [int(i) for i in rows]
 
 
 def _load_map(blobs: BlobStore, entry: dict[str, Any]) -> np.ndarray:
@@ -37,6 +56,11 @@ def _run(claimed: common.Claimed) -> None:
         if job.scan_id is None:
             raise InvalidInput("the scan of this job was deleted")
         scan = scans.get_scan(db, job.scan_id)
+        waiting = _pending_preannotations(db, scan.id, job.created_at)
+        if waiting:
+            # Launched together with the pre-annotations (the demo, `maskloop attention` right after
+            # `maskloop preannotate`): wait for them rather than compute over the predictions that exist so far.
+            raise common.Deferred(f"waiting for the pre-annotation jobs {waiting} of {scan.case_id}")
         wanted = job.params.get("model_version_ids") or None
         predictions = registry.latest_predictions(db, scan.id, wanted)
         if len(predictions) < 2:

@@ -39,6 +39,16 @@ class JobAbandoned(Exception):
     """The job was cancelled or taken over by another worker; stop without writing anything."""
 
 
+class Deferred(Exception):
+    """The job must wait for other work (e.g. attention for the scan's pre-annotations): it goes back to the queue
+    and its message is delivered again in retry_in_s seconds, without counting as a retry or an attempt."""
+
+    def __init__(self, reason: str, retry_in_s: float = 5.0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_in_s = retry_in_s
+
+
 class JobBusy(Exception):
     """Another worker holds the job with a fresh heartbeat: deliver this message again in retry_in_s seconds."""
 
@@ -237,15 +247,18 @@ def finish_with_error(claimed: Claimed, error: BaseException) -> None:
         jobs.fail(db, claimed.job_id, message)
 
 
-def release(claimed: Claimed) -> None:
-    """Hand a job back to the queue before a retry (a transient failure is not the job's fault)."""
+def release(claimed: Claimed, *, message: str = "retrying after a transient error", count_attempt: bool = True) -> None:
+    """Hand a job back to the queue before a retry (a transient failure is not the job's fault); a deferred job's
+    claim is not counted as an attempt."""
     with session_scope() as db:
         job = jobs.get_job(db, claimed.job_id)
         if job.status == "running" and job.worker == claimed.worker:
             job.status = "queued"
             job.worker = None
-            job.message = "retrying after a transient error"
+            job.message = message[:500]
             job.sent_at = datetime.now(UTC)  # the retry's message is on its way
+            if not count_attempt:
+                job.attempts = max(0, job.attempts - 1)
 
 
 def _busy(job_id: int) -> None:
@@ -281,6 +294,9 @@ def run_claimed(job_id: int, body: Callable[[Claimed], None]) -> None:
     except TransientError:
         release(claimed)
         raise
+    except Deferred as wait:
+        release(claimed, message=wait.reason, count_attempt=False)
+        raise JobBusy(job_id, wait.retry_in_s) from None
     except JobAbandoned as exc:
         finish_with_error(claimed, exc)
     except Exception as exc:

@@ -1,4 +1,9 @@
-"""Training: fine-tune a model on label versions with a held-out split; promote only if it beats the old one."""
+"""Training: fine-tune a model on approved label versions with a held-out split; promote only through the gate.
+
+The versions are checked again when the job runs (a scan may have been reopened since the launch): only each
+scan's approved version trains. The round records the promotion gate (held-out size, each structure's old/new Dice
+against the project's margin, the means); under the auto policy a candidate that passes it is promoted.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from worker.models.training import (
     save_weights,
     train,
 )
-from worker.pipelines import common
+from worker.pipelines import common, interactive_training
 from worker.pipelines.predictors import ModelSpec, predict, spec_of
 
 
@@ -81,6 +86,25 @@ def _items(db: Session, version_ids: list[int], structures: tuple[str, ...]) -> 
     return out
 
 
+def _clicked_items(
+    db: Session, version_ids: list[int], structures: tuple[str, ...]
+) -> list[interactive_training.InteractiveItem]:
+    """A click-guided model learns from whatever structures a version holds (a missing one is not drawn)."""
+    out = []
+    for version_id in version_ids:
+        version = labels.get_version(db, version_id)
+        scan = scans.get_scan(db, version.scan_id)
+        manifests = {}
+        for name in structures:
+            _structure, entry = labels.structure_entry(db, version, name)
+            if entry.status == "present" and entry.manifest_digest is not None:
+                manifests[name] = entry.manifest_digest
+        if not manifests:
+            raise InvalidInput(f"label version {version_id} ({scan.case_id}) holds none of the model's structures")
+        out.append(interactive_training.InteractiveItem(version_id, scan.case_id, scan.image_digest, manifests))
+    return out
+
+
 def _sample(blobs: BlobStore, item: _Item) -> TrainingSample:
     loaded = nifti.load_nifti_bytes(blobs.get_bytes(item.image_digest), f"{item.case_id}.nii.gz")
     masks = []
@@ -110,7 +134,8 @@ def _human_revised(db: Session, version: LabelVersion) -> bool:
 
 
 def _ai_vs_final(db: Session, blobs: BlobStore, previous_id: int | None, version_ids: list[int]) -> dict[str, float]:
-    """Mean Dice per structure between the previous model's prediction and the final label version."""
+    """Mean Dice per structure between the previous model's prediction and the final label version (only the
+    structures the prediction predicted, not those its label version inherited from its parent)."""
     if previous_id is None:
         return {}
     scores: dict[str, list[float]] = {}
@@ -120,21 +145,29 @@ def _ai_vs_final(db: Session, blobs: BlobStore, previous_id: int | None, version
         if not drafts:
             continue
         draft = labels.get_version(db, drafts[0].label_version_id)
+        predicted = set(registry.predicted_structures(db, draft) or [])
         for row in labels.diff_versions(db, blobs, draft, final):
-            if row.dice is not None and row.structure in drafts[0].maps:
+            if row.dice is not None and row.structure in predicted:
                 scores.setdefault(row.structure, []).append(row.dice)
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
 
-def _decide(db: Session, policy: str, version: ModelVersion, actor_user_id: int | None) -> tuple[bool, str]:
-    """Promote a freshly trained version only under the auto policy and when it passes the promotion check."""
-    allowed, reason = registry.promotion_check(db, version)
-    if not allowed:
-        return False, f"not promoted: {reason}"
+def _cut(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _decide(
+    db: Session, policy: str, version: ModelVersion, actor_user_id: int | None
+) -> tuple[bool, str, dict[str, object]]:
+    """Promote a freshly trained version only under the auto policy and when it passes the promotion gate;
+    returns (promoted, the decision line, the gate as evaluated)."""
+    check = registry.promotion_check(db, version)
+    if not check.allowed:
+        return False, _cut(f"not promoted: {check.reason}"), check.gate
     if policy != "auto":
-        return False, f"not promoted (manual policy; a lead may promote it): {reason}"
-    registry.promote(db, version, actor_user_id)
-    return True, f"promoted automatically (auto policy): {reason}"
+        return False, _cut(f"not promoted (manual policy; a lead may promote it): {check.reason}"), check.gate
+    registry.promote(db, version, actor_user_id, reason=f"auto policy: {check.reason}")
+    return True, _cut(f"promoted automatically (auto policy): {check.reason}"), check.gate
 
 
 def _run(claimed: common.Claimed) -> None:
@@ -148,15 +181,50 @@ def _run(claimed: common.Claimed) -> None:
             return
         params = job.params
         model = registry.get_model(db, int(params["model_id"]))
+        # Launched on approved versions; one that is no longer its scan's approved version fails the job, named.
+        registry.check_training_versions(db, model.project_id, list(params["label_version_ids"]))
         previous = registry.get_model_version(db, job.model_version_id) if job.model_version_id else None
         structures = tuple(model.structures)
         train_ids, val_ids = split_heldout(
             list(params["label_version_ids"]), float(params["heldout_fraction"]), int(params.get("seed", 0))
         )
-        train_items, val_items = _items(db, train_ids, structures), _items(db, val_ids, structures)
-        new_spec_base = spec_of(model, previous) if previous else None
         architecture, config, prep = model.architecture, dict(model.config), dict(model.preprocessing)
+        if architecture == interactive_training.ARCHITECTURE:
+            clicks = (_clicked_items(db, train_ids, structures), _clicked_items(db, val_ids, structures))
+        else:
+            train_items, val_items = _items(db, train_ids, structures), _items(db, val_ids, structures)
+        new_spec_base = spec_of(model, previous) if previous else None
+        previous_digest = previous.weights_digest if previous is not None else None
         model_id = model.id
+    if architecture == interactive_training.ARCHITECTURE:
+        # A click-guided model: trained with the simulated clicker and measured by Dice after three clicks.
+        initial = previous_digest if params.get("init", "promoted") == "promoted" else None
+        outcome = interactive_training.train_and_measure(
+            blobs,
+            config=config,
+            structures=structures,
+            train_items=clicks[0],
+            val_items=clicks[1],
+            initial=blobs.get_bytes(initial) if initial else None,
+            previous_weights=blobs.get_bytes(previous_digest) if previous_digest else None,
+            epochs=int(params["epochs"]),
+            seed=int(params.get("seed", 0)),
+            progress=lambda percent, message: reporter.update(percent, message),
+            should_stop=reporter.should_stop,
+        )
+        _record(
+            claimed,
+            blobs,
+            model_id,
+            previous,
+            train_ids,
+            val_ids,
+            outcome.weights,
+            outcome.heldout_new,
+            outcome.heldout_previous,
+            int(params["epochs"]),
+        )
+        return
     reporter.update(2, f"loading {len(train_items) + len(val_items)} scans", force=True)
     train_samples = [_sample(blobs, item) for item in train_items]
     val_samples = [_sample(blobs, item) for item in val_items]
@@ -181,7 +249,33 @@ def _run(claimed: common.Claimed) -> None:
     }
     reporter.update(88, "evaluating the promoted version on the same held-out scans", force=True)
     heldout_previous = _heldout_metrics(new_spec_base, blobs, val_samples, structures) if new_spec_base else {}
-    weights = save_weights(network)
+    _record(
+        claimed,
+        blobs,
+        model_id,
+        previous,
+        train_ids,
+        val_ids,
+        save_weights(network),
+        heldout_new,
+        heldout_previous,
+        result.epochs_run,
+    )
+
+
+def _record(
+    claimed: common.Claimed,
+    blobs: BlobStore,
+    model_id: int,
+    previous: ModelVersion | None,
+    train_ids: list[int],
+    val_ids: list[int],
+    weights: bytes,
+    heldout_new: dict[str, object],
+    heldout_previous: dict[str, object],
+    epochs_run: int,
+) -> None:
+    """Store the new version, the training round and the gate's decision; finish the job."""
     with session_scope() as db:
         job = common.owned_job(db, claimed)
         model = registry.get_model(db, model_id)
@@ -195,7 +289,7 @@ def _run(claimed: common.Claimed) -> None:
                 "job_id": job.id,
                 "train_label_version_ids": train_ids,
                 "heldout_label_version_ids": val_ids,
-                "epochs": result.epochs_run,
+                "epochs": epochs_run,
                 "base_model_version_id": previous.id if previous else None,
             },
             validation=heldout_new,
@@ -214,7 +308,7 @@ def _run(claimed: common.Claimed) -> None:
             heldout_new=heldout_new,
             heldout_previous=heldout_previous,
         )
-        round_.promoted, round_.decision = _decide(db, model.promotion_policy, new_version, job.created_by)
+        round_.promoted, round_.decision, round_.gate = _decide(db, model.promotion_policy, new_version, job.created_by)
         jobs.succeed(
             db,
             job,
@@ -225,6 +319,7 @@ def _run(claimed: common.Claimed) -> None:
                 "heldout_previous": heldout_previous,
                 "promoted": round_.promoted,
                 "decision": round_.decision,
+                "gate": round_.gate,
             },
             message=round_.decision,
         )

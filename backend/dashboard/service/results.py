@@ -234,13 +234,25 @@ class RoundDice:
 
 
 @dataclass(frozen=True)
+class VersionDice:
+    """A model version's drafts against the approved versions, recorded at each approval (AI-vs-final Dice)."""
+
+    model_version_id: int
+    number: int
+    scans: int
+    ai_vs_final_dice: dict[str, float]
+    ai_vs_final_mean: float | None
+
+
+@dataclass(frozen=True)
 class ModelRounds:
-    """A model of the project and its training rounds, oldest first."""
+    """A model of the project, its training rounds, oldest first, and its versions' AI-vs-final Dice at approval."""
 
     model_id: int
     name: str
     architecture: str
     rounds: list[RoundDice]
+    versions: list[VersionDice]
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ class StructureInfo:
     color: str
     group: str
     inside: str | None
+    code: dict[str, Any] | None = None  # the schema's DICOM SEG code (None: coded by name)
 
 
 @dataclass
@@ -117,7 +118,7 @@ def plan_export(db: Session, project: Project, params: dict[str, Any], *, seed: 
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown export format {fmt!r}")
     spec = VersionSpec.parse(str(params["version"]))
-    schema = projects.structures_of(db, project.id)
+    schema = projects.structures_of(db, project.id, with_codes=True)
     names = requested_structures(db, project, params.get("structures"))
     selected: list[Structure] = [s for s in schema if s.name in set(names)]
     order = [s.name for s in labels.default_paint_order(selected)]
@@ -130,7 +131,7 @@ def plan_export(db: Session, project: Project, params: dict[str, Any], *, seed: 
         format=fmt,
         version=str(spec),
         project_slug=project.slug,
-        structures=[StructureInfo(s.name, s.label_value, s.color, s.group, s.inside) for s in selected],
+        structures=[StructureInfo(s.name, s.label_value, s.color, s.group, s.inside, s.code) for s in selected],
         paint_order=order,
         cases=[],
         nnunet_labels=str(params.get("nnunet_labels", "paint-order")),

@@ -254,7 +254,7 @@ def _write_dicom_case(
     files = dicom_seg.write_datasets(series, root / case.case_id / "CT")
     infos = {s.name: s for s in plan.structures}
     segments = [
-        (dicom_seg.SegmentSpec(name, infos[name].color, infos[name].group == "lesion"), mask)
+        (dicom_seg.SegmentSpec(name, infos[name].color, infos[name].group == "lesion", infos[name].code), mask)
         for name, mask in masks.items()
         if mask is not None
     ]

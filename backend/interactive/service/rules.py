@@ -30,11 +30,12 @@ from backend.registry import service as registry
 from backend.workflow.service.tasks import approved_error, lease_held_error, lease_live
 
 # The architecture name of click-guided models (worker.models.interactive.ARCHITECTURE; a test keeps them equal),
-# described once in the shared catalogue (backend.core.inference_rules): weights needed, not trainable by jobs yet.
+# described once in the shared catalogue (backend.core.inference_rules): weights needed, fine-tuned by training jobs.
 INTERACTIVE_ARCHITECTURE = "interactive"
 INTERACTIVE_TRAITS = inference_rules.traits_of(INTERACTIVE_ARCHITECTURE)
-# What a bundled model is registered as (flows.interactive.register_bundled_model).
-DEFAULT_MODEL_NAME = "interactive"
+# What the bundled model is registered as (flows.demo, `maskloop register-model --bundled ai-refine`); preferred
+# when a project has several interactive models.
+DEFAULT_MODEL_NAME = "ai-refine"
 DEFAULT_MAX_CLICKS = 64  # worker.models.interactive.InteractiveConfig.max_clicks
 ANSWER_ENCODING = "bits+gzip"
 

@@ -37,6 +37,7 @@ def resolve_model_version(
         raise InvalidInput("name a model (its promoted version is used) or a model_version_id")
     if model.project_id != project_id:
         raise NotFound(f"model version {version.id} not found in this project")
+    registry.check_usable(version)  # weights refused (422) or still being checked (409) never run
     return model, version
 
 
@@ -93,6 +94,11 @@ def launch_preannotation(
     db: Session, project: Project, actor: User, *, model: Model, version: ModelVersion, scan_ids: Sequence[int]
 ) -> list[Job]:
     """One pre-annotation job per scan with the given model version; approved scans are skipped."""
+    if not registry.architecture_traits(model.architecture).preannotates:
+        raise InvalidInput(
+            f"model {model.name!r} is a {model.architecture} model: it refines a structure from clicks (AI refine, "
+            "MONAI Label infer with points) and does not pre-annotate; choose a segmentation model"
+        )
     targets, _ = preannotation_targets(db, project, scan_ids)
     return [
         create_job(
@@ -146,12 +152,7 @@ def attention_thresholds(project: Project) -> dict[str, float]:
 
 def approved_version_ids(db: Session, project_id: int) -> list[int]:
     """The approved label version of every approved scan of a project (``ScanTask.approved_version_id``)."""
-    rows = db.scalars(
-        select(ScanTask.approved_version_id)
-        .where(ScanTask.project_id == project_id, ScanTask.approved_version_id.is_not(None))
-        .order_by(ScanTask.scan_id)
-    )
-    return [int(v) for v in rows if v is not None]
+    return registry.approved_version_ids(db, project_id)
 
 
 def launch_training(
@@ -167,18 +168,13 @@ def launch_training(
     init: str = "promoted",
     trigger: str = "manual",
 ) -> Job:
-    """A training job on the given label versions, or (none given) on the project's approved versions."""
+    """A training job on the given approved label versions, or (None) on every approved version of the project."""
     if not registry.is_trainable(model.architecture):
         raise InvalidInput(f"a {model.architecture} model has no weights to train")
-    source = "given"
-    if not label_version_ids:
-        label_version_ids, source = approved_version_ids(db, project.id), "approved"
-        if not label_version_ids:
-            raise InvalidInput(
-                "no approved label versions in this project to train on; approve scans in review "
-                "or pass label_version_ids"
-            )
-    ids = list(dict.fromkeys(label_version_ids))
+    # Only approved versions train (a given one that is not its scan's approved version is refused, naming it); an
+    # empty selection is an error, not "all" (None: every approved version of the project).
+    source = "approved" if label_version_ids is None else "given"
+    ids = registry.check_training_versions(db, project.id, label_version_ids)
     if len(ids) < 2:
         raise InvalidInput("training needs at least two label versions (one is held out)")
     scans_seen: set[int] = set()

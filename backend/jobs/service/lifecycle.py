@@ -21,6 +21,8 @@ ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled")
 QUEUE_OF_KIND = {"preannotate": "gpu", "train": "gpu", "attention": "cpu", "import": "cpu", "export": "cpu"}
 QUEUE_OF_KIND["fuse"] = "cpu"
+# An uploaded weights file loaded into its network with one forward pass on a tiny input (registry uploads).
+QUEUE_OF_KIND["check_weights"] = "cpu"
 
 
 def _now() -> datetime:

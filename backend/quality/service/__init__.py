@@ -2,12 +2,19 @@
 
 One module per concern: `settings` (the effective quality settings; workflow's settings module validates
 them), `readers` (reader sets and submissions), `agreement` (pairwise agreement, adjudication), `blinding` (who
-may see whose reading), `fusion` (majority vote / STAPLE into a new head), `qa` (running the rules) and
-`findings` (reading and resolving what the rules found). The names below are the domain's public surface.
+may see whose reading), `fusion` (majority vote / STAPLE into a new head), `qa` (running the rules),
+`findings` (reading and resolving what the rules found) and `expected` (which structures QA expects). The names
+below are the domain's public surface.
 """
 
 from backend.quality.service.agreement import below_threshold, compute_agreement
 from backend.quality.service.blinding import BLINDED_STATUSES, hidden_version_ids, is_blinded, visible_member_version
+from backend.quality.service.expected import (
+    configured_expected_structures,
+    expected_structures,
+    labelled_structures,
+    resolve_expected_structures,
+)
 from backend.quality.service.findings import (
     case_ids,
     get_finding,
@@ -64,7 +71,9 @@ __all__ = [
     "check_fusion",
     "compute_agreement",
     "compute_fusion",
+    "configured_expected_structures",
     "create_reader_sets",
+    "expected_structures",
     "fuse",
     "fusion_inputs",
     "fusion_version_for_key",
@@ -73,6 +82,7 @@ __all__ = [
     "hidden_version_ids",
     "is_blinded",
     "is_lead",
+    "labelled_structures",
     "list_findings",
     "members_of",
     "plan_fusion",
@@ -81,6 +91,7 @@ __all__ = [
     "reader_sets_of_scan",
     "refresh_open_findings",
     "require_lead",
+    "resolve_expected_structures",
     "run_qa",
     "run_qa_head",
     "scan_task",

@@ -16,6 +16,7 @@ from backend.imaging.nifti import MaskValues
 from backend.labels import service as labels
 from backend.models import LabelVersion, LabelVersionStructure, Project, QAFinding, Scan, Structure, User
 from backend.projects import service as projects
+from backend.quality.service.expected import expected_structures
 from backend.quality.service.findings import refresh_open_findings
 from backend.quality.service.settings import qa_config
 
@@ -177,6 +178,10 @@ def run_qa(
     config = qa_config(project)
     # `volume`: the scan's CT already decoded by the caller (an import), so it is not decoded a second time.
     findings = qa_rules.run_rules(qa_input(db, blobs, scan, version, config, mask_values, volume), config)
+    if any(f.rule == "structure_missing" for f in findings):
+        # "Missing" matters only for a structure the project expects (backend.quality.service.expected).
+        expected = expected_structures(db, project)
+        findings = [f for f in findings if f.rule != "structure_missing" or f.structure in expected]
     by_name = _structure_ids(db, scan.project_id)
     replaced = delete(QAFinding).where(QAFinding.version_id == version.id, QAFinding.status == "open")
     if mask_values is None:

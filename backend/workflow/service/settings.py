@@ -26,7 +26,7 @@ _QA_NUMBER_KEYS = {
     "outside_parent_fraction": (0.0, 1.0),
     "non_contrast_max_hu": (-1024.0, 4000.0),
 }
-_QA_KEYS = {*_QA_NUMBER_KEYS, "expected_orientation", "contrast_min_hu", "disabled_rules"}
+_QA_KEYS = {*_QA_NUMBER_KEYS, "expected_orientation", "contrast_min_hu", "disabled_rules", "expected_structures"}
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,17 @@ def _validate_qa(value: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(phases, dict) or set(phases) - known:
             raise InvalidInput(f"qa.contrast_min_hu maps phases {sorted(known)} to HU")
         out["contrast_min_hu"] = {k: _number(v, f"qa.contrast_min_hu.{k}", -1024, 4000) for k, v in phases.items()}
+    if "expected_structures" in value:
+        # Structure names (the quality service resolves them against the schema); null: the default (see
+        # backend.quality.service.expected).
+        names = value["expected_structures"]
+        if names is not None and (
+            not isinstance(names, list)
+            or len(names) > 1000
+            or not all(isinstance(n, str) and 0 < len(n.strip()) <= 100 for n in names)
+        ):
+            raise InvalidInput("qa.expected_structures is a list of structure names, or null for the default")
+        out["expected_structures"] = None if names is None else list(dict.fromkeys(n.strip() for n in names))
     if "disabled_rules" in value:
         rules = value["disabled_rules"]
         if not isinstance(rules, list) or any(r not in qa_rules.RULES for r in rules):

@@ -431,9 +431,31 @@ export interface paths {
         put?: never;
         /**
          * Promote
-         * @description Promote a version; refused (409) unless it beat the promoted one on their shared held-out set.
+         * @description Promote a version: refused (409) unless its weights were checked and it passed the promotion gate against
+         *     the promoted one on their shared held-out set (enough held-out scans, no structure losing more than the
+         *     margin, the mean rising: project settings `promotion`). The decision is recorded.
          */
         post: operations["promote_api_model_versions__version_id__promote_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/model-versions/{version_id}/rollback": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rollback
+         * @description Make an earlier version of the model the promoted one again (leads), recorded as a decision with the reason.
+         */
+        post: operations["rollback_api_model_versions__version_id__rollback_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -462,6 +484,26 @@ export interface paths {
          * @description Change the promotion policy (manual, or auto: retrain after every N approvals and promote on a win).
          */
         patch: operations["update_model_api_models__model_id__patch"];
+        trace?: never;
+    };
+    "/api/models/{model_id}/decisions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Decisions
+         * @description The model's promotions and rollbacks, oldest first: who, from which version to which, why, and the gate.
+         */
+        get: operations["list_decisions_api_models__model_id__decisions_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/api/models/{model_id}/rounds": {
@@ -500,6 +542,10 @@ export interface paths {
         /**
          * Upload Version
          * @description Register externally trained weights as the model's next version (not promoted).
+         *
+         *     A worker first loads them into the model's network and runs one forward pass on a tiny input; the upload waits
+         *     for that check: refused weights answer 422 with the reason, checked ones 201 with weights_status 'valid'. When
+         *     no worker answers in time it is 201 with 'pending': the version cannot be promoted or used until it passes.
          */
         post: operations["upload_version_api_models__model_id__versions_post"];
         delete?: never;
@@ -1145,6 +1191,128 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/projects/{project_id}/pacs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Source
+         * @description The project's DICOMweb source (leads and admins); 404 when none is configured. The password is never
+         *     returned, only whether one is stored.
+         */
+        get: operations["get_source_api_projects__project_id__pacs_get"];
+        /**
+         * Put Source
+         * @description Set the project's DICOMweb source (leads and admins). The URL's host must be on the server's allow-list
+         *     (`MASKLOOP_PACS_ALLOWED_HOSTS`, set by the platform administrator): any other host is refused with **403** and
+         *     nothing is stored; a URL that is not http(s), or carries credentials, a query or a fragment, is **422**. The
+         *     password is stored encrypted (Fernet) and never returned.
+         */
+        put: operations["put_source_api_projects__project_id__pacs_put"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/projects/{project_id}/pacs/identities": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Identity Map
+         * @description The map of original to research identifiers of a de-identifying project (the project's leads only): each
+         *     patient id, study and series UID that de-identification replaced on intake, and its replacement.
+         */
+        get: operations["identity_map_api_projects__project_id__pacs_identities_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/projects/{project_id}/pacs/retrievals": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Retrieve
+         * @description Retrieve one series of a study into a scan over WADO-RS, as a `cpu` job with progress (leads and admins).
+         *
+         *     Without `series_uid` the choice rules pick the series; a study with no axial CT series is refused with **422**
+         *     listing each series and why, and nothing is queued. Series are deduplicated by SeriesInstanceUID: one already
+         *     in the project answers **200** with its scan, one being retrieved **200** with its job. The job decodes the
+         *     series with the DICOM loader (a missing slice fails it, naming the instance, and nothing is stored) and maps
+         *     site (InstitutionName), manufacturer, model, sex, age and contrast phase; the scan keeps the study and series
+         *     UIDs (research UIDs when the project de-identifies).
+         */
+        post: operations["retrieve_api_projects__project_id__pacs_retrievals_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/projects/{project_id}/pacs/studies": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Search Studies
+         * @description Search the project's PACS for studies over QIDO-RS (leads and admins): patient id or name, study date (or
+         *     range), modality in study (default CT), accession number, study description. Names and descriptions match
+         *     anywhere (spaces too match as wildcards) unless a `*`/`?` wildcard is given; the PACS decides the case
+         *     sensitivity (most match exactly). At most `MASKLOOP_PACS_SEARCH_LIMIT` studies. A PACS that cannot be reached
+         *     answers **504**; one that refuses the request or the credentials **422**.
+         */
+        get: operations["search_studies_api_projects__project_id__pacs_studies_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/projects/{project_id}/pacs/studies/{study_uid}/series": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Study Series
+         * @description The series of a study on the project's PACS with the choice rules' verdict (leads and admins): which may be
+         *     imported (axial CT volumes, no localizers), which one a retrieval without `series_uid` takes (the preferred
+         *     phase, then original images, thinnest slices, most slices), and the scan already holding each.
+         */
+        get: operations["study_series_api_projects__project_id__pacs_studies__study_uid__series_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/projects/{project_id}/preannotate": {
         parameters: {
             query?: never;
@@ -1177,7 +1345,8 @@ export interface paths {
         };
         /**
          * Priorities
-         * @description (scan, structure) pairs ranked by attention volume per slice: what a radiologist should revise first.
+         * @description (scan, structure) pairs ranked by attention volume per slice: what a radiologist should revise first
+         *     (approved scans are left out until reopened).
          */
         get: operations["priorities_api_projects__project_id__priorities_get"];
         put?: never;
@@ -1197,7 +1366,7 @@ export interface paths {
         };
         /**
          * Scan Priorities
-         * @description Scans ranked by their summed attention.
+         * @description Scans ranked by their summed attention (approved scans left out).
          */
         get: operations["scan_priorities_api_projects__project_id__priorities_scans_get"];
         put?: never;
@@ -1592,6 +1761,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/scans/{scan_id}/labels/dicom-seg": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Import Dicom Seg
+         * @description Import a DICOM SEG of this scan as an `import` version: segments by code or name, overlaps kept, QA-checked.
+         */
+        post: operations["import_dicom_seg_api_scans__scan_id__labels_dicom_seg_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/scans/{scan_id}/lease": {
         parameters: {
             query?: never;
@@ -1633,6 +1822,29 @@ export interface paths {
          *     `Server-Timing` header gives the time spent reading the boxes, computing and encoding (`op;dur=<ms>`).
          */
         post: operations["run_operation_api_scans__scan_id__operations_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/scans/{scan_id}/pacs/stow": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Stow
+         * @description Send a version of the scan (default: its approved version; **409** when it has none) to the project's PACS
+         *     as DICOM SEG over STOW-RS, as a `cpu` job (leads and admins). The SEG references the scan's source series
+         *     (its original UIDs when the scan came from DICOM; for a NIfTI scan, its CT is first stored as a series) and
+         *     holds one segment per non-empty structure, overlaps kept. The job's result names the SEG's UIDs.
+         */
+        post: operations["stow_api_scans__scan_id__pacs_stow_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3217,6 +3429,36 @@ export interface components {
             lo: number;
         };
         /**
+         * IdentityOut
+         * @description One original identifier of a de-identifying project and the research identifier that replaced it.
+         */
+        IdentityOut: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "patient" | "study" | "series";
+            /** Original */
+            original: string;
+            /** Research */
+            research: string;
+        };
+        /**
+         * IdentityPage
+         * @description A page of the project's identifier map.
+         */
+        IdentityPage: {
+            /** Items */
+            items: components["schemas"]["IdentityOut"][];
+            /** Total */
+            total: number;
+        };
+        /**
          * ImportCaseOut
          * @description One case of a run, as the report lists it.
          */
@@ -3809,6 +4051,43 @@ export interface components {
             structures: string[];
         };
         /**
+         * ModelDecisionOut
+         * @description A promotion or rollback: who, from which version to which, why, and the gate that allowed it.
+         */
+        ModelDecisionOut: {
+            /**
+             * Actor User Id
+             * @description null: the platform (auto policy, bundled model)
+             */
+            actor_user_id: number | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** From Version Id */
+            from_version_id: number | null;
+            /** Gate */
+            gate: {
+                [key: string]: unknown;
+            };
+            /** Id */
+            id: number;
+            /**
+             * Kind
+             * @description 'promote' or 'rollback'
+             */
+            kind: string;
+            /** Model Id */
+            model_id: number;
+            /** Reason */
+            reason: string;
+            /** To Version Id */
+            to_version_id: number | null;
+            /** Training Round Id */
+            training_round_id: number | null;
+        };
+        /**
          * ModelOut
          * @description A registered model with its promoted version.
          */
@@ -3848,7 +4127,7 @@ export interface components {
         };
         /**
          * ModelRounds
-         * @description A model of the project and its training rounds, oldest first.
+         * @description A model of the project, its training rounds, oldest first, and its versions' AI-vs-final Dice at approval.
          */
         ModelRounds: {
             /** Architecture */
@@ -3859,6 +4138,11 @@ export interface components {
             name: string;
             /** Rounds */
             rounds: components["schemas"]["RoundDice"][];
+            /**
+             * Versions
+             * @description one entry per version that pre-annotated an approved scan, oldest first; fills at every approval
+             */
+            versions: components["schemas"]["VersionDice"][];
         };
         /**
          * ModelRoundsOut
@@ -3908,8 +4192,20 @@ export interface components {
             };
             /** Weights Bytes */
             weights_bytes: number;
+            /**
+             * Weights Check
+             * @description the check's job_id, reason, checked_at and seconds
+             */
+            weights_check: {
+                [key: string]: unknown;
+            };
             /** Weights Digest */
             weights_digest: string | null;
+            /**
+             * Weights Status
+             * @description 'valid' (checked: loads into the architecture and runs), 'pending' (a worker is checking it; not promotable yet) or 'invalid' (refused; the reason is in weights_check)
+             */
+            weights_status: string;
         };
         /**
          * NextTaskIn
@@ -4015,6 +4311,60 @@ export interface components {
         OperationStatistics: {
             /** Structures */
             structures: components["schemas"]["StructureStatistics"][];
+        };
+        /**
+         * PacsSourceIn
+         * @description A project's DICOMweb server. Its host must be on the server's allow-list (MASKLOOP_PACS_ALLOWED_HOSTS).
+         * @example {
+         *       "base_url": "https://pacs.example.org/dicom-web",
+         *       "deidentify": true,
+         *       "password": "s3cret",
+         *       "username": "maskloop"
+         *     }
+         */
+        PacsSourceIn: {
+            /**
+             * Base Url
+             * @description DICOMweb root (QIDO, WADO and STOW under it).
+             */
+            base_url: string;
+            /**
+             * Deidentify
+             * @description De-identify intake (PS3.15 Basic Profile, keeping sex, age and institution name) and the CT series maskloop writes; the original -> research identifier map is kept for the project's leads.
+             * @default false
+             */
+            deidentify: boolean;
+            /**
+             * Password
+             * @description HTTP basic password, stored encrypted and never returned. Omitted or null: keep the stored one (unless the username changes); '': remove it.
+             */
+            password?: string | null;
+            /**
+             * Username
+             * @description HTTP basic user; empty: none.
+             */
+            username?: string | null;
+        };
+        /**
+         * PacsSourceOut
+         * @description A project's DICOMweb server as its leads see it (the password never leaves the server).
+         */
+        PacsSourceOut: {
+            /** Base Url */
+            base_url: string;
+            /** Deidentify */
+            deidentify: boolean;
+            /** Has Password */
+            has_password: boolean;
+            /** Project Id */
+            project_id: number;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+            /** Username */
+            username: string | null;
         };
         /**
          * PersonDay
@@ -4230,6 +4580,17 @@ export interface components {
             slug: string;
         };
         /**
+         * PromoteIn
+         * @description An optional note kept with the promotion decision.
+         */
+        PromoteIn: {
+            /**
+             * Reason
+             * @default
+             */
+            reason: string;
+        };
+        /**
          * QARunRequest
          * @description Run QA on one version of the scan (default: its head).
          */
@@ -4414,6 +4775,58 @@ export interface components {
             status: "ready";
         };
         /**
+         * RetrieveOut
+         * @description What a retrieval request did: queued a job (201), or found the series already here or being fetched (200).
+         */
+        RetrieveOut: {
+            /** Instances */
+            instances: number;
+            /**
+             * Job Id
+             * @description The retrieval job (follow it at GET /api/jobs/{id}); null: it exists.
+             */
+            job_id: number | null;
+            /**
+             * Outcome
+             * @enum {string}
+             */
+            outcome: "queued" | "in_progress" | "exists";
+            /** Phase */
+            phase: string | null;
+            /**
+             * Scan Id
+             * @description The scan already holding the series (outcome 'exists').
+             */
+            scan_id: number | null;
+            /** Series Number */
+            series_number: number | null;
+            /**
+             * Series Uid
+             * @description The series chosen or named (the PACS's UID).
+             */
+            series_uid: string;
+        };
+        /**
+         * RetrieveRequest
+         * @description Import one series of a study: the one named, or the one the choice rules pick (axial CT, the preferred phase
+         *     when given, then original images, thinnest slices, most slices).
+         * @example {
+         *       "phase": "venous",
+         *       "study_uid": "1.2.840.113619.2.55.3"
+         *     }
+         */
+        RetrieveRequest: {
+            /**
+             * Phase
+             * @description Preferred contrast phase when the rules choose.
+             */
+            phase?: ("non-contrast" | "arterial" | "venous" | "delay") | null;
+            /** Series Uid */
+            series_uid?: string | null;
+            /** Study Uid */
+            study_uid: string;
+        };
+        /**
          * ReviewIn
          * @description A review decision on the scan's head version at the task's current review level.
          */
@@ -4486,6 +4899,14 @@ export interface components {
             api_tokens_revoked: number;
             /** Sessions Revoked */
             sessions_revoked: number;
+        };
+        /**
+         * RollbackIn
+         * @description Why a lead makes an earlier version the promoted one again (kept with the decision).
+         */
+        RollbackIn: {
+            /** Reason */
+            reason: string;
         };
         /**
          * RoundDice
@@ -4739,6 +5160,53 @@ export interface components {
             structure: string;
         };
         /**
+         * SeriesOut
+         * @description One series of a study and what the choice rules make of it.
+         */
+        SeriesOut: {
+            /**
+             * Axial
+             * @description Slices axial (normal within ~25° of head-foot); null: unknown.
+             */
+            axial: boolean | null;
+            /**
+             * Chosen
+             * @description The series a retrieval of the study without series_uid imports.
+             */
+            chosen: boolean;
+            /** Description */
+            description: string;
+            /** Eligible */
+            eligible: boolean;
+            /** Image Type */
+            image_type: string[];
+            /** Instances */
+            instances: number;
+            /** Modality */
+            modality: string;
+            /** Number */
+            number: number | null;
+            /**
+             * Phase
+             * @description non-contrast, arterial, venous, delay, 'contrast' (phase unknown) or null.
+             */
+            phase: string | null;
+            /**
+             * Reason
+             * @description Why the choice rules pass over it (null when eligible).
+             */
+            reason: string | null;
+            /**
+             * Scan Id
+             * @description The project's scan already holding it (deduplicated by series UID).
+             */
+            scan_id: number | null;
+            /** Series Uid */
+            series_uid: string;
+            /** Slice Thickness Mm */
+            slice_thickness_mm: number | null;
+        };
+        /**
          * SessionOut
          * @description A live login session as listed: never its refresh or CSRF token.
          */
@@ -4885,6 +5353,26 @@ export interface components {
             structure: string;
         };
         /**
+         * StowOut
+         * @description The queued STOW job (follow it at GET /api/jobs/{id}; its result names the SEG's UIDs once stored).
+         */
+        StowOut: {
+            /** Job Id */
+            job_id: number;
+            /** Scan Id */
+            scan_id: number;
+            /** Version Id */
+            version_id: number;
+        };
+        /**
+         * StowRequest
+         * @description Send a version of the scan to the project's PACS as DICOM SEG (default: its approved version).
+         */
+        StowRequest: {
+            /** Version Id */
+            version_id?: number | null;
+        };
+        /**
          * StructureAgreement
          * @description The agreement distribution of one structure over the reader sets that measured it.
          */
@@ -4935,6 +5423,13 @@ export interface components {
             /** Aliases */
             aliases?: string[];
             /**
+             * Code
+             * @description DICOM SEG code: {category, type, modifier?, region?}, each {scheme, value, meaning}; default: the SNOMED CT code of the structure name from maskloop's table, else the private scheme 99MASKLOOP
+             */
+            code?: {
+                [key: string]: unknown;
+            } | null;
+            /**
              * Color
              * @default #888888
              */
@@ -4958,6 +5453,13 @@ export interface components {
         StructureOut: {
             /** Aliases */
             aliases: string[];
+            /**
+             * Code
+             * @description DICOM SEG code of the structure: the schema's own, else the standard table's by name (SNOMED CT); None only for a structure with no standard code (the private scheme 99MASKLOOP is used for it)
+             */
+            code?: {
+                [key: string]: unknown;
+            } | null;
             /** Color */
             color: string;
             /** Group */
@@ -5057,6 +5559,59 @@ export interface components {
              * @description in schema order
              */
             structures: components["schemas"]["StructureStats"][];
+        };
+        /**
+         * StudyOut
+         * @description One study a QIDO-RS search found (identifying data of the PACS, shown to the project's leads only).
+         */
+        StudyOut: {
+            /** Accession */
+            accession: string;
+            /** Description */
+            description: string;
+            /** Instances */
+            instances: number | null;
+            /** Modalities */
+            modalities: string[];
+            /** Patient Birth Date */
+            patient_birth_date: string;
+            /** Patient Id */
+            patient_id: string;
+            /** Patient Name */
+            patient_name: string;
+            /** Patient Sex */
+            patient_sex: string;
+            /**
+             * Series
+             * @description Series in the study, as the PACS counts them.
+             */
+            series: number | null;
+            /** Study Date */
+            study_date: string;
+            /** Study Uid */
+            study_uid: string;
+        };
+        /**
+         * StudyPage
+         * @description Studies matching a search, in the PACS's order.
+         */
+        StudyPage: {
+            /** Items */
+            items: components["schemas"]["StudyOut"][];
+            /** Limit */
+            limit: number;
+            /** Offset */
+            offset: number;
+        };
+        /**
+         * StudySeriesOut
+         * @description The series of one study, the chosen one flagged.
+         */
+        StudySeriesOut: {
+            /** Items */
+            items: components["schemas"]["SeriesOut"][];
+            /** Study Uid */
+            study_uid: string;
         };
         /**
          * SummaryOut
@@ -5252,6 +5807,13 @@ export interface components {
             created_at: string;
             /** Decision */
             decision: string;
+            /**
+             * Gate
+             * @description the promotion gate as evaluated: passed, heldout_scans / min_heldout_scans, max_structure_drop, mean_new / mean_previous, structures [{structure, previous, new, delta, ok}] and the failures
+             */
+            gate: {
+                [key: string]: unknown;
+            };
             /** Heldout New */
             heldout_new: {
                 [key: string]: unknown;
@@ -5407,6 +5969,30 @@ export interface components {
             id: number;
             /** Username */
             username: string;
+        };
+        /**
+         * VersionDice
+         * @description A model version's drafts against the approved versions, recorded at each approval (AI-vs-final Dice).
+         */
+        VersionDice: {
+            /**
+             * Ai Vs Final Dice
+             * @description structure name -> mean Dice of the version's draft vs the approved version, over those scans (only the structures the version predicted)
+             */
+            ai_vs_final_dice: {
+                [key: string]: number;
+            };
+            /** Ai Vs Final Mean */
+            ai_vs_final_mean: number | null;
+            /** Model Version Id */
+            model_version_id: number;
+            /** Number */
+            number: number;
+            /**
+             * Scans
+             * @description approved scans this version pre-annotated
+             */
+            scans: number;
         };
         /**
          * VersionOut
@@ -7476,7 +8062,11 @@ export interface operations {
             };
             cookie?: never;
         };
-        requestBody?: never;
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["PromoteIn"] | null;
+            };
+        };
         responses: {
             /** @description Successful Response */
             200: {
@@ -7485,6 +8075,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ModelVersionOut"];
+                };
+            };
+            /** @description Malformed request (e.g. an unreadable multipart body) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description Not authenticated: no, an expired or a revoked credential */
@@ -7518,6 +8117,128 @@ export interface operations {
             };
             /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body larger than this route's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input (the fields that failed are in details.errors) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after the Retry-After header's seconds */
+            429: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (the database) is briefly unavailable; nothing was changed; retry after Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    rollback_api_model_versions__version_id__rollback_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                version_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RollbackIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelVersionOut"];
+                };
+            };
+            /** @description Malformed request (e.g. an unreadable multipart body) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not authenticated: no, an expired or a revoked credential */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated, but not allowed to do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body larger than this route's limit */
+            413: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7722,6 +8443,97 @@ export interface operations {
             };
             /** @description Request body larger than this route's limit */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input (the fields that failed are in details.errors) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after the Retry-After header's seconds */
+            429: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (the database) is briefly unavailable; nothing was changed; retry after Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_decisions_api_models__model_id__decisions_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                model_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelDecisionOut"][];
+                };
+            };
+            /** @description Not authenticated: no, an expired or a revoked credential */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated, but not allowed to do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -11544,6 +12356,652 @@ export interface operations {
             };
         };
     };
+    get_source_api_projects__project_id__pacs_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PacsSourceOut"];
+                };
+            };
+            /** @description Not authenticated: no, an expired or a revoked credential */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated, but not allowed to do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input (the fields that failed are in details.errors) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after the Retry-After header's seconds */
+            429: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (the database) is briefly unavailable; nothing was changed; retry after Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    put_source_api_projects__project_id__pacs_put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PacsSourceIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PacsSourceOut"];
+                };
+            };
+            /** @description Malformed request (e.g. an unreadable multipart body) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not authenticated: no, an expired or a revoked credential */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated, but not allowed to do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body larger than this route's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input (the fields that failed are in details.errors) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after the Retry-After header's seconds */
+            429: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (the database) is briefly unavailable; nothing was changed; retry after Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    identity_map_api_projects__project_id__pacs_identities_get: {
+        parameters: {
+            query?: {
+                kind?: ("patient" | "study" | "series") | null;
+                /** @description an original or research identifier */
+                q?: string | null;
+                offset?: number;
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IdentityPage"];
+                };
+            };
+            /** @description Not authenticated: no, an expired or a revoked credential */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated, but not allowed to do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input (the fields that failed are in details.errors) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after the Retry-After header's seconds */
+            429: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (the database) is briefly unavailable; nothing was changed; retry after Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    retrieve_api_projects__project_id__pacs_retrievals_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RetrieveRequest"];
+            };
+        };
+        responses: {
+            /** @description The series is already a scan, or being retrieved. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RetrieveOut"];
+                };
+            };
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RetrieveOut"];
+                };
+            };
+            /** @description Malformed request (e.g. an unreadable multipart body) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not authenticated: no, an expired or a revoked credential */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated, but not allowed to do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body larger than this route's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input (the fields that failed are in details.errors) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after the Retry-After header's seconds */
+            429: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (the database) is briefly unavailable; nothing was changed; retry after Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The PACS cannot be reached, did not answer in time or failed (HTTP 5xx); nothing changed. */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    search_studies_api_projects__project_id__pacs_studies_get: {
+        parameters: {
+            query?: {
+                patient_id?: string | null;
+                patient_name?: string | null;
+                /** @description YYYYMMDD or a range YYYYMMDD-YYYYMMDD */
+                study_date?: string | null;
+                /** @description modality in study */
+                modality?: string | null;
+                accession?: string | null;
+                description?: string | null;
+                offset?: number;
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StudyPage"];
+                };
+            };
+            /** @description Not authenticated: no, an expired or a revoked credential */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated, but not allowed to do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input (the fields that failed are in details.errors) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after the Retry-After header's seconds */
+            429: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (the database) is briefly unavailable; nothing was changed; retry after Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The PACS cannot be reached, did not answer in time or failed (HTTP 5xx); nothing changed. */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    study_series_api_projects__project_id__pacs_studies__study_uid__series_get: {
+        parameters: {
+            query?: {
+                phase?: ("non-contrast" | "arterial" | "venous" | "delay") | null;
+            };
+            header?: never;
+            path: {
+                study_uid: string;
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StudySeriesOut"];
+                };
+            };
+            /** @description Not authenticated: no, an expired or a revoked credential */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated, but not allowed to do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input (the fields that failed are in details.errors) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after the Retry-After header's seconds */
+            429: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (the database) is briefly unavailable; nothing was changed; retry after Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The PACS cannot be reached, did not answer in time or failed (HTTP 5xx); nothing changed. */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     preannotate_api_projects__project_id__preannotate_post: {
         parameters: {
             query?: never;
@@ -14127,6 +15585,139 @@ export interface operations {
             };
         };
     };
+    import_dicom_seg_api_scans__scan_id__labels_dicom_seg_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                scan_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "multipart/form-data": {
+                    /** Base Version Id */
+                    base_version_id?: number | null;
+                    /**
+                     * File
+                     * @description A BINARY or FRACTIONAL DICOM SEG of this scan's series
+                     */
+                    file: string;
+                    /** Idempotency Key */
+                    idempotency_key?: string | null;
+                    /**
+                     * Mapping
+                     * @description JSON {"segment label or number": "structure"} for segments matching nothing
+                     */
+                    mapping?: string | null;
+                    /**
+                     * Message
+                     * @default
+                     */
+                    message?: string;
+                };
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VersionOut"];
+                };
+            };
+            /** @description Malformed request (e.g. an unreadable multipart body) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not authenticated: no, an expired or a revoked credential */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated, but not allowed to do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body larger than this route's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input (the fields that failed are in details.errors) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after the Retry-After header's seconds */
+            429: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (the database) is briefly unavailable; nothing was changed; retry after Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     acquire_lease_api_scans__scan_id__lease_post: {
         parameters: {
             query?: never;
@@ -14335,6 +15926,119 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["OperationResult"];
+                };
+            };
+            /** @description Malformed request (e.g. an unreadable multipart body) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not authenticated: no, an expired or a revoked credential */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated, but not allowed to do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (e.g. a stale base version, a duplicate) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body larger than this route's limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input (the fields that failed are in details.errors) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after the Retry-After header's seconds */
+            429: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (the database) is briefly unavailable; nothing was changed; retry after Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    stow_api_scans__scan_id__pacs_stow_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                scan_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["StowRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StowOut"];
                 };
             };
             /** @description Malformed request (e.g. an unreadable multipart body) */
