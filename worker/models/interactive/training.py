@@ -39,7 +39,7 @@ _WEIGHTS = {"liver": 2.0, "pancreatic_lesion": 2.0, "pancreas": 2.0, "aorta": 1.
 class TrainConfig:
     """Training hyper-parameters; ``loop_from`` is the fraction of steps before the network joins the loop."""
 
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 2
     patch: int = 64
     learning_rate: float = 3e-3
