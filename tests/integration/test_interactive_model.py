@@ -93,8 +93,8 @@ def test_a_short_training_run_writes_a_model_that_refine_loads(tmp_path: Path) -
 
 
 def test_interactive_architecture_is_registered() -> None:
-    """The API's catalogue knows it (weights needed, fine-tuned by training jobs, never a pre-annotator); the worker's predictor loads
-    a version warm and refuses pre-annotation with a clear message."""
+    """The API's catalogue knows it (weights needed, fine-tuned by training jobs, never a pre-annotator); the
+    worker's predictor loads a version warm and refuses pre-annotation with a clear message."""
     traits = inference_rules.traits_of("interactive")
     assert traits.needs_weights and traits.trainable and not traits.preannotates
     predictor = predictors.get("interactive")
