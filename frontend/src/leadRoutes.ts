@@ -6,6 +6,9 @@ import { EvaluationList } from './evaluation/list'
 import { EvaluationReport } from './evaluation/report'
 import { ExportsPage } from './exports'
 import { hashParts } from './lead'
+import { LoopPage } from './loop'
+import { ModelsPage } from './models'
+import { PacsPage } from './pacs'
 
 export { mountWorklistNav } from './lead'
 
@@ -20,6 +23,9 @@ export function leadPage(root: HTMLElement, hash: string): LeadPageView | null {
   if (path === '/dashboard') return new Dashboard(root)
   if (path === '/evaluations') return new EvaluationList(root)
   if (path === '/exports') return new ExportsPage(root)
+  if (path === '/models') return new ModelsPage(root)
+  if (path === '/loop') return new LoopPage(root)
+  if (path === '/pacs') return new PacsPage(root)
   const run = /^\/evaluations\/(\d+)$/.exec(path)
   if (run) return new EvaluationReport(root, Number(run[1]))
   return null

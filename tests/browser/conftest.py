@@ -121,7 +121,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             pytrace=False,
         )
     data = tmp_path_factory.mktemp("browser") / "data"
-    env = {**os.environ, "MASKLOOP_DATA_DIR": str(data), "MASKLOOP_FRONTEND_DIST": str(DIST)}
+    # The PACS allow-list (an admin setting) admits the test Orthanc, which listens on 127.0.0.1 (test_pacs_page).
+    env = {
+        **os.environ,
+        "MASKLOOP_DATA_DIR": str(data),
+        "MASKLOOP_FRONTEND_DIST": str(DIST),
+        "MASKLOOP_PACS_ALLOWED_HOSTS": "127.0.0.1",
+    }
     env.pop("MASKLOOP_DATABASE_URL", None)
     setup = subprocess.run(
         [str(BIN / "maskloop"), "demo-data", "--cases", "2", "--size", "96", "--no-preannotate"],
