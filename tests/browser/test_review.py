@@ -110,6 +110,23 @@ def test_annotate_submit_request_changes_fix_and_approve(page: Page, server: Ser
     assert 1 <= reported <= 30
     assert task(server, sid)["active_seconds"] >= reported
     first = save(page, "spleen: first pass")
+    # The project expects every structure of its schema for this test (QA's "missing" findings fire for those not
+    # drawn; by default only structures the project has labelled are expected); restored at the end.
+    lead = token(server, LEAD)
+    schema = httpx.get(f"{server.base}/api/projects/{server.project_id}/schema", headers=lead).json()
+    every = {"workflow": {"qa": {"expected_structures": [s["name"] for s in schema["structures"]]}}}
+    default = {"workflow": {"qa": {"expected_structures": None}}}
+    settings_url = f"{server.base}/api/projects/{server.project_id}/settings"
+    assert httpx.patch(settings_url, headers=lead, json=every).status_code == 200
+    try:
+        _review_round_trip(page, server, labelled, first)
+    finally:
+        assert httpx.patch(settings_url, headers=lead, json=default).status_code == 200
+
+
+def _review_round_trip(page: Page, server: Server, labelled: LabelledScan, first: int) -> None:
+    """Submit, request changes with a pinned comment, fix, resubmit, approve; read-only afterwards."""
+    sid = labelled.id
     page.get_by_test_id("action-submit").click()
     expect(page.get_by_test_id("task-state")).to_have_attribute("data-state", "submitted")
     api_task = task(server, sid)
