@@ -15,9 +15,10 @@ non-integer volumes are quantised to 1/16 HU.
 The series passes dicom3tools' `dciodvfy` without errors: ImageType DERIVED\\SECONDARY\\AXIAL (value 3 is
 required for CT), and the type 2C Laterality and PatientPosition present and empty (unknown).
 
-SEG. BINARY, one segment per structure, overlapping structures stay separate segments (never flattened); only
-the slab of slices holding voxels is encoded and empty frames are omitted (memory while building: slab voxels x
-structures bytes). Segment labels are the structure names (a name past DICOM's 64 characters is kept whole in
+SEG. BINARY, one segment per structure, overlapping structures stay separate segments (never flattened); each
+segment has frames only on the slices holding its voxels, written segment by segment in highdicom's layout
+(`backend.imaging.dicom_seg_frames`: no dense slices x structures array; memory about one slice at a time plus
+the packed bits). Segment labels are the structure names (a name past DICOM's 64 characters is kept whole in
 the Segment Description) and colours come from the label schema (as CIELab); the segment algorithm type is
 MANUAL for human-made versions and AUTOMATIC for model versions. Segments are coded with standard codes
 (`backend.imaging.dicom_codes`: SNOMED CT category, type, laterality modifier and a lesion's anatomic region),
@@ -28,6 +29,7 @@ Coding Scheme Identification Sequence. Reading a SEG back: `backend.imaging.dico
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -38,10 +40,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.coding import Code
-from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 
 from backend.core.errors import InvalidInput
-from backend.imaging import dicom_codes
+from backend.imaging import dicom_codes, dicom_seg_frames
 from backend.imaging.dicom_codes import PRIVATE_SCHEME, StructureCode
 from backend.imaging.dicom_seg_read import ParsedSeg, SegmentInfo, masks_by_name, parse_seg, read_segments
 
@@ -73,7 +75,9 @@ _MAX_LABEL = 64  # DICOM Segment Label (LO)
 
 def uid(*parts: object) -> str:
     """A deterministic DICOM UID (2.25.<hash>) derived from the given parts, so reruns write identical files."""
-    return str(generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts]))
+    # pydicom's generate_uid ignores entropy_srcs when prefix is None (a random UUID): hash the parts ourselves.
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return "2.25." + str(int.from_bytes(digest[:16], "big"))
 
 
 @dataclass(frozen=True)
@@ -247,16 +251,17 @@ def segmentation(
     shape = segments[0][1].shape
     if len(ct) != shape[2]:
         raise InvalidInput(f"the series has {len(ct)} slices, the masks {shape[2]}")
-    # Only the slab of slices holding any voxel becomes frames (memory: slab x structures bytes); the frames are
-    # placed by explicit plane positions of their source slices.
-    filled = np.zeros(shape[2], dtype=bool)
-    for _, mask in segments:
-        if mask.shape == shape:
-            filled |= mask.any(axis=(0, 1))
-    ks = np.flatnonzero(filled)
-    k0, k1 = (int(ks[0]), int(ks[-1]) + 1) if ks.size else (0, 1)
-    # (frames = slices k0..k1-1, rows = j, columns = i, segments)
-    pixels = np.zeros((k1 - k0, shape[1], shape[0], len(segments)), dtype=np.uint8)
+    for spec, mask in segments:
+        if mask.shape != shape:
+            raise InvalidInput(f"mask of {spec.name!r} has shape {list(mask.shape)}, expected {list(shape)}")
+    # No dense (slices, rows, columns, segments) array: highdicom builds a one-plane SEG (the metadata) and
+    # `dicom_seg_frames.replace_frames` writes each segment's frames on the slices it occupies.
+    occupied = [dicom_seg_frames.occupied_slices(mask) for _, mask in segments]
+    filled = [k for slices in occupied for k in slices[:1]]
+    plane = min(int(k) for k in filled) if filled else 0
+    template = np.zeros((1, shape[1], shape[0], len(segments)), dtype=np.uint8)
+    if filled:
+        template[0, 0, 0, :] = 1  # every segment has a frame, so the template has every segment's layout
     descriptions = []
     algorithm = None
     if not manual:
@@ -266,17 +271,14 @@ def segmentation(
             version=algorithm_version[:64] or "1",
         )
     private = False
-    for number, (spec, mask) in enumerate(segments, start=1):
-        if mask.shape != shape:
-            raise InvalidInput(f"mask of {spec.name!r} has shape {list(mask.shape)}, expected {list(shape)}")
-        pixels[..., number - 1] = np.transpose(mask[:, :, k0:k1], (2, 1, 0))
+    for number, (spec, _) in enumerate(segments, start=1):
         code = spec.structure_code()
         private = private or PRIVATE_SCHEME in {c.scheme for c in (code.category, code.type)}
         tracking = uid(series_uid, spec.name)
         descriptions.append(_description(hd, number, spec, code, manual=manual, algorithm=algorithm, tracking=tracking))
     seg = hd.seg.Segmentation(
         source_images=list(ct),
-        pixel_array=pixels,
+        pixel_array=template,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=series_uid,
@@ -288,11 +290,8 @@ def segmentation(
         software_versions=algorithm_version[:64] or "1",
         device_serial_number="0",
         series_description=series_description[:64],
-        omit_empty_frames=bool(ks.size),
-        plane_positions=[
-            hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, ct[k].ImagePositionPatient)
-            for k in range(k0, k1)
-        ],
+        omit_empty_frames=False,
+        plane_positions=[hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, ct[plane].ImagePositionPatient)],
         coding_schemes=(
             [
                 CodingSchemeIdentificationItem(
@@ -305,6 +304,8 @@ def segmentation(
             else None
         ),
     )
+    if filled:
+        dicom_seg_frames.replace_frames(seg, ct, [mask for _, mask in segments], occupied)
     return seg
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -280,3 +281,73 @@ def test_a_fractional_seg_reads_where_it_passes_half(tmp_path: Path) -> None:
     seg.save_as(path)
     back = dicom_seg.read_segments(path, Geometry.from_affine(ph.volume.shape, ph.affine))
     assert np.array_equal(back["Liver"], ph.masks["liver"])  # 0.8 kept, the spleen's 0.3 not
+
+
+def test_uids_are_deterministic() -> None:
+    assert dicom_seg.uid("seed", "case", "study") == dicom_seg.uid("seed", "case", "study")
+    assert dicom_seg.uid("seed", "case", "study") != dicom_seg.uid("seed", "case", "series")
+    assert dicom_seg.uid("a", "bc") != dicom_seg.uid("ab", "c")
+    value = dicom_seg.uid("x")
+    assert value.startswith("2.25.") and len(value) <= 64
+
+
+def _dense_reference(ct: list[Any], masks: list[np.ndarray]) -> Any:
+    """What highdicom writes from the dense (slices, rows, columns, segments) array of the slab (the old writer)."""
+    filled = np.flatnonzero(np.any([m.any(axis=(0, 1)) for m in masks], axis=0))
+    k0, k1 = int(filled[0]), int(filled[-1]) + 1
+    pixels = np.stack([np.transpose(m[:, :, k0:k1], (2, 1, 0)) for m in masks], axis=-1).astype(np.uint8)
+    specs = [dicom_seg.SegmentSpec(f"s{n}", "#10a0ff") for n in range(len(masks))]
+    return hd.seg.Segmentation(
+        source_images=ct,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[
+            hd.seg.SegmentDescription(
+                segment_number=n,
+                segment_label=spec.name,
+                segmented_property_category=codes.SCT.Organ,
+                segmented_property_type=codes.SCT.Liver,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+            )
+            for n, spec in enumerate(specs, start=1)
+        ],
+        series_instance_uid="1.2.3",
+        series_number=2,
+        sop_instance_uid="1.2.4",
+        instance_number=1,
+        manufacturer="m",
+        manufacturer_model_name="m",
+        software_versions="1",
+        device_serial_number="0",
+        plane_positions=[
+            hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, ct[k].ImagePositionPatient)
+            for k in range(k0, k1)
+        ],
+    )
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "LPS", "IPL"])
+def test_frames_written_per_segment_equal_highdicoms_dense_layout(orientation: str) -> None:
+    # Odd frame sizes (bits run across frames), a structure with gaps, an empty one, overlaps, one segment alone.
+    shape, spacing = ((45, 37, 13), (3.0, 3.0, 5.0)) if orientation != "IPL" else ((13, 37, 45), (5.0, 3.0, 3.0))
+    ph = generate_phantom(shape, spacing, seed=5, orientation=orientation)
+    gaps = np.zeros(shape, dtype=bool)
+    gaps[2:5, 3:9, 1] = True
+    gaps[10:12, 1:3, shape[2] - 2] = True
+    masks = [ph.masks["liver"], ph.masks["pancreas"], ph.masks["pancreas_head"], gaps, np.zeros(shape, dtype=bool)]
+    ct = dicom_seg.ct_series(ph.volume, ph.affine, dicom_seg.SeriesIds.derive("c", "s"))
+    for chosen in (masks, masks[:1], masks[3:]):
+        segments = [(dicom_seg.SegmentSpec(f"s{n}", "#10a0ff"), m) for n, m in enumerate(chosen)]
+        ours = dicom_seg.segmentation(
+            ct, segments, manual=True, algorithm_name="", algorithm_version="", series_uid="1.2.3", sop_uid="1.2.4"
+        )
+        reference = _dense_reference(ct, chosen)
+        assert ours.NumberOfFrames == reference.NumberOfFrames
+        assert ours.SegmentsOverlap == reference.SegmentsOverlap
+        assert ours.get("DimensionOrganizationType") == reference.get("DimensionOrganizationType")
+        assert str(ours.SharedFunctionalGroupsSequence) == str(reference.SharedFunctionalGroupsSequence)
+        ours_items, reference_items = ours.PerFrameFunctionalGroupsSequence, reference.PerFrameFunctionalGroupsSequence
+        assert [str(i) for i in ours_items] == [str(i) for i in reference_items]
+        size = -(-int(ours.NumberOfFrames) * ours.Rows * ours.Columns // 8)  # the frames' bits; then padding
+        assert len(ours.PixelData) == len(reference.PixelData)
+        assert ours.PixelData[:size] == reference.PixelData[:size]

@@ -13,7 +13,7 @@ from backend.core.errors import InvalidInput
 from backend.exports.service.selection import FORMATS, VersionSpec, choose_versions, requested_structures
 from backend.imaging import layouts
 from backend.labels import service as labels
-from backend.models import LabelVersion, Model, ModelVersion, Project, Scan, Structure, User
+from backend.models import LabelVersion, Model, ModelVersion, PacsSource, Project, Scan, Structure, User
 from backend.projects import service as projects
 
 
@@ -49,6 +49,12 @@ class CasePlan:
     phase: str | None = None
     # Whether the case goes to the test folders (its split is the test split and test_split is "separate").
     test: bool = False
+    # The scan's DICOM identifiers (study, series, patient; None: not from DICOM) and whether its intake already
+    # replaced them by research ones (de-identified PACS intake): the de-identified DICOM SEG export reuses them.
+    source_study_uid: str | None = None
+    source_series_uid: str | None = None
+    source_patient_id: str | None = None
+    research_ids: bool = False
 
     def missing(self, names: list[str]) -> list[str]:
         """The exported structures this case's version does not hold (unknown, not empty)."""
@@ -73,6 +79,8 @@ class ExportPlan:
     test_split: str = "separate"
     ignore_label: bool = True
     folder_name: str | None = None
+    # The project's de-identification salt when its exports are de-identified (its PACS source's option), else None.
+    deidentify_salt: str | None = None
 
 
 def _metadata_row(scan: Scan) -> dict[str, Any]:
@@ -142,6 +150,9 @@ def plan_export(db: Session, project: Project, params: dict[str, Any], *, seed: 
         ignore_label=bool(params.get("ignore_label", True)),
         folder_name=params.get("folder_name") or None,
     )
+    source = db.scalar(select(PacsSource).where(PacsSource.project_id == project.id))
+    if source is not None and source.deidentify:
+        plan.deidentify_salt = source.salt
     for scan_id in ids:
         scan = rows.get(scan_id)
         if scan is None:
@@ -176,6 +187,10 @@ def plan_export(db: Session, project: Project, params: dict[str, Any], *, seed: 
                 site=scan.site,
                 phase=scan.phase,
                 test=is_test and test_split == "separate",
+                source_study_uid=scan.source_study_uid,
+                source_series_uid=scan.source_series_uid,
+                source_patient_id=str((scan.raw_metadata or {}).get("dicom PatientID") or "") or None,
+                research_ids="deidentified" in (scan.raw_metadata or {}),
             )
         )
     return plan

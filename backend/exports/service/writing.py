@@ -6,19 +6,22 @@ writes it under a temporary folder named `dataset_folder_name(plan)`, which beco
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+from pydicom.dataset import Dataset
 
 from backend.core.blobstore import BlobStore
 from backend.core.errors import InvalidInput
 from backend.exports.service import card
 from backend.exports.service.planning import CasePlan, ExportPlan
 from backend.imaging import chunks, dicom_seg, layouts, nifti
+from backend.imaging.dicom_deid import Pseudonyms, deidentify
 from backend.labels import service as labels
 
 MANIFEST_NAME = "manifest.json"
@@ -243,14 +246,58 @@ def _manifest(
     }
 
 
+@dataclass(frozen=True)
+class _ScanPseudonyms(Pseudonyms):
+    """The project's research identifiers, with the export's generated study, series and patient identifiers mapped
+    to the research ones the scan already has (what its intake used), so the export names the scan as intake did."""
+
+    uids: Mapping[str, str] = field(default_factory=dict)
+    patients: Mapping[str, str] = field(default_factory=dict)
+
+    def uid(self, original: str) -> str:
+        """The scan's research UID for a generated one, else the project's research UID."""
+        return self.uids.get(original.strip()) or super().uid(original)
+
+    def patient(self, original: str) -> str:
+        """The scan's research patient id for the generated one, else the project's research patient id."""
+        return self.patients.get(original.strip()) or super().patient(original)
+
+
+def _research_names(salt: str, case: CasePlan, ids: dicom_seg.SeriesIds) -> _ScanPseudonyms:
+    """Research identifiers of a case: those of its de-identified intake as they are, the project's HMAC of its
+    original DICOM identifiers (a series uploaded as files), or of the generated ones (a scan that came as NIfTI)."""
+    base = Pseudonyms(salt)
+    study, series = base.uid(ids.study_uid), base.uid(ids.series_uid)
+    patient = base.patient(case.source_patient_id or ids.patient_id)
+    if case.source_series_uid and case.research_ids:
+        series = case.source_series_uid
+        study = case.source_study_uid or study
+        patient = case.source_patient_id or patient
+    elif case.source_series_uid:
+        series = base.uid(case.source_series_uid)
+        study = base.uid(case.source_study_uid) if case.source_study_uid else study
+    return _ScanPseudonyms(
+        salt, uids={ids.study_uid: study, ids.series_uid: series}, patients={ids.patient_id.strip(): patient}
+    )
+
+
 def _write_dicom_case(
     root: Path, plan: ExportPlan, case: CasePlan, image: bytes, masks: dict[str, np.ndarray | None]
 ) -> list[Path]:
-    """<case>/CT/<nnnn>.dcm (the scan as a DICOM series) and <case>/SEG/seg.dcm (one segment per structure)."""
+    """<case>/CT/<nnnn>.dcm (the scan as a DICOM series) and <case>/SEG/seg.dcm (one segment per structure).
+
+    In a project whose exports are de-identified (`plan.deidentify_salt`) the CT series goes through the PS3.15
+    Basic Profile as intake does (`backend.imaging.dicom_deid`): the research patient id, study and series UIDs of
+    the scan, every other UID replaced by its research UID, no dates, names or descriptions; the SEG is built on
+    that series, so it carries the same research identifiers, and its own UIDs are research ones too.
+    """
     volume = nifti.load_nifti_bytes(image, f"{case.case_id}.nii.gz")
     seed = f"{plan.seed}:{case.scan_id}:{case.version_id}"
     ids = dicom_seg.SeriesIds.derive(case.case_id, seed)
     series = dicom_seg.ct_series(volume.data, volume.geometry.affine, ids, description=f"{case.case_id} CT")
+    names = _research_names(plan.deidentify_salt, case, ids) if plan.deidentify_salt is not None else None
+    if names is not None:
+        series = [deidentify(ds, names) for ds in series]
     files = dicom_seg.write_datasets(series, root / case.case_id / "CT")
     infos = {s.name: s for s in plan.structures}
     segments = [
@@ -260,17 +307,39 @@ def _write_dicom_case(
     ]
     if not segments:
         return files
+    seg_series, seg_sop = dicom_seg.uid(seed, "seg-series"), dicom_seg.uid(seed, "seg")
+    if names is not None:
+        seg_series, seg_sop = names.uid(seg_series), names.uid(seg_sop)
     seg = dicom_seg.segmentation(
         series,
         segments,
         manual=case.version_kind in ("human", "import", "fusion"),
         algorithm_name=(case.model_version or "model").rsplit(" ", 1)[0],
         algorithm_version=(case.model_version or "v1").rsplit(" ", 1)[-1],
-        series_uid=dicom_seg.uid(seed, "seg-series"),
-        sop_uid=dicom_seg.uid(seed, "seg"),
-        series_description=f"{case.case_id} labels v{case.version_id}",
+        series_uid=seg_series,
+        sop_uid=seg_sop,
+        series_description=(
+            f"labels v{case.version_id}" if names is not None else f"{case.case_id} labels v{case.version_id}"
+        ),
     )
+    if names is not None:
+        _mark_deidentified(seg, series[0])
     path = root / case.case_id / "SEG" / "seg.dcm"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(dicom_seg.seg_to_bytes(seg))
     return [*files, path]
+
+
+def _mark_deidentified(seg: Dataset, source: Dataset) -> None:
+    """Give a SEG built on a de-identified series that series' de-identification attributes."""
+    for keyword in _DEID_MARKS:
+        if keyword in source:
+            setattr(seg, keyword, source.data_element(keyword).value)  # type: ignore[union-attr]
+
+
+_DEID_MARKS = (
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
+    "LongitudinalTemporalInformationModified",
+)
