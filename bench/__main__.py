@@ -34,6 +34,7 @@ from bench import (
     viewer,
 )
 from bench import dicom_seg as dicom_seg_bench
+from bench import editor_browser as editor_browser_bench
 from bench import evaluation as evaluation_bench
 from bench import exports as exports_bench
 from bench import imports as imports_bench
@@ -60,6 +61,7 @@ BENCHMARKS: list[Benchmark] = [
     interactive_serving.run,
     s3_bench.run,
     editor_ops.run,
+    editor_browser_bench.run,
     dicom_seg_bench.run,
     pacs_bench.run,
 ]

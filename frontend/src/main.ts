@@ -144,6 +144,20 @@ const hook = {
     const p = exportsHook.page
     return p ? { jobs: p.jobs.map((j) => ({ id: j.id, status: j.status })), lastDownload: p.lastDownload } : null
   },
+  /** Structure display: the colours shown, the outlined structures, the overlay's outline voxels; the overwrite policy. */
+  display() {
+    const w = ws()
+    const img = w.viewer.labels?.img
+    let outlineVoxels = 0
+    if (img) for (let i = 0; i < img.length; i++) if (img[i] >= 128) outlineVoxels++
+    return {
+      colors: Object.fromEntries(w.structures.map((s) => [s.name, s.color])),
+      outlined: w.editor.display.outlined(),
+      outlineVoxels,
+      rim: w.viewer.nv.drawRimOpacity,
+      overwrite: w.store.get().overwrite,
+    }
+  },
   /** Review comments drawn on the image: place them now and list where (client px, per 2D plane). */
   commentMarkers() {
     const m = ws().review.markers

@@ -9,6 +9,7 @@ import {
   encodePatch,
   encodePatchBox,
   fromBase64,
+  type PatchBox,
   multipart,
   randomKey,
   sameSave,
@@ -76,13 +77,19 @@ describe('patch encoding', () => {
     expect(sameSave(prior, 3, false, [])).toBe(false)
   })
 
-  it('builds the multipart patch save: meta JSON plus one part per box', () => {
+  it('builds the multipart patch save: meta JSON, small boxes inline (base64), larger ones as parts', () => {
     const box = { origin: [1, 0, 2] as Vec3, size: [2, 2, 1] as Vec3 }
-    const boxes = [encodePatchBox('liver', box, Uint8Array.from([1, 0, 0, 1])), encodePatchBox('spleen', box, Uint8Array.from([0, 1, 1, 0]))]
+    // A box whose bits do not compress: 2,000 bytes, far more than a part's framing, so it goes as a part.
+    let seed = 12345
+    const noisy = Uint8Array.from({ length: 16000 }, () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 16) & 1)
+    const bigBox = { origin: [0, 0, 0] as Vec3, size: [40, 40, 10] as Vec3 }
+    const boxes = [encodePatchBox('liver', box, Uint8Array.from([1, 0, 0, 1])), encodePatchBox('kidney_left', bigBox, noisy), encodePatchBox('spleen', box, Uint8Array.from([0, 1, 1, 0]))]
+    expect(boxes[1].encoding).toBe('bits')
     const plan = encodePatch(7, boxes, 'fix tail', true, 'key123')
     expect(plan.bodyBytes).toBe(plan.body.length)
     expect(plan.contentType).toMatch(/^multipart\/form-data; boundary=ml/)
     const parts = parseMultipart(plan.body, plan.contentType)
+    expect([...parts.keys()].sort()).toEqual(['b0', 'meta'])
     const meta = JSON.parse(new TextDecoder().decode(parts.get('meta')))
     expect(meta).toEqual({
       base_version_id: 7,
@@ -90,12 +97,29 @@ describe('patch encoding', () => {
       branch: true,
       idempotency_key: 'key123',
       patches: [
-        { structure: 'liver', origin: [1, 0, 2], size: [2, 2, 1], encoding: 'bits', part: 'b0' },
-        { structure: 'spleen', origin: [1, 0, 2], size: [2, 2, 1], encoding: 'bits', part: 'b1' },
+        { structure: 'liver', origin: [1, 0, 2], size: [2, 2, 1], encoding: 'bits', data: toBase64(Uint8Array.from([9])) },
+        { structure: 'kidney_left', origin: [0, 0, 0], size: [40, 40, 10], encoding: 'bits', part: 'b0' },
+        { structure: 'spleen', origin: [1, 0, 2], size: [2, 2, 1], encoding: 'bits', data: toBase64(Uint8Array.from([6])) },
       ],
     })
-    expect([...decodePatchBox({ box, bytes: parts.get('b0')!, encoding: 'bits' })]).toEqual([1, 0, 0, 1])
-    expect([...decodePatchBox({ box, bytes: parts.get('b1')!, encoding: 'bits' })]).toEqual([0, 1, 1, 0])
+    expect([...decodePatchBox({ box, bytes: fromBase64(meta.patches[0].data), encoding: 'bits' })]).toEqual([1, 0, 0, 1])
+    expect([...decodePatchBox({ box: bigBox, bytes: parts.get('b0')!, encoding: 'bits' })]).toEqual([...noisy])
+    expect([...decodePatchBox({ box, bytes: fromBase64(meta.patches[2].data), encoding: 'bits' })]).toEqual([0, 1, 1, 0])
+  })
+
+  it('sends a box inline only when that is the smaller body', () => {
+    const sizes = [1, 17, 60, 150, 200, 230, 260, 400, 3000]
+    for (const n of sizes) {
+      const bytes = Uint8Array.from({ length: n }, (_, i) => (i * 37 + 11) % 256)
+      const box: PatchBox = { structure: 'liver', box: { origin: [0, 0, 0], size: [n * 8, 1, 1] }, bytes, encoding: 'bits' }
+      const chosen = encodePatch(3, [box], 'm', false, 'k', 'BOUNDARY0123')
+      // The same save with the box forced into a part of its own, for the comparison.
+      const meta = JSON.stringify({ base_version_id: 3, message: 'm', idempotency_key: 'k', patches: [{ structure: 'liver', origin: [0, 0, 0], size: [n * 8, 1, 1], encoding: 'bits', part: 'b0' }] })
+      const asPart = multipart([['meta', meta]], [['b0', bytes]], 'BOUNDARY0123').body.length
+      expect(chosen.bodyBytes, `${n} bytes`).toBeLessThanOrEqual(asPart)
+      const inline = JSON.parse(new TextDecoder().decode(parseMultipart(chosen.body, chosen.contentType).get('meta'))).patches[0].data !== undefined
+      expect(inline, `${n} bytes`).toBe(chosen.bodyBytes < asPart)
+    }
   })
 
   it('leaves default meta fields out', () => {

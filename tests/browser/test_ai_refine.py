@@ -68,6 +68,12 @@ def tiny_model(server: Server) -> str:
                 register_model(
                     db, LocalBlobStore(server.data_dir / "blobs"), server.project_id, weights=eager_weights()
                 )
+            # The demo's bundled model (preferred when promoted) steps aside: the editor's default is the tiny one.
+            for model in registry.list_models(db, server.project_id):
+                if model.name != MODEL and model.architecture == "interactive":
+                    for version in registry.list_versions(db, model):
+                        version.is_promoted = False
+            db.commit()
     finally:
         engine.dispose()
     return MODEL

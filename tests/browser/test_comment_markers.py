@@ -6,12 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from playwright.sync_api import Page, expect
+from scipy import ndimage
 
 from tests.browser.conftest import ANNOTATOR, LEAD, LabelledScan, Server, open_scan, screenshot, sign_in_with_token
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REVIEWER = "reviewer@maskloop.local"
 
 
 def post_comment(server: Server, scan_id: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -94,3 +98,53 @@ def test_comments_are_drawn_on_their_slice(page: Page, server: Server, make_scan
     expect(page.get_by_test_id(f"comment-marker-{pinned['id']}")).to_have_count(0)
     comments = httpx.get(f"{server.base}/api/scans/{sid}/comments", headers=server.headers(LEAD)).json()
     assert {c["id"]: c["resolved"] for c in comments} == {pinned["id"]: True, done["id"]: True, whole["id"]: False}
+
+
+def test_comment_is_pinned_to_the_structure_under_the_clicked_voxel(page: Page, server: Server, make_scan: Any) -> None:
+    """A reviewer clicks a voxel of the spleen while the liver is active: the comment is about the spleen (not the
+    active liver); the form can pin the next one to another structure, then follows the voxel again."""
+    labelled: LabelledScan = make_scan("LPS", seed=53)
+    sid = labelled.id
+    masks = labelled.phantom.masks
+    # A spleen voxel far from its edge (and from every other structure), in the scan's stored order.
+    depth = ndimage.distance_transform_edt(masks["spleen"])
+    spleen = [int(v) for v in np.unravel_index(int(np.argmax(depth)), depth.shape)]
+    assert not any(m[tuple(spleen)] for name, m in masks.items() if name != "spleen")
+    sign_in_with_token(page, server, REVIEWER)
+    open_scan(page, server, sid)
+    page.evaluate("window.maskloop.setActive('liver')")
+    page.wait_for_function("window.maskloop.state().active === 'liver'")
+    page.get_by_test_id("tab-review").click()
+    ras = page.evaluate("(v) => window.maskloop.toRAS(v)", spleen)
+    # Show the spleen's slice, the crosshair elsewhere on it, then click the spleen voxel (Navigate moves it there).
+    page.evaluate("(v) => window.maskloop.moveTo(v)", [2, 2, ras[2]])
+    at = page.evaluate("(v) => window.maskloop.clientPointOf(v, 0)", ras)
+    page.mouse.click(at["x"], at["y"])
+    page.wait_for_function("(v) => window.maskloop.crosshair().join() === v.join()", arg=ras)
+    assert page.evaluate("window.maskloop.state().active") == "liver"
+    picker = page.get_by_test_id("comment-structure")
+    expect(picker).to_have_value("spleen")
+    expect(picker).to_have_attribute("data-mode", "voxel")
+    expect(page.get_by_test_id("comment-structure-mode")).to_have_text("under the crosshair")
+    page.get_by_test_id("comment-text").fill("spleen tip is cut off")
+    page.get_by_test_id("comment-post").click()
+    expect(page.get_by_test_id("comment-list")).to_contain_text("spleen tip is cut off")
+    # The reviewer changes the structure in the form: the next comment is pinned to it.
+    picker.select_option("pancreas")
+    expect(picker).to_have_attribute("data-mode", "chosen")
+    page.get_by_test_id("comment-text").fill("the pancreas reaches this far")
+    page.get_by_test_id("comment-post").click()
+    expect(page.get_by_test_id("comment-list")).to_contain_text("the pancreas reaches this far")
+    # After that comment the form follows the voxel again.
+    expect(picker).to_have_value("spleen")
+    expect(picker).to_have_attribute("data-mode", "voxel")
+    comments = httpx.get(f"{server.base}/api/scans/{sid}/comments", headers=server.headers(LEAD), timeout=30).json()
+    pinned = {c["text"]: c for c in comments}
+    assert pinned["spleen tip is cut off"]["structure"] == "spleen"
+    assert pinned["spleen tip is cut off"]["voxel"] == spleen
+    assert pinned["the pancreas reaches this far"]["structure"] == "pancreas"
+    assert pinned["the pancreas reaches this far"]["voxel"] == spleen
+    # On background the active structure is the default (the reviewer points at where it is missing).
+    page.evaluate("(v) => window.maskloop.moveTo(v)", [1, 1, ras[2]])
+    expect(picker).to_have_value("liver")
+    expect(picker).to_have_attribute("data-mode", "active")

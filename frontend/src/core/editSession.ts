@@ -8,12 +8,18 @@ import { type Box, type Geometry, countNonzero } from './geometry'
 import { type PatchBox, type PatchPlan, decodeBox, encodeBox, encodePatch, encodePatchBox, fromBase64, toBase64 } from './patch'
 import type { DraftBox, DraftPayload } from '../types'
 
-export interface Op {
+/** One structure's recorded change: the voxel indices (RAS), and their values before and after. */
+export interface Change {
   structure: string
-  label: string
   idx: Int32Array
   before: Uint8Array
   after: Uint8Array
+}
+
+export interface Op extends Change {
+  label: string
+  /** Changes of other structures made by the same edit (the hierarchy, the overwrite policy): undone and redone with it. */
+  linked?: Change[]
 }
 
 /** One structure's mask of a version, RAS order, 0/1 (all zeros when the version records it as missing). */
@@ -67,10 +73,11 @@ export class EditSession {
   }
 
   /** Free the masks of structures that hold nothing unsaved and no undo history (large volumes: 2 × N MB each). */
-  release(keep: string): void {
-    const referenced = new Set([...this.undoStack, ...this.redoStack].map((op) => op.structure))
+  release(keep: string | readonly string[]): void {
+    const kept = new Set(typeof keep === 'string' ? [keep] : keep)
+    const referenced = new Set([...this.undoStack, ...this.redoStack].flatMap((op) => [op.structure, ...(op.linked ?? []).map((c) => c.structure)]))
     for (const structure of [...this.edited.keys()]) {
-      if (structure === keep || this.dirtySet.has(structure) || referenced.has(structure)) continue
+      if (kept.has(structure) || this.dirtySet.has(structure) || referenced.has(structure)) continue
       if (this.snapshot?.structure === structure) continue
       this.edited.delete(structure)
       this.base.delete(structure)
@@ -158,13 +165,45 @@ export class EditSession {
     return this.snapshot !== null
   }
 
+  /**
+   * Set voxels of other loaded structures as part of the newest edit (`op` must be the top of the undo stack):
+   * recorded in `op.linked`, so one undo or redo takes the whole edit. Returns the voxels changed.
+   */
+  link(op: Op, edits: readonly { structure: string; idx: ArrayLike<number>; value: number }[]): number {
+    if (this.undoStack.at(-1) !== op) throw new Error('only the newest edit can take linked changes')
+    let total = 0
+    const touched = new Set<string>()
+    for (const e of edits) {
+      const bm = this.edited.get(e.structure)
+      if (!bm) throw new Error(`structure ${e.structure} is not loaded`)
+      const changed: number[] = []
+      for (let k = 0; k < e.idx.length; k++) if (bm[e.idx[k]] !== e.value) changed.push(e.idx[k])
+      if (!changed.length) continue
+      const change: Change = {
+        structure: e.structure,
+        idx: Int32Array.from(changed),
+        before: Uint8Array.from(changed, (i) => bm[i]),
+        after: new Uint8Array(changed.length).fill(e.value),
+      }
+      for (const i of changed) bm[i] = e.value
+      ;(op.linked ??= []).push(change)
+      touched.add(e.structure)
+      total += changed.length
+    }
+    if (!total) return 0
+    for (const structure of touched) this.recheck(structure)
+    this.onChange?.()
+    return total
+  }
+
   undo(): Op | null {
     const op = this.undoStack.pop()
     if (!op) return null
-    const bm = this.edited.get(op.structure)!
-    for (let k = 0; k < op.idx.length; k++) bm[op.idx[k]] = op.before[k]
+    const linked = op.linked ?? []
+    for (let c = linked.length - 1; c >= 0; c--) this.put(linked[c], linked[c].before)
+    this.put(op, op.before)
     this.redoStack.push(op)
-    this.recheck(op.structure)
+    for (const structure of new Set([op.structure, ...linked.map((c) => c.structure)])) this.recheck(structure)
     this.onChange?.()
     return op
   }
@@ -172,12 +211,18 @@ export class EditSession {
   redo(): Op | null {
     const op = this.redoStack.pop()
     if (!op) return null
-    const bm = this.edited.get(op.structure)!
-    for (let k = 0; k < op.idx.length; k++) bm[op.idx[k]] = op.after[k]
+    const linked = op.linked ?? []
+    this.put(op, op.after)
+    for (const c of linked) this.put(c, c.after)
     this.undoStack.push(op)
-    this.recheck(op.structure)
+    for (const structure of new Set([op.structure, ...linked.map((c) => c.structure)])) this.recheck(structure)
     this.onChange?.()
     return op
+  }
+
+  private put(change: Change, values: Uint8Array): void {
+    const bm = this.edited.get(change.structure)!
+    for (let k = 0; k < change.idx.length; k++) bm[change.idx[k]] = values[k]
   }
 
   /** The changed box of a structure in stored order, or null. */

@@ -1,7 +1,8 @@
 /**
  * Patch and draft encoding, pure: the changed box of a structure in the scan's stored order, bit-packed (numpy
- * `packbits(bitorder="little")`), gzipped when that is smaller; the multipart/form-data body of a patch save; the
- * idempotency key that makes a retried save safe; base64 for drafts kept as JSON.
+ * `packbits(bitorder="little")`), gzipped when that is smaller; the multipart/form-data body of a patch save (a
+ * small box inline in the meta as base64, a larger one as a part of its own); the idempotency key that makes a
+ * retried save safe; base64 for drafts kept as JSON.
  */
 
 import { gunzipSync, gzipSync } from 'fflate'
@@ -96,23 +97,50 @@ export function decodePatchBox(p: Pick<PatchBox, 'box' | 'bytes' | 'encoding'>):
   return unpackBitsLittle(p.encoding === 'bits+gzip' ? gunzipSync(p.bytes) : p.bytes, n)
 }
 
-/** The multipart patch save of these boxes (POST /api/scans/{id}/versions/patch); only non-default meta fields are sent. */
-export function encodePatch(baseVersionId: number | null, boxes: PatchBox[], message: string, branch: boolean, idempotencyKey: string): PatchPlan {
+/** The characters of base64 for `n` bytes. */
+function base64Length(n: number): number {
+  return 4 * Math.ceil(n / 3)
+}
+
+/** The bytes a box costs as a multipart part of its own: the part's framing, its bytes, its name in the meta. */
+function partCost(name: string, bytes: number, boundary: string): number {
+  const framing = `--${boundary}\r\nContent-Disposition: form-data; name="${name}"; filename="${name}"\r\n\r\n`.length + 2
+  return framing + bytes + `,"part":"${name}"`.length
+}
+
+/** Largest box carried inline (base64 in the meta JSON): the server's limit on `data`. */
+export const MAX_INLINE_CHARS = 65_536
+
+/**
+ * The multipart patch save of these boxes (POST /api/scans/{id}/versions/patch); only non-default meta fields are
+ * sent. Each box goes where it costs fewer bytes: as a part of its own, or (a small box, such as a brush stroke's,
+ * whose bytes are fewer than a part's framing) inline in the meta JSON as base64 `data`.
+ */
+export function encodePatch(
+  baseVersionId: number | null,
+  boxes: PatchBox[],
+  message: string,
+  branch: boolean,
+  idempotencyKey: string,
+  boundary = `ml${Math.random().toString(36).slice(2, 12)}`,
+): PatchPlan {
   const meta: Record<string, unknown> = { base_version_id: baseVersionId }
   if (message) meta.message = message
   if (branch) meta.branch = true
   meta.idempotency_key = idempotencyKey
-  meta.patches = boxes.map((b, i) => ({
-    structure: b.structure,
-    origin: b.box.origin,
-    size: b.box.size,
-    encoding: b.encoding,
-    part: `b${i}`,
-  }))
-  const { body, contentType } = multipart(
-    [['meta', JSON.stringify(meta)]],
-    boxes.map((b, i) => [`b${i}`, b.bytes] as [string, Uint8Array]),
-  )
+  const files: [string, Uint8Array][] = []
+  meta.patches = boxes.map((b) => {
+    const entry: Record<string, unknown> = { structure: b.structure, origin: b.box.origin, size: b.box.size, encoding: b.encoding }
+    const name = `b${files.length}`
+    const inline = base64Length(b.bytes.length)
+    if (inline <= MAX_INLINE_CHARS && inline + ',"data":""'.length < partCost(name, b.bytes.length, boundary)) entry.data = toBase64(b.bytes)
+    else {
+      entry.part = name
+      files.push([name, b.bytes])
+    }
+    return entry
+  })
+  const { body, contentType } = multipart([['meta', JSON.stringify(meta)]], files, boundary)
   return { boxes, body, contentType, bodyBytes: body.length }
 }
 

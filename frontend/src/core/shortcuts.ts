@@ -1,6 +1,6 @@
 /** Every tool and action with its keyboard shortcut: the key handler and the help panel read this one table. */
 
-export type ToolId = 'navigate' | 'brush' | 'eraser' | 'outline' | 'fill' | 'growcut' | 'airefine'
+export type ToolId = 'navigate' | 'brush' | 'eraser' | 'outline' | 'fill' | 'growcut' | 'airefine' | 'scissors'
 
 export interface ToolSpec {
   id: ToolId
@@ -18,6 +18,7 @@ export const TOOLS: ToolSpec[] = [
   { id: 'fill', key: 'F', label: 'Flood fill', icon: '▧', help: 'Fill the enclosed region on this slice. Shift+click clears a painted region.' },
   { id: 'growcut', key: 'G', label: 'Grow-cut', icon: '✺', help: 'Click a seed: grow-cut segments the region around it (uses the display window).' },
   { id: 'airefine', key: 'K', label: 'AI refine', icon: '✦', help: 'Click inside the structure (Shift+click outside): the AI model redraws it; each click refines the last answer.' },
+  { id: 'scissors', key: 'C', label: 'Scissors', icon: '✂', help: 'Click an outline (double-click or Enter closes it): erase or fill inside or outside it, through the volume or a slab; preview, then Enter accepts, Esc rejects.' },
 ]
 
 export interface ActionSpec {

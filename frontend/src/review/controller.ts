@@ -16,6 +16,7 @@ import type { ReviewHost } from './host'
 import { ActivityTracker } from './activity'
 import { ACTION_LABELS, STATE_LABELS } from './labels'
 import { CommentMarkers } from './markers'
+import { type PinChoice, type PinDefault, pinDefault, pinnedStructure } from './pinning'
 
 const HEARTBEAT_MS = 60_000
 /** States in which editing first moves the task to `annotating` (the `start` action, which takes the lease). */
@@ -39,6 +40,9 @@ export interface ReviewState {
   currentComment: number | null
   /** The reviewer's decision banner was closed (until the next decision). */
   bannerClosed: number | null
+  /** The structure under the crosshair voxel (a new comment's default), and the reviewer's pick in the form. */
+  pinUnder: PinDefault
+  pinChoice: PinChoice
 }
 
 /** A place on the scan: a voxel (stored order), or a slice only, optionally with its structure. */
@@ -72,6 +76,8 @@ export class ReviewController {
       markers: { show: this.markers.show, includeResolved: this.markers.includeResolved },
       currentComment: null,
       bannerClosed: null,
+      pinUnder: { structure: null, drawn: false },
+      pinChoice: { kind: 'auto' },
     })
     this.activity = new ActivityTracker(
       host.scanId,
@@ -86,6 +92,12 @@ export class ReviewController {
     }
     this.markers.onGoTo = (c) => this.goTo(c)
     this.markers.canResolve = () => this.role !== 'viewer'
+    // Every redraw (the crosshair moved, a slice changed): the comment form follows the structure under the voxel.
+    this.markers.onPlaced = () => {
+      const next = this.structureUnderCrosshair()
+      const now = this.store.get().pinUnder
+      if (next.structure !== now.structure || next.drawn !== now.drawn) this.store.set({ pinUnder: next })
+    }
     this.store.watch(
       (s) => s.comments,
       (comments) => this.markers.setComments(comments),
@@ -358,10 +370,37 @@ export class ReviewController {
     this.store.set({ bannerClosed: reviewId })
   }
 
-  /** Where the crosshair is, as a comment location in the scan's stored voxel indices. */
+  /**
+   * Where the crosshair is, as a comment location in the scan's stored voxel indices, pinned to the structure under
+   * that voxel (the innermost one drawn there; the active one on background) unless the reviewer chose one.
+   */
   location(): Required<Pick<CommentIn, 'structure' | 'slice_axis' | 'slice_index' | 'voxel'>> {
     const { voxel, sliceAxis } = this.host.crosshair()
-    return { structure: this.host.activeStructure(), slice_axis: sliceAxis, slice_index: voxel[sliceAxis], voxel: [voxel[0], voxel[1], voxel[2]] }
+    const under = pinDefault(this.host.structuresAt(voxel), this.host.structures(), this.host.activeStructure())
+    const structure = pinnedStructure(this.store.get().pinChoice, under.structure)
+    return { structure, slice_axis: sliceAxis, slice_index: voxel[sliceAxis], voxel: [voxel[0], voxel[1], voxel[2]] }
+  }
+
+  /** The comment form's default structure at the crosshair voxel (nothing before the volume is loaded). */
+  structureUnderCrosshair(): PinDefault {
+    let voxel: Vec3
+    try {
+      voxel = this.host.crosshair().voxel
+    } catch {
+      return { structure: null, drawn: false } // the volume is not loaded yet
+    }
+    return pinDefault(this.host.structuresAt(voxel), this.host.structures(), this.host.activeStructure())
+  }
+
+  /** The comment form's structure: 'auto' follows the voxel; a name (or null: none) is kept until the next comment. */
+  choosePin(choice: string | null | 'auto'): void {
+    this.store.set({ pinChoice: choice === 'auto' ? { kind: 'auto' } : { kind: 'chosen', structure: choice } })
+  }
+
+  /** The structure a comment written now is pinned to (what the form shows). */
+  get pinStructure(): string | null {
+    const s = this.store.get()
+    return pinnedStructure(s.pinChoice, s.pinUnder.structure)
   }
 
   /** Move the crosshair to a comment's (or finding's) voxel, or to the middle of its slice. */
@@ -384,7 +423,7 @@ export class ReviewController {
       return null
     }
     const c: CommentIn = { ...this.location(), version_id: this.reviewedVersion(), text: t }
-    this.store.set({ pending: [...this.store.get().pending, c] })
+    this.store.set({ pending: [...this.store.get().pending, c], pinChoice: { kind: 'auto' } })
     return c
   }
 
@@ -405,6 +444,7 @@ export class ReviewController {
     const out = await api.post<CommentOut>(`/api/scans/${this.host.scanId}/comments`, {
       json: { ...this.location(), version_id: this.reviewedVersion(), text: t },
     })
+    this.store.set({ pinChoice: { kind: 'auto' } })
     await this.loadComments()
     return out
   }

@@ -21,6 +21,13 @@ export interface ReviewHost {
   moveTo(voxel: Vec3): void
   /** The structure being edited, or null. */
   activeStructure(): string | null
+  /** The schema's structures (name and `inside` parent) in schema order: the comment form offers them. */
+  structures(): { name: string; inside: string | null }[]
+  /**
+   * The structures drawn at a voxel (stored order), the active one first: those whose working copy holds the voxel
+   * (unsaved edits included), then the one the overlay of the others shows there. Empty on background.
+   */
+  structuresAt(voxel: Vec3): string[]
   /** Make a structure of the schema the active one (names outside the schema are ignored). */
   activate(name: string): void
   /** Bring the review tab of the side panel to the front. */

@@ -42,6 +42,8 @@ export class CommentMarkers {
   canResolve: () => boolean = () => true
   /** Called when the popup's "Go to" is pressed. */
   onGoTo: ((c: CommentOut) => void) | null = null
+  /** Called after the markers are placed (every redraw: slice, crosshair, zoom, pan, layout). */
+  onPlaced: (() => void) | null = null
 
   constructor() {
     this.layer = h('div', { class: 'comment-layer', 'data-testid': 'comment-layer' })
@@ -126,6 +128,7 @@ export class CommentMarkers {
     }
     this.layer.append(this.popup)
     this.renderPopup()
+    this.onPlaced?.()
   }
 
   private place(c: CommentOut, plane: number, kind: 'voxel' | 'slice', x: number, y: number): void {

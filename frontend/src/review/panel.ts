@@ -1,10 +1,12 @@
 /**
- * The review tab of the workspace: the decision form (approve / request changes with comments pinned to the active
- * structure and the crosshair voxel) or a comment box, "show comments on image", the comments with "go to", QA
- * findings (resolve / dismiss) and the reviews so far. Redrawn when the parts of the workflow state it shows change
- * (not on lease renewals or activity reports, so a message being written is kept).
+ * The review tab of the workspace: the decision form (approve / request changes with comments pinned to the
+ * crosshair voxel and the structure under it, or one chosen in the form) or a comment box, "show comments on
+ * image", the comments with "go to", QA findings (resolve / dismiss) and the reviews so far. Redrawn when the
+ * parts of the workflow state it shows change (not on lease renewals or activity reports, so a message being
+ * written is kept); the comment form's structure follows the crosshair without a redraw.
  */
 
+import { pretty } from '../core/structures'
 import { clear, fmtTime, h, toast } from '../dom'
 import { sameItems } from '../store'
 import type { ReviewController, ReviewState } from './controller'
@@ -34,17 +36,58 @@ function shown(s: Readonly<ReviewState>): readonly unknown[] {
 export class ReviewPanel {
   readonly el: HTMLElement
   private readonly review: ReviewController
+  /** The comment form's structure picker (kept in step with the crosshair without redrawing the form). */
+  private pin: { select: HTMLSelectElement; mode: HTMLElement; auto: HTMLButtonElement } | null = null
 
   constructor(review: ReviewController) {
     this.review = review
     this.el = h('div', { class: 'tab-body', 'data-testid': 'panel-review', hidden: true })
     review.state.watch(shown, () => this.render(), { equals: sameItems })
+    review.state.watch((s) => [s.pinUnder, s.pinChoice] as const, () => this.syncPin(), { equals: sameItems })
+  }
+
+  /** "About <structure>": the structure under the crosshair voxel, or the one the reviewer picks. */
+  private pinField(): HTMLElement {
+    const select = h(
+      'select',
+      {
+        'data-testid': 'comment-structure',
+        title: 'The structure the comment is about (by default the one under the crosshair)',
+        onchange: (e: Event) => {
+          const value = (e.target as HTMLSelectElement).value
+          this.review.choosePin(value === '' ? null : value)
+        },
+      },
+      h('option', { value: '' }, '— no structure —'),
+      this.review.host.structures().map((s) => h('option', { value: s.name }, pretty(s.name))),
+    )
+    const mode = h('span', { class: 'muted', 'data-testid': 'comment-structure-mode' })
+    const auto = h(
+      'button',
+      { class: 'btn plain small', 'data-testid': 'comment-structure-auto', title: 'Follow the structure under the crosshair again', onclick: () => this.review.choosePin('auto') },
+      '↺',
+    )
+    this.pin = { select, mode, auto }
+    this.syncPin()
+    return h('div', { class: 'pin-structure' }, h('span', null, 'About'), select, mode, auto)
+  }
+
+  private syncPin(): void {
+    const pin = this.pin
+    if (!pin) return
+    const { pinChoice, pinUnder } = this.review.state.get()
+    const chosen = pinChoice.kind === 'chosen'
+    pin.select.value = this.review.pinStructure ?? ''
+    pin.select.dataset.mode = chosen ? 'chosen' : pinUnder.drawn ? 'voxel' : 'active'
+    pin.mode.textContent = chosen ? 'chosen' : pinUnder.drawn ? 'under the crosshair' : 'active (nothing drawn here)'
+    pin.auto.hidden = !chosen
   }
 
   render(): void {
     const r = this.review
     const body = this.el
     clear(body)
+    this.pin = null
     if (!r.available || !r.task) {
       body.append(h('p', { class: 'muted' }, 'The review workflow is not available on this server.'))
       return
@@ -104,7 +147,7 @@ export class ReviewPanel {
           {
             class: 'btn small',
             'data-testid': 'comment-pin',
-            title: 'Pin this comment to the active structure and the crosshair voxel',
+            title: 'Pin this comment to the crosshair voxel and the structure chosen below',
             onclick: () => {
               if (this.review.pin(note.value)) note.value = ''
             },
@@ -112,6 +155,7 @@ export class ReviewPanel {
           'Pin here',
         ),
       ),
+      this.pinField(),
       this.review.state.get().pending.length
         ? h(
             'ul',
@@ -164,7 +208,7 @@ export class ReviewPanel {
 
   private commentForm(): HTMLElement {
     const note = h('input', { type: 'text', placeholder: 'Comment at the crosshair…', 'data-testid': 'comment-text' }) as HTMLInputElement
-    return h(
+    const bar = h(
       'div',
       { class: 'pin-bar' },
       note,
@@ -183,6 +227,7 @@ export class ReviewPanel {
         'Comment',
       ),
     )
+    return h('div', { class: 'comment-form' }, bar, this.pinField())
   }
 
   private commentList(): HTMLElement {

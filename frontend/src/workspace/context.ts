@@ -8,6 +8,7 @@ import type { Scan, SchemaOut, Structure, Version } from '../api/types'
 import type { LockReason } from '../core/access'
 import type { LabelColor } from '../core/colors'
 import type { EditSession } from '../core/editSession'
+import type { Disagreement, OverwritePolicy } from '../core/hierarchy'
 import type { ReviewController } from '../review'
 import type { Viewer } from '../viewer'
 import type { SaveState, WorkspaceStore } from './state'
@@ -52,6 +53,16 @@ export interface EditorPort {
   redo(): void
   interpolate(): void
   paintVoxels(name: string, voxels: [number, number, number][], value: number): Promise<number>
+  /** The structure is locked: no tool changes it (structureRules.ts). */
+  isLocked(name: string): boolean
+  /** Resolves once the last edit's linked changes (parents, parts, overwritten structures) are in place. */
+  settled(): Promise<void>
+  /** The pre-save check: parts outside their parent among the pairs with an edited side. */
+  hierarchyIssues(): Promise<Disagreement[]>
+  /** One-click fix of a disagreement as one undoable edit: add to the parent, or remove from the part. */
+  fixIssue(issue: Disagreement, how: 'parent' | 'part'): Promise<number>
+  /** Choose the overwrite policy (kept per user in this browser). */
+  setOverwrite(policy: OverwritePolicy): void
 }
 
 /** The attention heat overlay (attention.ts). */

@@ -2,65 +2,123 @@
  * The editing model: only the active structure lives in NiiVue's drawing layer (RAS order); the others are a
  * read-only label overlay (the base version's combined map without the active structure, plus this session's
  * unsaved edits of the others), so overlapping structures are never flattened. Undo/redo, interpolation and
- * scripted edits; the overlay colours follow the store's visibility, opacity and "other structures" switch.
+ * scripted edits; the display (masks.ts: palette, fill and outline opacity, outlines, the active structure's rim)
+ * follows the store's visibility, opacity, outline and "other structures" switches; the structure rules
+ * (structureRules.ts: lock, hierarchy, overwrite policy) apply to every edit.
  */
 
 import { api } from '../api/client'
 import type { LabelColor } from '../core/colors'
-import { hexToRgb } from '../core/colors'
+import type { Op } from '../core/editSession'
+import type { Disagreement, OverwritePolicy } from '../core/hierarchy'
 import { parseNifti } from '../core/nifti'
-import { paintOrder } from '../core/structures'
+import { paintOrder, pretty } from '../core/structures'
 import { interpolateSlices } from '../core/tools'
 import { toast } from '../dom'
 import type { EditorPort, WorkspaceContext } from './context'
+import { StructureDisplay } from './masks'
 import { planeOf } from './state'
+import { StructureRules } from './structureRules'
 
 export class Editor implements EditorPort {
   private readonly ctx: WorkspaceContext
   private overlayCache = new Map<string, Uint8Array>()
   private colorTimer: number | null = null
+  private composeTimer: number | null = null
+  /** The outlined set and plane the overlay was last built with. */
+  private composedKey = ''
+  private paletteApplied = false
+  /** Palette, fill and outline opacity, outlines (masks.ts). */
+  readonly display: StructureDisplay
+  /** Lock, hierarchy and overwrite policy of every edit (structureRules.ts). */
+  readonly rules: StructureRules
 
   constructor(ctx: WorkspaceContext) {
     this.ctx = ctx
-    // Colours and visibility changed: coalesce bursts (opacity sliders) into one GPU refresh.
+    this.display = new StructureDisplay(ctx)
+    this.rules = new StructureRules(ctx, (version, order) => this.mapInOrder(version, order), (names) => this.afterLinked(names))
+    // Colours, visibility, outlines: coalesce bursts (opacity sliders) into one GPU refresh; the overlay is
+    // rebuilt only when the outlined set or the view's plane changes.
     ctx.store.watch(
-      (s) => [s.views, s.labelsOn] as const,
+      (s) => [s.views, s.labelsOn, s.outlineAll, s.parentOutline, s.layout] as const,
+      () => {
+        // The schema's structures are in place once their views are: colour them first (one palette for all).
+        if (!this.paletteApplied && ctx.schema) {
+          this.paletteApplied = true
+          this.display.applyPalette()
+          this.rules.loadPolicy()
+        }
+        this.applyColors()
+      },
+      { equals: (a, b) => a.every((x, i) => Object.is(x, b[i])) },
+    )
+    // Parts gaining or losing voxels change which parents are outlined.
+    ctx.store.watch(
+      (s) => s.dirty.join(),
       () => this.applyColors(),
-      { equals: (a, b) => a[0] === b[0] && a[1] === b[1] },
     )
   }
 
-  /** Label overlay colours of every structure but the active one; the drawing layer colour of the active. */
+  /** Label overlay colours of every structure (fills and outlines, masks.ts). */
   colors(): LabelColor[] {
-    const { views, labelsOn } = this.ctx.store.get()
-    return this.ctx.structures.map((s) => {
-      const v = views.get(s.name)!
-      return {
-        value: s.label_value,
-        rgb: hexToRgb(s.color),
-        alpha: labelsOn && v.visible ? v.opacity : 0,
-        name: s.name,
-      }
-    })
+    return this.display.colors()
   }
 
   private applyColors(): void {
     if (this.colorTimer !== null) window.clearTimeout(this.colorTimer)
     this.colorTimer = window.setTimeout(() => {
       this.colorTimer = null
-      this.ctx.viewer?.setLabelColors(this.colors())
+      if (!this.ctx.viewer) return
+      if (this.ctx.store.get().mode.kind === 'edit' && this.display.outlineKey() !== this.composedKey) this.scheduleCompose()
+      else this.ctx.viewer.setLabelColors(this.colors())
       this.applyDrawOpacity()
     }, 60)
   }
 
-  private drawOpacity(name: string): number {
-    const v = this.ctx.store.get().views.get(name)!
-    return v.visible ? Math.max(0.15, Math.min(1, v.opacity + 0.15)) : 0
+  /** Rebuild the overlay soon (after linked changes or an outline switch), once for a burst. */
+  private scheduleCompose(): void {
+    if (this.composeTimer !== null) window.clearTimeout(this.composeTimer)
+    this.composeTimer = window.setTimeout(() => {
+      this.composeTimer = null
+      if (this.ctx.store.get().mode.kind === 'edit' && this.ctx.viewer?.geometry) this.composeOverlay().catch((err: unknown) => this.ctx.fail(err))
+    }, 120)
   }
 
+  /** The active structure's fill opacity and rim (drawn as an outline) in the drawing layer. */
   private applyDrawOpacity(): void {
     const { active, mode } = this.ctx.store.get()
-    if (active && mode.kind === 'edit') this.ctx.viewer.setDrawOpacity(this.drawOpacity(active))
+    if (!active || mode.kind !== 'edit' || !this.ctx.viewer) return
+    const { opacity, rim } = this.display.drawing(active)
+    this.ctx.viewer.nv.drawRimOpacity = rim ? 1 : -1
+    this.ctx.viewer.setDrawOpacity(opacity)
+  }
+
+  /** Linked changes (or a take-back) touched these structures: redraw the drawing layer and the overlay. */
+  private afterLinked(names: string[]): void {
+    const active = this.ctx.store.get().active
+    if (active && names.includes(active)) this.ctx.viewer.refreshDrawing()
+    if (names.some((n) => n !== active)) this.scheduleCompose()
+  }
+
+  isLocked(name: string): boolean {
+    return this.rules.isLocked(name)
+  }
+
+  /** Resolves once the last edit's linked changes (parents, parts, overwritten structures) are in place. */
+  settled(): Promise<void> {
+    return this.rules.settled()
+  }
+
+  hierarchyIssues(): Promise<Disagreement[]> {
+    return this.rules.issues()
+  }
+
+  fixIssue(issue: Disagreement, how: 'parent' | 'part'): Promise<number> {
+    return this.rules.fix(issue, how)
+  }
+
+  setOverwrite(policy: OverwritePolicy): void {
+    this.rules.setPolicy(policy)
   }
 
   /** Make a structure the one being edited: it goes into the drawing layer, the others into the overlay. */
@@ -70,34 +128,44 @@ export class Editor implements EditorPort {
     const s = ctx.structure(name)
     ctx.store.set({ active: name, activeLoaded: null })
     const bm = await ctx.session.ensure(name)
+    // Its parents too: painting it adds to them in the same edit, at once.
+    const parents = this.rules.hierarchy.ancestors(name)
+    await Promise.all(parents.map((p) => ctx.session.ensure(p)))
     if (ctx.store.get().active !== name) return
     if (ctx.store.get().mode.kind === 'edit') {
-      ctx.viewer.setDrawing(bm, s.color, this.drawOpacity(name))
+      const { opacity, rim } = this.display.drawing(name)
+      ctx.viewer.nv.drawRimOpacity = rim ? 1 : -1
+      ctx.viewer.setDrawing(bm, s.color, opacity)
       await this.composeOverlay()
     }
     await ctx.attention.follow(name)
     if (ctx.store.get().active === name) {
       // The panels and the readout follow `activeLoaded`.
       ctx.store.set({ activeLoaded: name })
-      ctx.session.release(name)
+      ctx.session.release([name, ...parents])
     }
   }
 
   async combinedMap(versionId: number, exclude: string | null): Promise<Uint8Array> {
-    const key = `${versionId}:${exclude ?? ''}`
-    const cached = this.overlayCache.get(key)
-    if (cached) return cached.slice()
     const order = paintOrder(this.ctx.structures)
       .filter((s) => s.name !== exclude)
       .map((s) => s.name)
-      .join(',')
+    return (await this.mapInOrder(versionId, order)).slice()
+  }
+
+  /** A version's combined map (stored order) painted in this order, cached: read it, never write to it. */
+  private async mapInOrder(versionId: number, names: string[]): Promise<Uint8Array> {
+    const order = names.join(',')
+    const key = `${versionId}:${order}`
+    const cached = this.overlayCache.get(key)
+    if (cached) return cached
     const bytes = await api.bytes(`/api/versions/${versionId}/combined?order=${encodeURIComponent(order)}`)
     const vol = parseNifti(bytes)
     const out = new Uint8Array(vol.data.length)
     for (let i = 0; i < out.length; i++) out[i] = Math.min(255, vol.data[i])
     this.overlayCache.set(key, out)
     if (this.overlayCache.size > 8) this.overlayCache.delete(this.overlayCache.keys().next().value!)
-    return out.slice()
+    return out
   }
 
   clearOverlayCache(): void {
@@ -123,6 +191,8 @@ export class Editor implements EditorPort {
         else if (labels[n] === s.label_value) labels[n] = 0
       }
     }
+    this.composedKey = this.display.outlineKey()
+    this.display.applyOutlines(labels, active)
     await ctx.viewer.setLabels(labels, this.colors())
     this.applyDrawOpacity()
   }
@@ -133,10 +203,19 @@ export class Editor implements EditorPort {
       toast('This is a read-only view: press Esc to go back to editing', 'warn')
       return true
     }
-    if (!ctx.store.get().active || !ctx.session) return true
+    const active = ctx.store.get().active
+    if (!active || !ctx.session) return true
     const lock = ctx.lockReason()
     if (lock) {
       toast(lock.text, 'warn')
+      return true
+    }
+    if (this.rules.isLocked(active)) {
+      toast(`${pretty(active)} is locked: unlock it in the structures tab to edit it`, 'warn')
+      return true
+    }
+    if (this.rules.busy) {
+      toast('Still updating the parent and part structures of the last edit…', 'info', 1500)
       return true
     }
     return false
@@ -145,13 +224,15 @@ export class Editor implements EditorPort {
   /** Programmatic edit (test hook and scripted corrections): set RAS voxels of a structure, one undo step. */
   async paintVoxels(name: string, voxels: [number, number, number][], value: number): Promise<number> {
     const { ctx } = this
-    if (ctx.lockReason()) return 0
+    if (ctx.lockReason() || this.rules.isLocked(name)) return 0
     if (!(await ctx.review.ensureLease())) return 0
+    await this.rules.settled()
     const bm = await ctx.session.ensure(name)
     ctx.session.begin(name)
     const g = ctx.viewer.geometry!
     for (const v of voxels) bm[g.rasIndex(v[0], v[1], v[2])] = value
     const op = ctx.session.commit('scripted edit')
+    await this.rules.settled()
     if (name === ctx.store.get().active) ctx.viewer.refreshDrawing()
     else await this.composeOverlay()
     return op ? op.idx.length : 0
@@ -175,29 +256,32 @@ export class Editor implements EditorPort {
 
   undo(): void {
     const { ctx } = this
-    if (ctx.store.get().mode.kind !== 'edit' || ctx.session.busy) return
+    if (ctx.store.get().mode.kind !== 'edit' || ctx.session.busy || this.rules.busy) return
     const op = ctx.session.undo()
     if (!op) {
       toast('Nothing to undo', 'info', 1500)
       return
     }
-    this.afterHistory(op.structure)
+    this.afterHistory(op)
   }
 
   redo(): void {
     const { ctx } = this
-    if (ctx.store.get().mode.kind !== 'edit' || ctx.session.busy) return
+    if (ctx.store.get().mode.kind !== 'edit' || ctx.session.busy || this.rules.busy) return
     const op = ctx.session.redo()
     if (!op) {
       toast('Nothing to redo', 'info', 1500)
       return
     }
-    this.afterHistory(op.structure)
+    this.afterHistory(op)
   }
 
-  private afterHistory(structure: string): void {
-    if (structure === this.ctx.store.get().active) this.ctx.viewer.refreshDrawing()
-    else this.setActive(structure).catch((err: unknown) => this.ctx.fail(err))
+  private afterHistory(op: Op): void {
+    const active = this.ctx.store.get().active
+    if (op.structure === active) this.ctx.viewer.refreshDrawing()
+    else this.setActive(op.structure).catch((err: unknown) => this.ctx.fail(err))
+    const linked = (op.linked ?? []).map((c) => c.structure)
+    if (linked.length && op.structure === active) this.afterLinked(linked)
   }
 
   /** The previous (-1) or next (+1) structure of the schema becomes active. */

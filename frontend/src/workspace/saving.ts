@@ -1,7 +1,7 @@
 /**
- * Saving versions: the save dialog, a patch save of the changed boxes on the session's base (retried with one
- * idempotency key), the 409 conflict dialog (rebase onto the head, or save as a branch), refusals that keep the
- * edit as a draft, and discarding the unsaved edit.
+ * Saving versions: the save dialog (with the pre-save hierarchy check, hierarchyCheck.ts), a patch save of the
+ * changed boxes on the session's base (retried with one idempotency key), the 409 conflict dialog (rebase onto
+ * the head, or save as a branch), refusals that keep the edit as a draft, and discarding the unsaved edit.
  */
 
 import { ApiError, OfflineError, SAVE_RETRY, api, isTransient, withRetry } from '../api/client'
@@ -11,6 +11,7 @@ import { pretty } from '../core/structures'
 import { dialog, fmtTime, h, toast } from '../dom'
 import type { ConflictBody } from '../types'
 import type { SavingPort, WorkspaceContext } from './context'
+import { HierarchyCheck } from './hierarchyCheck'
 
 export class Saving implements SavingPort {
   private readonly ctx: WorkspaceContext
@@ -39,24 +40,39 @@ export class Saving implements SavingPort {
       return null
     }
     if (message === undefined) {
+      // The pre-save check: parts outside their parent, with one-click fixes; it warns, saving stays possible.
+      const issues = await ctx.editor.hierarchyIssues().catch((err: unknown) => {
+        console.warn('hierarchy check failed', err)
+        return []
+      })
+      const check = new HierarchyCheck(ctx, issues)
       const input = h('textarea', { rows: '3', placeholder: 'What did you change? (optional)', 'data-testid': 'save-message' })
+      const changed = (): string => `Changed: ${ctx.session.dirty.map(pretty).join(', ')}. Only the changed boxes are sent.`
+      const summary = h('p', { class: 'muted' }, changed())
+      const saveLabel = ctx.review.myReading ? 'Save my reading' : session.branch ? 'Save on branch' : session.baseVersionId === null ? 'Save first version' : 'Save'
+      const anyway = (n: number): string => (n ? `${saveLabel} anyway` : saveLabel)
       const choice = await dialog(
         'Save a new version',
-        h('div', null, h('p', { class: 'muted' }, `Changed: ${session.dirty.map(pretty).join(', ')}. Only the changed boxes are sent.`), input),
+        h('div', null, summary, check.count ? check.element : null, input),
         [
           { label: 'Cancel', value: '', testid: 'save-cancel' },
-          {
-            label: ctx.review.myReading ? 'Save my reading' : session.branch ? 'Save on branch' : session.baseVersionId === null ? 'Save first version' : 'Save',
-            value: 'save',
-            kind: 'primary',
-            testid: 'save-confirm',
-          },
+          { label: anyway(check.count), value: 'save', kind: 'primary', testid: 'save-confirm' },
         ],
-        { testid: 'save-dialog' },
+        {
+          testid: 'save-dialog',
+          onOpen: (root) => {
+            check.onChange = (issues) => {
+              summary.textContent = changed()
+              const button = root.querySelector<HTMLElement>('[data-testid=save-confirm]')
+              if (button) button.textContent = anyway(issues.length)
+            }
+          },
+        },
       )
       if (choice !== 'save') return null
       message = input.value.trim()
     }
+    await ctx.editor.settled()
     if (!(await ctx.review.ensureLease(true))) {
       toast(`${ctx.lockReason()?.text ?? 'Someone else holds the edit lease'}: not saved (your edit is kept as a draft)`, 'warn', 6000)
       return null

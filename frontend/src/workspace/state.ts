@@ -2,6 +2,7 @@
 
 import type { DiffOut, Priority, Version } from '../api/types'
 import type { LockReason } from '../core/access'
+import type { OverwritePolicy } from '../core/hierarchy'
 import type { ToolId } from '../core/shortcuts'
 import type { HuRange } from '../core/tools'
 import { type Store, createStore } from '../store'
@@ -14,6 +15,10 @@ export type SaveState = 'loading' | 'saved' | 'dirty' | 'saving' | 'conflict' | 
 export interface StructureView {
   visible: boolean
   opacity: number
+  /** Drawn as an outline instead of filled. */
+  outline?: boolean
+  /** Never changed by any tool (brush, eraser, operations, AI refine, interpolation, the hierarchy, overwrite). */
+  locked?: boolean
 }
 
 /** The attention overlay as the panel shows it (the heat volume itself stays with the attention module). */
@@ -66,6 +71,11 @@ export interface WorkspaceState {
   attention: AttentionView
   attentionOpacity: number
   priorities: Priority[]
+  /** Every structure drawn as an outline; a parent drawn as an outline under its (present) parts. */
+  outlineAll: boolean
+  parentOutline: boolean
+  /** Whether an edit that adds voxels erases the other structures there (off / all / visible ones); per user. */
+  overwrite: OverwritePolicy
 }
 
 export type WorkspaceStore = Store<WorkspaceState>
@@ -108,5 +118,8 @@ export function createWorkspaceStore(): WorkspaceStore {
     attention: { on: false, structure: null, regions: 0, index: -1 },
     attentionOpacity: 0.7,
     priorities: [],
+    outlineAll: false,
+    parentOutline: true,
+    overwrite: 'off',
   })
 }

@@ -1,14 +1,19 @@
 /**
  * The structures tab: the schema's structures by group, the active one, voxel counts and mL (live for loaded
- * structures, else the base version's), unsaved-change dots, visibility and opacity per structure and per group;
- * the Tools panel of the active structure (toolsPanel.ts) below the list.
+ * structures, else the base version's), unsaved-change dots, visibility, opacity, outline and lock per structure,
+ * visibility per group; the display switches (outline all, parents as outline) and the overwrite policy; the
+ * Tools panel of the active structure (toolsPanel.ts) below the list.
  */
 
 import type { Structure } from '../api/types'
+import { OVERWRITE_POLICIES, type OverwritePolicy } from '../core/hierarchy'
 import { groupStructures, pretty } from '../core/structures'
 import { clear, h } from '../dom'
 import type { WorkspaceContext } from './context'
+import type { StructureView } from './state'
 import { ToolsPanel } from './toolsPanel'
+
+const POLICY_TEXT: Record<OverwritePolicy, string> = { off: 'off', all: 'all others', visible: 'visible others' }
 
 export class StructuresPanel {
   private readonly ctx: WorkspaceContext
@@ -32,6 +37,10 @@ export class StructuresPanel {
     )
     ctx.store.watch(
       (s) => s.dirty.join(),
+      () => this.render(),
+    )
+    ctx.store.watch(
+      (s) => `${s.outlineAll}|${s.parentOutline}|${s.overwrite}`,
       () => this.render(),
     )
     // Every edit, undo or restore: the active count and the unsaved dots.
@@ -64,6 +73,7 @@ export class StructuresPanel {
     clear(body)
     const active = ctx.store.get().active
     body.append(h('div', { class: 'active-info', 'data-testid': 'active-structure' }, active ? ['Editing ', h('b', null, pretty(active))] : 'No structure selected'))
+    body.append(this.switches())
     const views = ctx.store.get().views
     for (const [g, members] of groupStructures(ctx.structures)) {
       const allVisible = members.every((s) => views.get(s.name)!.visible)
@@ -90,7 +100,39 @@ export class StructuresPanel {
     body.append(this.tools.element)
   }
 
-  private setViews(names: string[], patch: { visible?: boolean; opacity?: number }): void {
+  /** Outline all, parents as outline, and the overwrite policy (stored per user in this browser). */
+  private switches(): HTMLElement {
+    const { ctx } = this
+    const { outlineAll, parentOutline, overwrite } = ctx.store.get()
+    const check = (label: string, title: string, testid: string, on: boolean, set: (on: boolean) => void): HTMLElement =>
+      h(
+        'label',
+        { class: 'switch', title },
+        h('input', { type: 'checkbox', checked: on, 'data-testid': testid, onchange: (e: Event) => set((e.target as HTMLInputElement).checked) }),
+        ` ${label}`,
+      )
+    return h(
+      'div',
+      { class: 'structure-switches' },
+      check('outline all', 'draw every structure as an outline', 'outline-all', outlineAll, (on) => ctx.store.set({ outlineAll: on })),
+      check('parents as outline', 'draw a parent (pancreas) as an outline around its parts', 'parent-outline', parentOutline, (on) => ctx.store.set({ parentOutline: on })),
+      h(
+        'label',
+        { class: 'switch', title: 'whether painting a structure erases the other structures there (like Slicer’s “overwrite other segments”); locked structures never change' },
+        'overwrite ',
+        h(
+          'select',
+          {
+            'data-testid': 'overwrite-policy',
+            onchange: (e: Event) => ctx.editor.setOverwrite((e.target as HTMLSelectElement).value as OverwritePolicy),
+          },
+          OVERWRITE_POLICIES.map((p) => h('option', { value: p, selected: p === overwrite }, POLICY_TEXT[p])),
+        ),
+      ),
+    )
+  }
+
+  private setViews(names: string[], patch: Partial<StructureView>): void {
     const views = new Map(this.ctx.store.get().views)
     for (const name of names) views.set(name, { ...views.get(name)!, ...patch })
     this.ctx.store.set({ views })
@@ -109,16 +151,26 @@ export class StructuresPanel {
     return h(
       'div',
       {
-        class: `srow ${active === s.name ? 'active' : ''} ${missing ? 'missing' : ''}`,
+        class: `srow ${active === s.name ? 'active' : ''} ${missing ? 'missing' : ''} ${view.locked ? 'locked' : ''}`,
         'data-testid': `structure-row-${s.name}`,
         title: s.inside ? `${s.name} (inside ${s.inside})` : s.name,
         onclick: (e: Event) => {
-          if ((e.target as HTMLElement).closest('input')) return
+          if ((e.target as HTMLElement).closest('input, button')) return
           activate()
         },
       },
       h('input', { type: 'radio', name: 'active-structure', checked: active === s.name, 'data-testid': `activate-${s.name}`, onchange: activate }),
-      h('span', { class: 'swatch', style: { background: s.color } }),
+      h('button', {
+        class: `swatch ${view.outline ? 'hollow' : ''}`,
+        style: view.outline ? { borderColor: s.color } : { background: s.color, borderColor: s.color },
+        title: view.outline ? 'drawn as an outline (click: filled)' : 'filled (click: draw as an outline)',
+        'aria-pressed': String(!!view.outline),
+        'data-testid': `outline-${s.name}`,
+        onclick: () => {
+          this.setViews([s.name], { outline: !view.outline })
+          this.render()
+        },
+      }),
       h('span', { class: 'sname' }, s.inside ? '↳ ' : '', pretty(s.name), dirty ? h('span', { class: 'dot', title: 'unsaved change' }, ' ●') : null),
       h(
         'span',
@@ -145,6 +197,20 @@ export class StructuresPanel {
         'data-testid': `opacity-${s.name}`,
         oninput: (e: Event) => this.setViews([s.name], { opacity: Number((e.target as HTMLInputElement).value) }),
       }),
+      h(
+        'button',
+        {
+          class: `tog lock ${view.locked ? 'on' : ''}`,
+          title: view.locked ? 'locked: no tool changes it (click to unlock)' : 'lock: no tool will change it',
+          'aria-pressed': String(!!view.locked),
+          'data-testid': `lock-${s.name}`,
+          onclick: () => {
+            this.setViews([s.name], { locked: !view.locked })
+            this.render()
+          },
+        },
+        h('span', { class: 'padlock' }),
+      ),
     )
   }
 

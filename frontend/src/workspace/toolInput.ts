@@ -1,7 +1,7 @@
 /**
  * Pointer input on the image: a stroke of the chosen tool on the active structure (brush, eraser, filled outline,
  * flood fill, grow-cut), each finished stroke one undo step; the brush-sized ring under the pointer; a click of the
- * AI refine tool (aiRefine.ts: inside, or Shift+click outside).
+ * AI refine tool (aiRefine.ts: inside, or Shift+click outside); the scissors' outline points (scissors.ts).
  */
 
 import type { Vec3 } from '../core/geometry'
@@ -9,6 +9,7 @@ import { type HuRange, fillPolygon, floodFill2D, growCut, paintDisc, paintSegmen
 import { toast } from '../dom'
 import { AiRefine } from './aiRefine'
 import type { WorkspaceContext } from './context'
+import { Scissors } from './scissors'
 
 export class ToolInput {
   private readonly ctx: WorkspaceContext
@@ -17,11 +18,14 @@ export class ToolInput {
   private stroke: { plane: number; last: Vec3; pts: Vec3[] } | null = null
   /** The AI refine tool: its clicks go to the click-guided model, its status sits on the stage. */
   readonly aiRefine: AiRefine
+  /** The scissors: outline points, the cut's options and its preview. */
+  readonly scissors: Scissors
 
   constructor(ctx: WorkspaceContext, huRange: () => HuRange | null) {
     this.ctx = ctx
     this.huRange = huRange
     this.aiRefine = new AiRefine(ctx)
+    this.scissors = new Scissors(ctx)
   }
 
   private get tool(): string {
@@ -40,6 +44,7 @@ export class ToolInput {
       if (this.tool === 'navigate' || e.button !== 0 || e.ctrlKey || e.metaKey || ctx.store.get().spacePan || !viewer?.ct) return
       if ((e.target as HTMLElement | null)?.closest?.('.comment-layer')) return // a comment marker or its popup
       if ((e.target as HTMLElement | null)?.closest?.('.ai-refine-status')) return // the AI refine status and its button
+      if ((e.target as HTMLElement | null)?.closest?.('.scissors-panel')) return // the scissors' options and buttons
       const hit = viewer.voxelAt(e.clientX, e.clientY)
       if (!hit) return
       e.stopPropagation()
@@ -48,6 +53,10 @@ export class ToolInput {
       if (ctx.session.busy || !ctx.session.edited.has(ctx.store.get().active!)) return
       if (this.tool === 'airefine') {
         this.aiRefine.click(hit.vox, !e.shiftKey).catch((err: unknown) => ctx.fail(err))
+        return
+      }
+      if (this.tool === 'scissors') {
+        this.scissors.pointerDown(e)
         return
       }
       ctx.review.ensureLease().catch((err: unknown) => ctx.fail(err))

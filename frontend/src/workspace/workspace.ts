@@ -11,6 +11,8 @@ import { type LockReason, lockReason } from '../core/access'
 import { awaitingReview } from '../core/reviewRules'
 import { EditSession } from '../core/editSession'
 import { fmtBytes, toast } from '../dom'
+import type { Vec3 } from '../core/geometry'
+import { OUTLINE_OFFSET } from '../core/outline'
 import { type ReviewController, type ReviewHost, createReview } from '../review'
 import { sameItems } from '../store'
 import { Viewer } from '../viewer'
@@ -149,12 +151,35 @@ export class Workspace implements WorkspaceContext {
       },
       moveTo: (ijk) => this.viewer.moveTo(this.viewer.geometry!.nativeToRasXYZ(ijk[0], ijk[1], ijk[2])),
       activeStructure: () => this.store.get().active,
+      structures: () => this.structures.map((s) => ({ name: s.name, inside: s.inside })),
+      structuresAt: (ijk) => this.structuresAt(ijk),
       activate: (name) => {
         if (this.structures.some((s) => s.name === name)) this.editor.setActive(name).catch(() => undefined)
       },
       showReviewTab: () => this.showTab('review'),
       accessState: () => this.lockReason()?.state ?? 'edit',
     }
+  }
+
+  /**
+   * The structures drawn at a stored voxel: editing, the session's working copies holding it (active first), then
+   * the overlay's; viewing or comparing a version, the overlay's (that version's combined map) only.
+   */
+  private structuresAt(ijk: Vec3): string[] {
+    const g = this.viewer?.geometry
+    if (!g || !this.session) return []
+    const ras = g.nativeToRasXYZ(ijk[0], ijk[1], ijk[2])
+    const i = g.rasIndex(ras[0], ras[1], ras[2])
+    const { active, mode } = this.store.get()
+    const editing = mode.kind === 'edit'
+    const held = editing ? [...this.session.edited.keys()].sort((a, b) => Number(b === active) - Number(a === active)) : []
+    const out = held.filter((name) => this.session.edited.get(name)![i])
+    // An outlined structure's boundary voxels carry its label plus OUTLINE_OFFSET in the overlay (core/outline.ts).
+    const raw = this.viewer.labels?.img?.[g.nativeIndexOfRas(i)] ?? 0
+    const value = raw >= OUTLINE_OFFSET ? raw - OUTLINE_OFFSET : raw
+    const other = value ? this.structures.find((s) => s.label_value === value)?.name : undefined
+    if (other && !held.includes(other)) out.push(other)
+    return out
   }
 
   // ---------------------------------------------------------------- open
