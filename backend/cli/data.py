@@ -234,7 +234,8 @@ def demo_data(
     )
     console.print(f"models: {', '.join(setup.models)}")
     if preannotate_demo and setup.report.imported:
-        for name in setup.models:
+        # The pre-annotators only (the click-guided model answers clicks, it does not pre-annotate).
+        for name in (m for m in setup.models if m in demo.DEMO_PREANNOTATORS):
             preannotate(
                 project=demo.DEMO_PROJECT,
                 model=name,

@@ -64,6 +64,10 @@ def test_a_qa_refusal_on_submit_undoes_only_the_qa_and_the_submit_stands(
 def test_submit_with_qa_and_approval_each_commit_once(client: TestClient, world: World, db: Session) -> None:
     scan_id = scan_with_version(client, world, "one-commit")
     annotator, reviewer = world.headers["annotator"], world.headers["reviewer"]
+    # Every schema structure expected: QA then has findings to write ("missing") in the submit's commit.
+    names = [s.name for s in world.project.label_schema.structures]
+    expect_all = {"workflow": {"qa": {"expected_structures": names}}}
+    ok(client.patch(f"/api/projects/{world.project.id}/settings", headers=world.headers["lead"], json=expect_all))
     ok(act(client, annotator, scan_id, "start"))
     version = ok(save(client, annotator, scan_id, head(client, world, scan_id)), 201)["id"]
     with commits(db) as seen:
