@@ -38,6 +38,7 @@ from bench import editor_browser as editor_browser_bench
 from bench import evaluation as evaluation_bench
 from bench import exports as exports_bench
 from bench import imports as imports_bench
+from bench import loop as loop_bench
 from bench import pacs as pacs_bench
 from bench import s3 as s3_bench
 
@@ -64,6 +65,7 @@ BENCHMARKS: list[Benchmark] = [
     editor_browser_bench.run,
     dicom_seg_bench.run,
     pacs_bench.run,
+    loop_bench.run,
 ]
 
 

@@ -177,8 +177,8 @@ def priorities(
     page: Annotated[int, Query(ge=1)] = 1,
     page_size: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> PriorityPage:
-    """(scan, structure) pairs ranked by attention volume per slice: what a radiologist should revise first
-    (approved scans are left out until reopened)."""
+    """(scan, structure) pairs ranked by the models' disagreement, (D + H) / (|U| + N) (worker/models/attention.py):
+    what a radiologist should revise first (approved scans are left out until reopened)."""
     structure_id = None
     if structure:
         structure_id = projects.find_structure(projects.structures_of(db, access.project.id), structure).id

@@ -1,4 +1,4 @@
-"""The AbdomenAtlas / PanTS attention-map recipe, in pure numpy/scipy.
+r"""The AbdomenAtlas / PanTS attention-map recipe, in pure numpy/scipy.
 
 Per structure, from >= 2 model probability maps:
 
@@ -13,6 +13,22 @@ Each of the three maps is cleaned by a 3-D binary erosion then a dilation (``ero
 ``dilation_iterations`` times, 6-connected structuring element, zero border), i.e. an opening by the L1 ball of
 radius 2: specks thinner than 5 voxels vanish, and a box keeps the voxels within L1 distance 2 of its
 twice-eroded core (box corners and edges are trimmed). The attention map is the union of the three cleaned maps.
+
+Priority (the ranking key, :func:`disagreement_priority`): the maps above say *where* to look; the priority says
+*how much* a structure needs a look, weighted by model disagreement so that organ size does not drown it. Per
+structure, with ``B_k = p_k > 0.5`` the binarised mask of model ``k``, ``U = ∪ B_k``, ``I = ∩ B_k``, ``m`` the mean
+probability, ``h`` the binary entropy above and ``N`` the number of axial slices of the scan in RAS (the voxel axis
+most aligned with superior-inferior, whatever the stored orientation):
+
+    D = |U \ I|                      voxels where the binarised models disagree
+    H = Σ_{v ∈ U} h(m(v))             soft doubt inside the predicted structure (its boundary, mostly)
+    priority = (D + H) / (|U| + N)
+
+i.e. about ``1 − Jaccard`` between the models plus an uncertainty term, relative to the structure's predicted
+volume. ``N`` (one voxel per axial slice) is a prior: a few stray voxels of an otherwise empty structure score
+near 0, not 1. Every term counts voxels, so the priority is the same for the same scan stored in any orientation;
+it lies in [0, 2): a small lesion one model finds and the other misses scores ≈ 1, a large liver both models agree
+on ≈ its boundary share (a few hundredths).
 """
 
 from __future__ import annotations
@@ -31,6 +47,7 @@ __all__ = [
     "attention_maps",
     "clean_mask",
     "default_forbidden_overlaps",
+    "disagreement_priority",
     "priority_score",
 ]
 
@@ -56,6 +73,9 @@ class AttentionResult:
     uncertainty_voxels: int
     overlap_voxels: int
     attention_voxels: int
+    disagreement_voxels: int = 0
+    uncertainty_mass: float = 0.0
+    predicted_voxels: int = 0
 
 
 def clean_mask(mask: np.ndarray, erosion_iterations: int, dilation_iterations: int) -> np.ndarray:
@@ -79,6 +99,7 @@ def attention_maps(
     shape: tuple[int, ...] | None = None
     means: dict[str, np.ndarray] = {}
     stds: dict[str, np.ndarray] = {}
+    agreement: dict[str, tuple[int, float, int]] = {}
     for name in names:
         maps = probabilities.get(name)
         if maps is None:
@@ -92,6 +113,13 @@ def attention_maps(
             raise ValueError(f"probability maps of {name!r} have shape {stack.shape[1:]}, expected {shape}")
         means[name] = stack.mean(axis=0)
         stds[name] = stack.std(axis=0)
+        binary = stack > 0.5
+        union, inter = binary.any(axis=0), binary.all(axis=0)
+        agreement[name] = (
+            int(union.sum() - inter.sum()),
+            float(binary_entropy(means[name][union]).sum(dtype=np.float64)),
+            int(union.sum()),
+        )
     claimed = {name: means[name] > 0.5 for name in names}
     partners: dict[str, set[str]] = {name: set() for name in names}
     for a, b in overlap_forbidden:
@@ -115,6 +143,9 @@ def attention_maps(
             uncertainty_voxels=int(uncertainty.sum()),
             overlap_voxels=int(overlap.sum()),
             attention_voxels=int(mask.sum()),
+            disagreement_voxels=agreement[name][0],
+            uncertainty_mass=agreement[name][1],
+            predicted_voxels=agreement[name][2],
         )
     return results
 
@@ -126,6 +157,14 @@ def priority_score(attention_voxels: int, slice_count: int) -> float:
     if attention_voxels < 0:
         raise ValueError(f"attention_voxels must be >= 0, got {attention_voxels}")
     return float(attention_voxels) / float(slice_count)
+
+
+def disagreement_priority(result: AttentionResult, axial_slices: int) -> float:
+    """(D + H) / (|U| + N): model disagreement relative to the predicted volume (the module docstring's formula)."""
+    if axial_slices <= 0:
+        raise ValueError(f"axial_slices must be positive, got {axial_slices}")
+    numerator = float(result.disagreement_voxels) + float(result.uncertainty_mass)
+    return numerator / float(result.predicted_voxels + axial_slices)
 
 
 def _ancestors(name: str, parents: Mapping[str, str]) -> set[str]:

@@ -17,8 +17,14 @@ from backend.jobs import service as jobs
 from backend.models import Job
 from backend.projects import service as projects
 from backend.registry import service as registry
+from backend.registry.service.attention import axial_slice_count
 from backend.scans import service as scans
-from worker.models.attention import AttentionThresholds, attention_maps, default_forbidden_overlaps
+from worker.models.attention import (
+    AttentionThresholds,
+    attention_maps,
+    default_forbidden_overlaps,
+    disagreement_priority,
+)
 from worker.models.inference import dequantise_unit
 from worker.pipelines import common
 
@@ -77,6 +83,7 @@ def _run(claimed: common.Claimed) -> None:
                 entries.setdefault(name, []).append(dict(maps))
         model_version_ids = [p.model_version_id for p in predictions]
         thresholds = AttentionThresholds(**job.params.get("thresholds", {}))
+        axial_slices = axial_slice_count(scan.shape, scan.affine)
     names = [name for name, found in entries.items() if len(found) >= 2]
     if not names:
         raise InvalidInput("the predictions share no structure")
@@ -99,6 +106,7 @@ def _run(claimed: common.Claimed) -> None:
                     inconsistency_voxels=result.inconsistency_voxels,
                     uncertainty_voxels=result.uncertainty_voxels,
                     overlap_voxels=result.overlap_voxels,
+                    priority=disagreement_priority(result, axial_slices),
                 )
                 for name, result in results.items()
             ],

@@ -1,4 +1,9 @@
-"""Attention maps with their priorities, and the ranked list of what a radiologist should revise first."""
+"""Attention maps with their priorities, and the ranked list of what a radiologist should revise first.
+
+A priority is computed by the attention step (model disagreement relative to the structure's predicted volume, see
+``worker.models.attention``) and is orientation-free: it uses the number of axial slices in RAS
+(:func:`axial_slice_count`), never the stored third axis. Without one, the attention volume per RAS axial slice.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,15 @@ class AttentionInput:
     inconsistency_voxels: int
     uncertainty_voxels: int
     overlap_voxels: int
+    priority: float | None = None
+
+
+def axial_slice_count(shape: Sequence[int], affine: Sequence[Sequence[float]]) -> int:
+    """Number of axial slices in RAS: the extent of the voxel axis most aligned with superior-inferior."""
+    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+    norms = np.linalg.norm(matrix, axis=0)
+    alignment = np.abs(matrix[2]) / np.where(norms > 0, norms, 1.0)
+    return max(1, int(shape[int(np.argmax(alignment))]))
 
 
 def store_attention(
@@ -54,7 +68,9 @@ def store_attention(
         row.inconsistency_voxels = item.inconsistency_voxels
         row.uncertainty_voxels = item.uncertainty_voxels
         row.overlap_voxels = item.overlap_voxels
-        row.priority = voxels / max(1, scan.slice_count)
+        row.priority = (
+            float(item.priority) if item.priority is not None else voxels / axial_slice_count(scan.shape, scan.affine)
+        )
         row.model_version_ids = list(model_version_ids)
         stored.append(row)
     db.flush()
@@ -88,7 +104,11 @@ def ranked_priorities(
         .join(Scan, Scan.id == AttentionMap.scan_id)
         .join(Structure, Structure.id == AttentionMap.structure_id)
         .outerjoin(ScanTask, ScanTask.scan_id == Scan.id)
-        .where(AttentionMap.project_id == project_id, AttentionMap.attention_voxels > 0, _not_approved())
+        .where(
+            AttentionMap.project_id == project_id,
+            or_(AttentionMap.attention_voxels > 0, AttentionMap.priority > 0),
+            _not_approved(),
+        )
     )
     if structure_id is not None:
         query = query.where(AttentionMap.structure_id == structure_id)
@@ -98,7 +118,7 @@ def ranked_priorities(
 
 
 def ranked_scans(db: Session, project_id: int, *, offset: int, limit: int) -> list[tuple[int, str, float]]:
-    """Scans by total attention (summed over structures, normalised by slice count); approved scans left out."""
+    """Scans by total attention priority (summed over structures); approved scans left out."""
     rows = db.execute(
         select(Scan.id, Scan.case_id, func.sum(AttentionMap.priority).label("score"))
         .join(AttentionMap, AttentionMap.scan_id == Scan.id)

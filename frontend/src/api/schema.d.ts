@@ -1345,8 +1345,8 @@ export interface paths {
         };
         /**
          * Priorities
-         * @description (scan, structure) pairs ranked by attention volume per slice: what a radiologist should revise first
-         *     (approved scans are left out until reopened).
+         * @description (scan, structure) pairs ranked by the models' disagreement, (D + H) / (|U| + N) (worker/models/attention.py):
+         *     what a radiologist should revise first (approved scans are left out until reopened).
          */
         get: operations["priorities_api_projects__project_id__priorities_get"];
         put?: never;
