@@ -81,9 +81,11 @@ def _model_files() -> tuple[bytes, dict[str, Any], list[str], str]:
 
 @contextmanager
 def interactive_worker(env: dict[str, str], workdir: Path) -> Iterator[Path]:
-    """A worker of the interactive queue alone (solo pool), as `maskloop worker --queues interactive` runs it."""
+    """A worker of the interactive queue (solo pool), as `maskloop worker --queues interactive` runs it; it also
+    takes the cpu queue so the uploaded weights' check runs (before any click: nothing else is queued meanwhile)."""
     log_path = workdir / "interactive-worker.log"
-    command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "interactive", "-P", "solo"]
+    queues = "interactive,cpu"
+    command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues, "-P", "solo"]
     command += ["--without-gossip", "--without-mingle", "--loglevel", "INFO"]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
