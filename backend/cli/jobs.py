@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from backend.auth import service as auth
+from backend.cli.access import acting_member, scan_filter, scan_ids_of_cases
 from backend.cli.common import console, fail, progress_bar, refuse
 from backend.core.blobstore import get_blob_store
 from backend.core.db import session_scope
@@ -23,7 +24,6 @@ from backend.exports import service as exports
 from backend.flows import jobs as job_flows
 from backend.flows.demo import DEMO_ADMIN, PHANTOM_WEIGHTS
 from backend.jobs import service as jobs
-from backend.models import Project, User
 from backend.projects import service as projects
 from backend.registry import service as registry
 from backend.scans import service as scans
@@ -32,20 +32,6 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session  # a type only: the CLI runs no SQL of its own
 
 FINISHED = ("succeeded", "failed", "cancelled")
-
-
-def _lead(db: Session, project: str, as_user: str) -> tuple[Project, User]:
-    """The project and the requesting user, who must be allowed to run jobs in it."""
-    proj = projects.get_project_by_slug(db, project)
-    actor = auth.get_user_by_email(db, as_user)
-    projects.authorize(db, actor, proj.id, "run_jobs")
-    return proj, actor
-
-
-def _scan_filter(site: str | None, phase: str | None, tumor: bool | None) -> scans.ScanFilter | None:
-    if site is None and phase is None and tumor is None:
-        return None
-    return scans.ScanFilter(site=site, phase=phase, tumor=tumor)
 
 
 def _follow(job_ids: list[int]) -> None:
@@ -85,18 +71,14 @@ def preannotate(
     """Queue pre-annotation of scans with a registered model."""
     try:
         with session_scope() as db:
-            proj, actor = _lead(db, project, as_user)
-            scan_ids = None
-            if case:
-                scan_ids = list(scans.scan_ids_by_case(db, proj.id, case).values())
-                if len(scan_ids) != len(set(case)):
-                    raise DomainError(f"unknown case ids among {case}")
+            proj, actor = acting_member(db, project, as_user)
+            scan_ids = scan_ids_of_cases(db, proj, case)
             launched = job_flows.launch_preannotation(
                 db,
                 proj,
                 model_name=model,
                 scan_ids=scan_ids,
-                flt=_scan_filter(site, phase, tumor),
+                flt=scan_filter(site, phase, tumor),
                 all_scans=all_scans,
                 actor=actor,
             )
@@ -139,7 +121,7 @@ def train(
         refuse("give --model (and --versions, default: the approved ones) or --phantom")
     try:
         with session_scope() as db:
-            proj, actor = _lead(db, project, as_user)
+            proj, actor = acting_member(db, project, as_user)
             chosen = registry.get_model_by_name(db, proj.id, model)
             # `--versions ""` is an empty selection (refused), not "all": leave the option out for every approved one.
             ids = [int(v) for v in versions.split(",") if v.strip()] if versions is not None else None
@@ -329,7 +311,7 @@ def evaluate(
     )
     try:
         with session_scope() as db:
-            proj, actor = _lead(db, project, as_user)
+            proj, actor = acting_member(db, project, as_user)
             if not sync:
                 run, queued = job_flows.launch_evaluation(db, proj, request, actor=actor)
                 run_id, job_id = run.id, queued.id

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from backend.auth import service as auth
+from backend.cli.access import acting_member, scan_filter, scan_ids_of_cases
 from backend.cli.common import console, fail, refuse
 from backend.core.blobstore import get_blob_store
 from backend.core.config import get_settings
@@ -23,21 +23,7 @@ from backend.flows import demo
 from backend.flows import jobs as job_flows
 from backend.flows import registry as registry_flows
 from backend.flows.demo import DEMO_ADMIN
-from backend.models import Project, User
-from backend.projects import service as projects
 from backend.registry import service as registry
-from backend.scans import service as scans
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session  # a type only: the CLI runs no SQL of its own
-
-
-def _lead(db: Session, project: str, as_user: str) -> tuple[Project, User]:
-    """The project and the acting user, who must be allowed to run jobs (lead or admin) in it."""
-    proj = projects.get_project_by_slug(db, project)
-    actor = auth.get_user_by_email(db, as_user)
-    projects.authorize(db, actor, proj.id, "run_jobs")
-    return proj, actor
 
 
 def _json_option(value: str | None, name: str) -> dict[str, Any]:
@@ -84,7 +70,7 @@ def register_model(
             refuse("--bundled registers a shipped model as it is: no --name, --architecture, --structures, --weights")
         try:
             with session_scope() as db:
-                proj, _actor = _lead(db, project, as_user)
+                proj, _actor = acting_member(db, project, as_user)
                 found = demo.register_bundled_model(db, get_blob_store(), proj, bundled)
         except DomainError as exc:
             fail(exc)
@@ -99,7 +85,7 @@ def register_model(
     settings = get_settings()
     try:
         with session_scope() as db:
-            proj, actor = _lead(db, project, as_user)
+            proj, actor = acting_member(db, project, as_user)
             model = registry_flows.register_model(
                 db,
                 proj,
@@ -152,7 +138,7 @@ def promote(
     number = rollback_to if rollback_to is not None else version
     try:
         with session_scope() as db:
-            proj, actor = _lead(db, project, as_user)
+            proj, actor = acting_member(db, project, as_user)
             found = registry.get_model_by_name(db, proj.id, model)
             target = next((v for v in registry.list_versions(db, found) if v.number == number), None)
             if target is None:
@@ -189,21 +175,15 @@ def attention(
 ) -> None:
     """Queue attention maps (where ≥ 2 models disagree or doubt) and priorities for a project's scans."""
     model_version_ids = _ids(versions, "versions")
-    filtered = not (site is None and phase is None and tumor is None)
-    flt = scans.ScanFilter(site=site, phase=phase, tumor=tumor) if filtered else None
     try:
         with session_scope() as db:
-            proj, actor = _lead(db, project, as_user)
-            scan_ids = None
-            if case:
-                scan_ids = list(scans.scan_ids_by_case(db, proj.id, case).values())
-                if len(scan_ids) != len(set(case)):
-                    raise DomainError(f"unknown case ids among {case}")
+            proj, actor = acting_member(db, project, as_user)
+            scan_ids = scan_ids_of_cases(db, proj, case)
             launched = job_flows.launch_attention(
                 db,
                 proj,
                 scan_ids=scan_ids,
-                flt=flt,
+                flt=scan_filter(site, phase, tumor),
                 all_scans=all_scans,
                 model_version_ids=model_version_ids,
                 actor=actor,

@@ -7,12 +7,12 @@ retrievals and STOWs are `pacs` jobs that the workers run (`--wait` follows them
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from backend.auth import service as auth
+from backend.cli.access import acting_member
 from backend.cli.common import console, fail
 from backend.cli.jobs import _follow
 from backend.core.config import get_settings
@@ -20,26 +20,13 @@ from backend.core.db import session_scope
 from backend.core.errors import DomainError
 from backend.flows import pacs as pacs_flows
 from backend.flows.demo import DEMO_ADMIN
-from backend.models import Project, User
 from backend.pacs import service as pacs
-from backend.projects import service as projects
 from backend.scans import service as scans
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session  # a type only: the CLI runs no SQL of its own
 
 app = typer.Typer(help="A project's PACS over DICOMweb: search, retrieve series, send SEGs.", no_args_is_help=True)
 
 Project_ = Annotated[str, typer.Option("--project", help="project slug")]
 As = Annotated[str, typer.Option("--as", help="e-mail of the requesting lead")]
-
-
-def _lead(db: Session, project: str, as_user: str) -> tuple[Project, User]:
-    """The project and the requesting user, who must be allowed to use its PACS."""
-    proj = projects.get_project_by_slug(db, project)
-    actor = auth.get_user_by_email(db, as_user)
-    projects.authorize(db, actor, proj.id, "import")
-    return proj, actor
 
 
 @app.command("configure")
@@ -55,7 +42,7 @@ def configure(
     password = sys.stdin.readline().rstrip("\n") if password_stdin else None
     try:
         with session_scope() as db:
-            proj, actor = _lead(db, project, as_user)
+            proj, actor = acting_member(db, project, as_user, "import")
             source = pacs_flows.configure_source(
                 db,
                 get_settings(),
@@ -88,7 +75,7 @@ def search(
     query = pacs.StudyQuery(patient_id, patient_name, study_date, modality or None, accession, description)
     try:
         with session_scope() as db:
-            proj, _ = _lead(db, project, as_user)
+            proj, _ = acting_member(db, project, as_user, "import")
             found = pacs_flows.search_studies(db, get_settings(), proj, query, limit=limit)
     except DomainError as exc:
         fail(exc)
@@ -116,7 +103,7 @@ def series(
     """List a study's series with the choice rules' verdict (* marks the series a retrieval takes)."""
     try:
         with session_scope() as db:
-            proj, _ = _lead(db, project, as_user)
+            proj, _ = acting_member(db, project, as_user, "import")
             lines = pacs_flows.study_series(db, get_settings(), proj, study)
     except DomainError as exc:
         fail(exc)
@@ -155,7 +142,7 @@ def retrieve(
     """Retrieve a study's series into a scan (WADO-RS, a `cpu` job); a series already here is not fetched again."""
     try:
         with session_scope() as db:
-            proj, actor = _lead(db, project, as_user)
+            proj, actor = acting_member(db, project, as_user, "import")
             launched = pacs_flows.launch_retrieval(
                 db, get_settings(), proj, actor=actor, study_uid=study, series_uid=series_uid, phase=phase
             )
@@ -183,7 +170,7 @@ def stow(
     """Send a version of a scan to the project's PACS as DICOM SEG (STOW-RS, a `cpu` job)."""
     try:
         with session_scope() as db:
-            proj, actor = _lead(db, project, as_user)
+            proj, actor = acting_member(db, project, as_user, "import")
             scan_ids = scans.scan_ids_by_case(db, proj.id, [case])
             if case not in scan_ids:
                 raise DomainError(f"no case {case!r} in project {project!r}")

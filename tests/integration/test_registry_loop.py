@@ -507,6 +507,14 @@ def test_cli_registers_a_model_with_checked_weights_and_queues_attention(
     queued = list(db.scalars(select(Job).where(Job.kind == "attention")))
     assert sorted(j.scan_id or 0 for j in queued) == sorted(scan_ids)
     assert run_cli("attention", "--project", "demo", "--all", "--versions", "1", "--as", "lead@example.org")[0] == 2
+    # A case id picks its scan; an unknown one is refused by name, nothing queued.
+    code, output = run_cli("attention", "--project", "demo", "--case", "att-1", "--as", "lead@example.org")
+    assert code == 0 and "queued 1 attention jobs" in output, output
+    code, output = run_cli(
+        "attention", "--project", "demo", "--case", "att-1", "--case", "nope", "--as", "lead@example.org"
+    )
+    assert code == 2 and "unknown case ids" in output and "nope" in output, output
+    assert len(list(db.scalars(select(Job).where(Job.kind == "attention")))) == 3
     # The demo queues the same after its pre-annotations.
     launched = demo.launch_demo_attention(db, world.project, world.users["lead"])
     assert sorted(j.scan_id or 0 for j in launched) == sorted(scan_ids) and all(j.queue == "cpu" for j in launched)
