@@ -14,9 +14,9 @@ Figures (results.json keys):
   instances over WADO-RS into a temporary folder, reads the header, decodes the series with the DICOM loader,
   stores the volume blob and writes the scan and its rows (goal ≤ 30 s).
 * `stow_seg_s` — seconds of the STOW job for one version holding 28 structures (the phantom's organs and
-  core_spine's synthesised structures): the slice headers read back from the PACS (WADO-RS metadata), the masks
-  assembled from their chunks, the SEG built with `backend.imaging.dicom_seg.segmentation` and stored over
-  STOW-RS (goal ≤ 10 s).
+  core_spine's synthesised structures): the slice headers read back from the PACS (WADO-RS metadata), each
+  structure's mask read once (the box of its chunks) while its frames are packed, the SEG built with
+  `backend.imaging.dicom_seg.segmentation` and stored over STOW-RS in one streamed request (goal ≤ 10 s).
 * `pacs_stow_ct_series_s` — seconds to store the 256-slice source series on Orthanc from this process (context:
   what the PACS itself takes to ingest it).
 

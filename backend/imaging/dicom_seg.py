@@ -17,13 +17,14 @@ required for CT), and the type 2C Laterality and PatientPosition present and emp
 
 SEG. BINARY, one segment per structure, overlapping structures stay separate segments (never flattened); each
 segment has frames only on the slices holding its voxels, written segment by segment in highdicom's layout
-(`backend.imaging.dicom_seg_frames`: no dense slices x structures array; memory about one slice at a time plus
-the packed bits). Segment labels are the structure names (a name past DICOM's 64 characters is kept whole in
-the Segment Description) and colours come from the label schema (as CIELab); the segment algorithm type is
-MANUAL for human-made versions and AUTOMATIC for model versions. Segments are coded with standard codes
-(`backend.imaging.dicom_codes`: SNOMED CT category, type, laterality modifier and a lesion's anatomic region),
-structures without one with the documented private scheme 99MASKLOOP, which the SEG then identifies in its
-Coding Scheme Identification Sequence. Reading a SEG back: `backend.imaging.dicom_seg_read` (`read_segments`).
+(`backend.imaging.dicom_seg_frames`: no dense slices x structures array; memory about one mask, or the box
+holding its voxels, at a time plus the packed bits). Segment labels are the structure names (a name past DICOM's
+64 characters is kept whole in the Segment Description) and colours come from the label schema (as CIELab); the
+segment algorithm type is MANUAL for human-made versions and AUTOMATIC for model versions. Segments are coded with
+standard codes (`backend.imaging.dicom_codes`: SNOMED CT category, type, laterality modifier and a lesion's
+anatomic region), structures without one with the documented private scheme 99MASKLOOP, which the SEG then
+identifies in its Coding Scheme Identification Sequence. Reading a SEG back: `backend.imaging.dicom_seg_read`
+(`read_segments`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 from backend.core.errors import InvalidInput
 from backend.imaging import dicom_codes, dicom_seg_frames
 from backend.imaging.dicom_codes import PRIVATE_SCHEME, StructureCode
+from backend.imaging.dicom_seg_frames import MaskBox, MaskSource
 from backend.imaging.dicom_seg_read import ParsedSeg, SegmentInfo, masks_by_name, parse_seg, read_segments
 
 if TYPE_CHECKING:
@@ -54,11 +56,13 @@ if TYPE_CHECKING:
 __all__ = [
     "PRIVATE_SCHEME",
     "SOFTWARE",
+    "MaskBox",
     "ParsedSeg",
     "SegmentInfo",
     "SegmentSpec",
     "SeriesIds",
     "ct_series",
+    "load_standard_tables",
     "masks_by_name",
     "parse_seg",
     "read_segments",
@@ -226,9 +230,22 @@ def write_datasets(datasets: Sequence[Dataset], folder: Path, stem: str = "") ->
     return paths
 
 
+def load_standard_tables() -> None:
+    """Read highdicom's tables of the DICOM standard (IODs, modules, attributes) now rather than inside the first SEG
+    a process builds: half a second or more of JSON parsing, which a job can overlap with waiting on a PACS."""
+    try:  # cached per process; no public entry point loads them, so a highdicom that moved them only costs time
+        from highdicom import _standard_utils as standard
+
+        standard.get_sop_class_iod_map()
+        standard.get_iod_module_map()
+        standard.get_module_attribute_map()
+    except (ImportError, AttributeError):
+        return
+
+
 def segmentation(
     ct: Sequence[Dataset],
-    segments: Sequence[tuple[SegmentSpec, np.ndarray]],
+    segments: Sequence[tuple[SegmentSpec, MaskSource]],
     *,
     manual: bool,
     algorithm_name: str,
@@ -241,24 +258,32 @@ def segmentation(
 
     `ct` holds the source slices in the volume's slice order k (as `ct_series` writes them, or an original series
     sorted along its normal as `backend.imaging.dicom.load_dicom_series` stacks it); masks are data[i, j, k]
-    like the volume (i along a row, j down a column). Segment numbers follow the order of `segments`.
+    like the volume (i along a row, j down a column): whole arrays, `MaskBox`es (the box holding the voxels) or
+    callables returning either, called one at a time so that only one mask is held. Segment numbers follow the
+    order of `segments`.
     """
     import highdicom as hd
     from highdicom.coding_schemes import CodingSchemeIdentificationItem
 
     if not segments:
         raise InvalidInput("a DICOM SEG needs at least one structure")
-    shape = segments[0][1].shape
-    if len(ct) != shape[2]:
-        raise InvalidInput(f"the series has {len(ct)} slices, the masks {shape[2]}")
-    for spec, mask in segments:
+    if not ct:
+        raise InvalidInput("a DICOM SEG needs a source series of at least one slice")
+    shape = (int(ct[0].Columns), int(ct[0].Rows), len(ct))
+    # No dense (slices, rows, columns, segments) array: the frames are packed segment by segment, highdicom builds
+    # a one-plane SEG (the metadata) and the writer gives it the frames (`backend.imaging.dicom_seg_frames`).
+    frames = dicom_seg_frames.FrameWriter(ct, shape)
+    for spec, source in segments:
+        mask = dicom_seg_frames.load_mask(source)
+        if mask.shape[2] != len(ct):
+            raise InvalidInput(f"the series has {len(ct)} slices, the masks {mask.shape[2]}")
         if mask.shape != shape:
             raise InvalidInput(f"mask of {spec.name!r} has shape {list(mask.shape)}, expected {list(shape)}")
-    # No dense (slices, rows, columns, segments) array: highdicom builds a one-plane SEG (the metadata) and
-    # `dicom_seg_frames.replace_frames` writes each segment's frames on the slices it occupies.
-    occupied = [dicom_seg_frames.occupied_slices(mask) for _, mask in segments]
-    filled = [k for slices in occupied for k in slices[:1]]
-    plane = min(int(k) for k in filled) if filled else 0
+        frames.add(mask)
+        del mask
+    planes = frames.planes
+    filled = planes.size > 0
+    plane = int(planes[0]) if filled else 0
     template = np.zeros((1, shape[1], shape[0], len(segments)), dtype=np.uint8)
     if filled:
         template[0, 0, 0, :] = 1  # every segment has a frame, so the template has every segment's layout
@@ -305,7 +330,7 @@ def segmentation(
         ),
     )
     if filled:
-        dicom_seg_frames.replace_frames(seg, ct, [mask for _, mask in segments], occupied)
+        frames.write_into(seg)
     return seg
 
 

@@ -4,9 +4,13 @@ ids, dates or UIDs, read back voxel for voxel and pass dciodvfy; a non-de-identi
 
 from __future__ import annotations
 
+import gzip
+import io
+import json
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pytest
 from pydicom import dcmread
@@ -88,9 +92,11 @@ def _intake(
     return scan, source
 
 
-def _export(db: Session, blobs: LocalBlobStore, project: Project, out: Path) -> tuple[Path, dict[str, Any]]:
+def _export(
+    db: Session, blobs: LocalBlobStore, project: Project, out: Path, fmt: str = "dicom-seg"
+) -> tuple[Path, dict[str, Any]]:
     params = exports.validate_request(
-        db, project, fmt="dicom-seg", version="head", structures=STRUCTURES, scan_ids=None, flt=None
+        db, project, fmt=fmt, version="head", structures=STRUCTURES, scan_ids=None, flt=None
     )
     plan = exports.plan_export(db, project, params)
     root = out / exports.dataset_folder_name(plan)
@@ -154,14 +160,78 @@ def test_deidentifying_project_exports_research_identifiers_only(
     for name in STRUCTURES:
         assert np.array_equal(back[name], ph.masks[name]), name
     # A scan that came as NIfTI: its case id (here a name) is no identifier of the export.
-    other = [dcmread(p) for p in sorted((root / "Smith_John" / "CT").iterdir())]
-    other_seg = dcmread(root / "Smith_John" / "SEG" / "seg.dcm")
+    # ...nor its folder's name: the research identifier is.
+    assert not (root / "Smith_John").exists()
+    other = [dcmread(p) for p in sorted((root / names.patient("Smith_John") / "CT").iterdir())]
+    other_seg = dcmread(root / names.patient("Smith_John") / "SEG" / "seg.dcm")
     for ds in [*other, other_seg]:
         assert str(ds.PatientID) == names.patient("Smith_John") and "Smith" not in str(ds.get("SeriesDescription", ""))
     if dciodvfy.available():
         assert dciodvfy.errors(seg_path) == []
         assert dciodvfy.errors(sorted((case / "CT").iterdir())[0]) == []
-    assert [s["case_id"] for s in manifest["scans"]] == [scan.case_id, "Smith_John"]
+    assert [s["case_id"] for s in manifest["scans"]] == [scan.case_id, names.patient("Smith_John")]
+
+
+def _named_nifti(ph: Phantom) -> bytes:
+    """A NIfTI file as a hospital's converter may write it: a name in its description and in a header extension,
+    gzipped with its original file name in the gzip header."""
+    image = nib.Nifti1Image(ph.volume.astype(np.int16), ph.affine)
+    image.header["descrip"] = b"Smith John 19610315"
+    image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"PatientName=Smith^John"))
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename="Smith_John.nii", fileobj=buffer, mode="wb", mtime=0) as handle:
+        handle.write(image.to_bytes())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["pants", "nnunet", "msd", "dicom-seg"])
+def test_deidentifying_project_exports_name_cases_by_research_identifiers_in_every_format(
+    db: Session, blobs: LocalBlobStore, world: World, tmp_path: Path, fmt: str
+) -> None:
+    _source(db, world.project, deidentify=True)
+    scan, source = _intake(db, blobs, world.project, tmp_path / "in", deidentify=True)
+    ph = _phantom()
+    named = scans.import_nifti(db, blobs, world.project, None, _named_nifti(ph), "x.nii.gz", case_id="Smith_John")
+    named.split = "test"  # to the test folders (imagesTs, ImageTe, the test list of dataset.json)
+    labels.create_version(
+        db, blobs, named, author=labels.Author(user_id=None), kind="import", masks={"liver": ph.masks["liver"]}
+    )
+    # Never labelled: skipped, and listed as skipped.
+    scans.import_nifti(
+        db, blobs, world.project, None, to_nifti_gz(ph.volume, ph.affine), "y.nii.gz", case_id="Doe_Richard"
+    )
+    db.flush()
+
+    root, manifest = _export(db, blobs, world.project, tmp_path / "out", fmt)
+
+    names = Pseudonyms(SALT)
+    research = {scan.case_id: scan.case_id, "Smith_John": names.patient("Smith_John")}
+    assert scan.case_id.startswith(names.patient(PATIENT.patient_id))  # intake already named it by research ids
+    assert [s["case_id"] for s in manifest["scans"]] == [research[scan.case_id], research["Smith_John"]]
+    assert [s["case_id"] for s in manifest["skipped"]] == [names.patient("Doe_Richard")]
+    assert manifest["cases_with_missing_structures"] == [research["Smith_John"]]
+    case_folders = {part for path in root.rglob("*") for part in path.relative_to(root).parts}
+    assert any(research["Smith_John"] in part for part in case_folders)
+    forbidden = [b"Smith", b"John", b"Doe", b"Richard", *_secrets(source)]
+    for path in root.rglob("*"):
+        relative = str(path.relative_to(root)).encode()
+        assert not [f for f in forbidden if f in relative], relative
+        if not path.is_file():
+            continue
+        contents = [path.read_bytes()]
+        if path.name.endswith(".gz"):
+            contents.append(gzip.decompress(contents[0]))
+        leaked = [f.decode() for f in forbidden for data in contents if f in data]
+        assert leaked == [], (relative, leaked)
+    listed = json.loads((root / "manifest.json").read_text())
+    assert [s["case_id"] for s in listed["scans"]] == [research[scan.case_id], research["Smith_John"]]
+    if fmt != "dicom-seg":
+        # The image keeps its voxels and geometry; only the header's free text and extensions are gone.
+        [image_path] = [p for p in root.rglob("*.nii.gz") if research["Smith_John"] in str(p) and "mage" in str(p)]
+        image: Any = nib.load(str(image_path))
+        np.testing.assert_array_equal(np.asarray(image.dataobj), ph.volume.astype(np.int16))
+        np.testing.assert_allclose(image.affine, ph.affine)
+        assert image.header["descrip"].item() == b"" and len(image.header.extensions) == 0
 
 
 @pytest.mark.parametrize("with_source", [False, True])

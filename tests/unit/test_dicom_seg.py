@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -326,10 +327,13 @@ def _dense_reference(ct: list[Any], masks: list[np.ndarray]) -> Any:
     )
 
 
-@pytest.mark.parametrize("orientation", ["RAS", "LPS", "IPL"])
-def test_frames_written_per_segment_equal_highdicoms_dense_layout(orientation: str) -> None:
-    # Odd frame sizes (bits run across frames), a structure with gaps, an empty one, overlaps, one segment alone.
+@pytest.mark.parametrize(("orientation", "even"), [("RAS", False), ("LPS", False), ("IPL", False), ("LPS", True)])
+def test_frames_written_per_segment_equal_highdicoms_dense_layout(orientation: str, even: bool) -> None:
+    # Odd frame sizes (bits run across frames) and even ones (each frame packed alone), a structure with gaps, an
+    # empty one, overlaps, one segment alone.
     shape, spacing = ((45, 37, 13), (3.0, 3.0, 5.0)) if orientation != "IPL" else ((13, 37, 45), (5.0, 3.0, 3.0))
+    if even:
+        shape = (48, 40, 13)
     ph = generate_phantom(shape, spacing, seed=5, orientation=orientation)
     gaps = np.zeros(shape, dtype=bool)
     gaps[2:5, 3:9, 1] = True
@@ -342,12 +346,63 @@ def test_frames_written_per_segment_equal_highdicoms_dense_layout(orientation: s
             ct, segments, manual=True, algorithm_name="", algorithm_version="", series_uid="1.2.3", sop_uid="1.2.4"
         )
         reference = _dense_reference(ct, chosen)
-        assert ours.NumberOfFrames == reference.NumberOfFrames
-        assert ours.SegmentsOverlap == reference.SegmentsOverlap
-        assert ours.get("DimensionOrganizationType") == reference.get("DimensionOrganizationType")
-        assert str(ours.SharedFunctionalGroupsSequence) == str(reference.SharedFunctionalGroupsSequence)
-        ours_items, reference_items = ours.PerFrameFunctionalGroupsSequence, reference.PerFrameFunctionalGroupsSequence
-        assert [str(i) for i in ours_items] == [str(i) for i in reference_items]
-        size = -(-int(ours.NumberOfFrames) * ours.Rows * ours.Columns // 8)  # the frames' bits; then padding
-        assert len(ours.PixelData) == len(reference.PixelData)
-        assert ours.PixelData[:size] == reference.PixelData[:size]
+        # The file as written (the per-frame items are encoded directly, not by pydicom from datasets), read back.
+        written = dcmread(BytesIO(dicom_seg.seg_to_bytes(ours)))
+        for seg in (written, ours):
+            assert seg.NumberOfFrames == reference.NumberOfFrames
+            assert seg.SegmentsOverlap == reference.SegmentsOverlap
+            assert seg.get("DimensionOrganizationType") == reference.get("DimensionOrganizationType")
+            assert str(seg.SharedFunctionalGroupsSequence) == str(reference.SharedFunctionalGroupsSequence)
+            items, reference_items = seg.PerFrameFunctionalGroupsSequence, reference.PerFrameFunctionalGroupsSequence
+            assert [str(i) for i in items] == [str(i) for i in reference_items]
+            size = -(-int(seg.NumberOfFrames) * seg.Rows * seg.Columns // 8)  # the frames' bits; then padding
+            assert len(seg.PixelData) == len(reference.PixelData)
+            assert seg.PixelData[:size] == reference.PixelData[:size]
+        # pydicom re-encoding the parsed file writes the same bytes (the direct encoding is pydicom's own).
+        written.set_original_encoding(None, None)  # forces pydicom to convert and re-encode every element
+        assert dicom_seg.seg_to_bytes(written) == dicom_seg.seg_to_bytes(ours)
+
+
+def test_masks_given_as_boxes_or_loaders_write_the_same_seg() -> None:
+    # Frames of 45 x 37 voxels do not end on byte boundaries: the bit stream runs across frames and segments.
+    shape = (45, 37, 13)
+    ph = generate_phantom(shape, (3.0, 3.0, 5.0), seed=5)
+    ct = dicom_seg.ct_series(ph.volume, ph.affine, dicom_seg.SeriesIds.derive("c", "s"))
+    masks = [ph.masks["liver"], ph.masks["pancreas"], ph.masks["pancreas_head"]]
+
+    def box_of(mask: np.ndarray, pad: int) -> dicom_seg.MaskBox:
+        """The mask cut to its bounding box widened by `pad` voxels (clipped to the grid), in Fortran order."""
+        hits = np.argwhere(mask)
+        low = np.maximum(hits.min(axis=0) - pad, 0)
+        high = np.minimum(hits.max(axis=0) + 1 + pad, shape)
+        box = np.asfortranarray(mask[low[0] : high[0], low[1] : high[1], low[2] : high[2]])
+        return dicom_seg.MaskBox(shape, (int(low[0]), int(low[1]), int(low[2])), box)
+
+    def written(sources: list[Any]) -> bytes:
+        segments = [(dicom_seg.SegmentSpec(f"s{n}", "#10a0ff"), m) for n, m in enumerate(sources)]
+        seg = dicom_seg.segmentation(
+            ct, segments, manual=True, algorithm_name="", algorithm_version="", series_uid="1.2.3", sop_uid="1.2.4"
+        )
+        # What highdicom draws from its clock and at random, fixed.
+        for keyword in ("ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime"):
+            setattr(seg, keyword, "")
+        for item in seg.ContributingEquipmentSequence:
+            item.ContributionDateTime = ""
+        for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
+            item.DimensionOrganizationUID = "1.2.5"
+        return dicom_seg.seg_to_bytes(seg)
+
+    expected = written(masks)
+    assert written([box_of(m, 0) for m in masks]) == expected
+    assert written([box_of(m, 2) for m in masks]) == expected
+    loaded: list[int] = []
+
+    def loader(index: int) -> Any:
+        loaded.append(index)
+        return box_of(masks[index], 1)
+
+    assert written([lambda i=i: loader(i) for i in range(len(masks))]) == expected
+    assert loaded == [0, 1, 2]  # each read once, in segment order
+    wrong = dicom_seg.MaskBox((45, 37, 12), (0, 0, 0), np.ones((2, 2, 2), dtype=bool))
+    with pytest.raises(InvalidInput, match="12"):
+        written([masks[0], wrong])

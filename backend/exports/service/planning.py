@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 from backend.core.errors import InvalidInput
 from backend.exports.service.selection import FORMATS, VersionSpec, choose_versions, requested_structures
 from backend.imaging import layouts
+from backend.imaging.dicom_deid import Pseudonyms
 from backend.labels import service as labels
 from backend.models import LabelVersion, Model, ModelVersion, PacsSource, Project, Scan, Structure, User
 from backend.projects import service as projects
@@ -55,6 +57,12 @@ class CasePlan:
     source_series_uid: str | None = None
     source_patient_id: str | None = None
     research_ids: bool = False
+    # What the export calls the case (folders, file names, manifest, card, metadata): the case id, or in a
+    # de-identifying project its research identifier (see `export_name`). Empty: the case id.
+    export_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.export_id = self.export_id or self.case_id
 
     def missing(self, names: list[str]) -> list[str]:
         """The exported structures this case's version does not hold (unknown, not empty)."""
@@ -83,7 +91,23 @@ class ExportPlan:
     deidentify_salt: str | None = None
 
 
-def _metadata_row(scan: Scan) -> dict[str, Any]:
+# A case id that de-identified PACS intake made of research identifiers: research patient id _ series digest.
+_RESEARCH_CASE_ID = re.compile(r"R[0-9A-F]{12}_[0-9a-f]{8}")
+
+
+def export_name(scan: Scan, salt: str | None) -> str:
+    """What an export calls a scan: its case id; in a de-identifying project (`salt`) its research identifier,
+    never the case id someone gave it (often a name or a hospital number): the case id de-identified intake made
+    of research identifiers as it is, else the project's research id of the case id (`Pseudonyms.patient`: the
+    patient id the scan's de-identified DICOM export carries when it has no DICOM original)."""
+    if salt is None:
+        return scan.case_id
+    if "deidentified" in (scan.raw_metadata or {}) and _RESEARCH_CASE_ID.fullmatch(scan.case_id):
+        return scan.case_id
+    return Pseudonyms(salt).patient(scan.case_id)
+
+
+def _metadata_row(scan: Scan, name: str) -> dict[str, Any]:
     """The PanTS metadata row of a scan: its raw sheet values where it had them, else the normalised fields."""
     raw = {" ".join(str(k).lower().split()): v for k, v in (scan.raw_metadata or {}).items()}
     derived: dict[str, Any] = {
@@ -103,7 +127,7 @@ def _metadata_row(scan: Scan) -> dict[str, Any]:
         key = " ".join(column.lower().split())
         value = raw.get(key)
         row[column] = value if value not in (None, "") else derived.get(column, "")
-    row["BDMAP ID"] = scan.case_id
+    row["BDMAP ID"] = name
     return row
 
 
@@ -163,13 +187,16 @@ def plan_export(db: Session, project: Project, params: dict[str, Any], *, seed: 
         if version_id is not None and is_test and test_split == "exclude":
             version_id, reason = None, "test split excluded"
         if version_id is None:
-            plan.skipped.append({"scan_id": scan_id, "case_id": scan.case_id, "reason": reason})
+            plan.skipped.append(
+                {"scan_id": scan_id, "case_id": export_name(scan, plan.deidentify_salt), "reason": reason}
+            )
             continue
         version = labels.get_version(db, version_id)
         author, model_text = _author(db, version)
         entries = {
             by_id[e.structure_id]: (e.status, e.manifest_digest) for e in version.structures if e.structure_id in by_id
         }
+        name = export_name(scan, plan.deidentify_salt)
         plan.cases.append(
             CasePlan(
                 scan_id=scan.id,
@@ -178,7 +205,7 @@ def plan_export(db: Session, project: Project, params: dict[str, Any], *, seed: 
                 image_digest=scan.image_digest,
                 shape=(int(scan.shape[0]), int(scan.shape[1]), int(scan.shape[2])),
                 affine=np.asarray(scan.affine, dtype=np.float64),
-                metadata_row=_metadata_row(scan),
+                metadata_row=_metadata_row(scan, name),
                 version_id=version.id,
                 version_kind=version.kind,
                 version_author=author,
@@ -191,6 +218,7 @@ def plan_export(db: Session, project: Project, params: dict[str, Any], *, seed: 
                 source_series_uid=scan.source_series_uid,
                 source_patient_id=str((scan.raw_metadata or {}).get("dicom PatientID") or "") or None,
                 research_ids="deidentified" in (scan.raw_metadata or {}),
+                export_id=name,
             )
         )
     return plan

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from backend.core.blobstore import BlobStore
 from backend.core.errors import InvalidInput
 from backend.exports.service import card
+from backend.exports.service.nifti_deid import without_free_text
 from backend.exports.service.planning import CasePlan, ExportPlan
 from backend.imaging import chunks, dicom_seg, layouts, nifti
 from backend.imaging.dicom_deid import Pseudonyms, deidentify
@@ -79,7 +80,7 @@ def _prepare(root: Path) -> None:
 
 def _rewrite_with_ignore(root: Path, case: CasePlan, ignore_value: int) -> None:
     """Region labels learn their classes case by case: set a finished case's unlabelled voxels to ignore."""
-    _, path = layouts.nnunet_case_paths(root, case.case_id, test=case.test)
+    _, path = layouts.nnunet_case_paths(root, case.export_id, test=case.test)
     image: Any = nib.load(str(path))
     label_map = np.asarray(image.dataobj)
     path.write_bytes(nifti.to_nifti_gz(layouts.apply_ignore(label_map, ignore_value), case.affine))
@@ -94,7 +95,7 @@ def write_export(blobs: BlobStore, plan: ExportPlan, root: Path, *, progress: Pr
     consecutive, consecutive_order = _consecutive_specs(plan)
     encoder = layouts.RegionEncoder(plan.paint_order) if plan.nnunet_labels == "regions" else None
     # nnU-Net's ignore label: declared when a case lacks a structure; the highest value (regions: known at the end).
-    incomplete = {case.case_id for case in plan.cases if case.missing(names)}
+    incomplete = {case.export_id for case in plan.cases if case.missing(names)}
     use_ignore = plan.format == "nnunet" and plan.ignore_label and bool(incomplete)
     ignore_value: int | None = len(consecutive) + 1 if use_ignore and encoder is None else None
     exported: list[dict[str, Any]] = []
@@ -102,13 +103,15 @@ def write_export(blobs: BlobStore, plan: ExportPlan, root: Path, *, progress: Pr
     total = len(plan.cases)
     for index, case in enumerate(plan.cases):
         image = blobs.get_bytes(case.image_digest)
+        if plan.deidentify_salt is not None and plan.format != "dicom-seg":
+            image = without_free_text(image)  # the file as uploaded may carry names in its header
         masks = _masks(blobs, case, names)
         files: list[Path]
         if plan.format == "pants":
             combined = layouts.paint_combined(masks, pants_order, case.shape)
             files = layouts.write_pants_case(
                 root,
-                case.case_id,
+                case.export_id,
                 split="test" if case.test else None,
                 image_nii_gz=image,
                 affine=case.affine,
@@ -128,18 +131,18 @@ def write_export(blobs: BlobStore, plan: ExportPlan, root: Path, *, progress: Pr
                 label_map = encoder.encode(masks, case.shape)
             else:
                 label_map = layouts.paint_combined(masks, consecutive_order, case.shape)
-            if ignore_value is not None and case.case_id in incomplete:
+            if ignore_value is not None and case.export_id in incomplete:
                 label_map = layouts.apply_ignore(label_map, ignore_value)
             writer = layouts.write_nnunet_case if plan.format == "nnunet" else layouts.write_msd_case
             files = writer(
-                root, case.case_id, image_nii_gz=image, affine=case.affine, label_map=label_map, test=case.test
+                root, case.export_id, image_nii_gz=image, affine=case.affine, label_map=label_map, test=case.test
             )
         else:
             files = _write_dicom_case(root, plan, case, image, masks)
         exported.append(
             {
                 "scan_id": case.scan_id,
-                "case_id": case.case_id,
+                "case_id": case.export_id,
                 "split": case.split,
                 "folder": "test" if case.test else "train",
                 "site": case.site,
@@ -148,24 +151,24 @@ def write_export(blobs: BlobStore, plan: ExportPlan, root: Path, *, progress: Pr
                 "version_kind": case.version_kind,
                 "version_author": case.version_author,
                 "missing_structures": [n for n in names if masks[n] is None],
-                "ignore_label_applied": use_ignore and case.case_id in incomplete,
+                "ignore_label_applied": use_ignore and case.export_id in incomplete,
                 "files": [str(p.relative_to(root)) for p in files],
             }
         )
         if progress is not None:
-            progress(index + 1, total, case.case_id)
+            progress(index + 1, total, case.export_id)
     if use_ignore and encoder is not None:
         ignore_value = len(encoder.classes) + 1
         for case in plan.cases:
-            if case.case_id in incomplete:
+            if case.export_id in incomplete:
                 _rewrite_with_ignore(root, case, ignore_value)
     extra: dict[str, Any] = {
         "test_split": plan.test_split,
         "ignore_label": {"name": layouts.IGNORE_LABEL, "value": ignore_value} if ignore_value is not None else None,
         "cases_with_missing_structures": sorted(incomplete),
     }
-    training = [c.case_id for c in plan.cases if not c.test]
-    testing = [c.case_id for c in plan.cases if c.test]
+    training = [c.export_id for c in plan.cases if not c.test]
+    testing = [c.export_id for c in plan.cases if c.test]
     if plan.format == "pants":
         layouts.write_metadata_sheet(root, metadata_rows, layouts.EXPORT_METADATA_COLUMNS)
     elif plan.format == "nnunet":
@@ -268,7 +271,8 @@ def _research_names(salt: str, case: CasePlan, ids: dicom_seg.SeriesIds) -> _Sca
     original DICOM identifiers (a series uploaded as files), or of the generated ones (a scan that came as NIfTI)."""
     base = Pseudonyms(salt)
     study, series = base.uid(ids.study_uid), base.uid(ids.series_uid)
-    patient = base.patient(case.source_patient_id or ids.patient_id)
+    # No DICOM original: the case's research identifier (its export folder's name) is its research patient id.
+    patient = base.patient(case.source_patient_id) if case.source_patient_id else case.export_id
     if case.source_series_uid and case.research_ids:
         series = case.source_series_uid
         study = case.source_study_uid or study
@@ -291,14 +295,14 @@ def _write_dicom_case(
     the scan, every other UID replaced by its research UID, no dates, names or descriptions; the SEG is built on
     that series, so it carries the same research identifiers, and its own UIDs are research ones too.
     """
-    volume = nifti.load_nifti_bytes(image, f"{case.case_id}.nii.gz")
+    volume = nifti.load_nifti_bytes(image, f"{case.export_id}.nii.gz")
     seed = f"{plan.seed}:{case.scan_id}:{case.version_id}"
     ids = dicom_seg.SeriesIds.derive(case.case_id, seed)
-    series = dicom_seg.ct_series(volume.data, volume.geometry.affine, ids, description=f"{case.case_id} CT")
+    series = dicom_seg.ct_series(volume.data, volume.geometry.affine, ids, description=f"{case.export_id} CT")
     names = _research_names(plan.deidentify_salt, case, ids) if plan.deidentify_salt is not None else None
     if names is not None:
         series = [deidentify(ds, names) for ds in series]
-    files = dicom_seg.write_datasets(series, root / case.case_id / "CT")
+    files = dicom_seg.write_datasets(series, root / case.export_id / "CT")
     infos = {s.name: s for s in plan.structures}
     segments = [
         (dicom_seg.SegmentSpec(name, infos[name].color, infos[name].group == "lesion", infos[name].code), mask)
@@ -319,12 +323,12 @@ def _write_dicom_case(
         series_uid=seg_series,
         sop_uid=seg_sop,
         series_description=(
-            f"labels v{case.version_id}" if names is not None else f"{case.case_id} labels v{case.version_id}"
+            f"labels v{case.version_id}" if names is not None else f"{case.export_id} labels v{case.version_id}"
         ),
     )
     if names is not None:
         _mark_deidentified(seg, series[0])
-    path = root / case.case_id / "SEG" / "seg.dcm"
+    path = root / case.export_id / "SEG" / "seg.dcm"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(dicom_seg.seg_to_bytes(seg))
     return [*files, path]

@@ -12,8 +12,11 @@ then the SEG referencing it. The SEG's UIDs derive from the version, so sending 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from io import BytesIO
 from typing import Any
 
 import numpy as np
@@ -29,7 +32,7 @@ from backend.jobs import service as jobs
 from backend.labels import service as labels
 from backend.models import Job, Model, ModelVersion, Scan, ScanTask, User
 from backend.pacs.service import deid, identities
-from backend.pacs.service.client import Endpoint, PacsRefused, answering, connect
+from backend.pacs.service.client import Endpoint, PacsRefused, answering, connect, store
 from backend.pacs.service.retrieval import client_of
 from backend.pacs.service.series import from_json, text
 from backend.projects import service as projects
@@ -174,36 +177,57 @@ def _study_of(client: Any, work: StowWork, series_uid: str) -> str:
     return text(from_json(found[0]), "StudyInstanceUID")
 
 
+# What the SEG writer and the grid check read of every slice header. highdicom copies the patient, study and
+# equipment from the first slice only, which is converted whole; converting just these of the others is ~8x faster.
+_SLICE_TAGS = frozenset(
+    f"{tag:08X}"
+    for tag in (
+        0x00080016, 0x00080018, 0x00080060, 0x00180050, 0x00180088, 0x0020000D, 0x0020000E, 0x00200032,
+        0x00200037, 0x00200052, 0x00280010, 0x00280011, 0x00280030,
+    )
+)  # fmt: skip
+
+
+def slice_headers(items: list[dict[str, Any]]) -> list[tuple[Dataset, dict[str, Any]]]:
+    """The image slices of a series' WADO-RS metadata (a SEG of the series left out), each with its JSON item:
+    only the attributes the SEG's references and the grid check use (see `_SLICE_TAGS`)."""
+    out = []
+    for item in items:
+        header = from_json({tag: value for tag, value in item.items() if tag in _SLICE_TAGS})
+        if "ImagePositionPatient" in header and text(header, "Modality").upper() != "SEG":
+            out.append((header, item))
+    return out
+
+
 def _source_headers(client: Any, work: StowWork) -> list[Dataset]:
     """The scan's original slice headers from the PACS, in the scan's slice order, checked against its grid."""
     series = str(work.source_series_uid)
     study = work.source_study_uid or _study_of(client, work, series)
     with answering(work.endpoint, f"the slice headers of series {work.stored_series_uid}"):
         items = client.retrieve_series_metadata(study, series)
-    headers = [from_json(item) for item in items]
-    headers = [h for h in headers if "ImagePositionPatient" in h and text(h, "Modality").upper() != "SEG"]
-    for header in headers:
-        if "PixelData" in header:
-            del header.PixelData
-    if len(headers) != work.shape[2]:
+    found = slice_headers(items)
+    if len(found) != work.shape[2]:
         raise InvalidInput(
-            f"the PACS holds {len(headers)} slices of the scan's series, the scan {work.shape[2]}: the series changed"
+            f"the PACS holds {len(found)} slices of the scan's series, the scan {work.shape[2]}: the series changed"
         )
-    orientation = np.array([float(v) for v in headers[0].ImageOrientationPatient])
+    orientation = np.array([float(v) for v in found[0][0].ImageOrientationPatient])
     normal = np.cross(orientation[:3], orientation[3:])
-    headers.sort(key=lambda h: float(np.dot(normal, [float(v) for v in h.ImagePositionPatient])))
+    found.sort(key=lambda pair: float(np.dot(normal, [float(v) for v in pair[0].ImagePositionPatient])))
     lps = _LPS @ work.affine[:3, :]
     tolerance = 0.01 + 1e-3 * float(np.abs(work.affine[:3, :3]).max())
-    for k, header in enumerate(headers):
+    for k, (header, _) in enumerate(found):
         expected = lps @ np.array([0.0, 0.0, float(k), 1.0])
-        found = np.array([float(v) for v in header.ImagePositionPatient])
+        position = np.array([float(v) for v in header.ImagePositionPatient])
         size = (int(header.get("Columns", 0) or 0), int(header.get("Rows", 0) or 0))
-        if size != work.shape[:2] or float(np.abs(found - expected).max()) > tolerance:
+        if size != work.shape[:2] or float(np.abs(position - expected).max()) > tolerance:
             raise InvalidInput(
                 f"slice {k} of the series on the PACS does not lie where the scan's slice {k} does; the SEG would "
                 "be misplaced, so nothing was sent"
             )
-    return headers
+    first = from_json(found[0][1])  # whole: the SEG's patient, study and equipment come from it
+    if "PixelData" in first:
+        del first.PixelData
+    return [first, *(header for header, _ in found[1:])]
 
 
 def _stored_count(client: Any, work: StowWork, series_uid: str) -> int:
@@ -212,12 +236,18 @@ def _stored_count(client: Any, work: StowWork, series_uid: str) -> int:
     return int(from_json(found[0]).get("NumberOfSeriesRelatedInstances") or 0) if found else 0
 
 
-def _store(client: Any, endpoint: Endpoint, datasets: list[Dataset], what: str) -> None:
-    """STOW-RS datasets as DICOM files (with the preamble and 'DICM' prefix PS3.10 asks for); refusals raise."""
-    for ds in datasets:
-        ds.preamble = b"\x00" * 128
+def _part10(ds: Dataset) -> bytes:
+    """A dataset as a DICOM file (with the preamble and 'DICM' prefix PS3.10 asks for)."""
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _store(endpoint: Endpoint, allowed_hosts: str, datasets: list[Dataset], what: str) -> None:
+    """STOW-RS datasets as DICOM files in one request (the body streamed, see `client.store`); refusals raise."""
+    files = [_part10(ds) for ds in datasets]
     with answering(endpoint, f"storing {what}"):
-        answer = client.store_instances(datasets)
+        answer = store(endpoint, allowed_hosts, files)
     _check_stored(endpoint, answer, what)
 
 
@@ -242,25 +272,35 @@ def _generated_ct(client: Any, blobs: BlobStore, work: StowWork, progress: Calla
         return series
     for start in range(0, len(series), _CT_BATCH):
         batch = series[start : start + _CT_BATCH]
-        _store(client, work.endpoint, batch, f"CT slices {start + 1}-{start + len(batch)}")
+        _store(work.endpoint, work.allowed_hosts, batch, f"CT slices {start + 1}-{start + len(batch)}")
         progress((start + len(batch)) / len(series))
     return series
 
 
-def _mask(blobs: BlobStore, digest: str) -> np.ndarray:
-    """A structure's whole mask, assembled from its chunks in Fortran order: slice k is then contiguous, which
-    makes the SEG writer's (frames, rows, columns) transposition of each mask several times faster."""
+def _mask_box(blobs: BlobStore, digest: str) -> dicom_seg.MaskBox:
+    """A structure's mask as the chunk-aligned box holding its chunks, each chunk read once. The box is in Fortran
+    order: its k-planes, the SEG's frames, are then contiguous."""
     manifest = labels.load_manifest(blobs, digest)
-    mask = np.zeros(manifest.shape, dtype=bool, order="F")
+    shape, chunk = manifest.shape, manifest.chunk
+    if not manifest.entries:
+        return dicom_seg.MaskBox(shape, (0, 0, 0), np.zeros((0, 0, 0), dtype=bool))
+    cells = np.array(np.unravel_index([e.flat_index for e in manifest.entries], manifest.grid))
+    low = cells.min(axis=1) * np.array(chunk)
+    high = np.minimum((cells.max(axis=1) + 1) * np.array(chunk), shape)
+    box = np.zeros(tuple(int(n) for n in high - low), dtype=bool, order="F")
     for entry in manifest.entries:
-        region = chunks.chunk_slices(entry.flat_index, manifest.shape, manifest.chunk)
-        mask[region] = chunks.decode_chunk(blobs.get_bytes(entry.digest), mask[region].shape)
-    return mask
+        region = chunks.chunk_slices(entry.flat_index, shape, chunk)
+        inside = tuple(slice(r.start - int(o), r.stop - int(o)) for r, o in zip(region, low, strict=True))
+        box[inside] = chunks.decode_chunk(blobs.get_bytes(entry.digest), box[inside].shape)
+    return dicom_seg.MaskBox(shape, (int(low[0]), int(low[1]), int(low[2])), box)
 
 
 def send(blobs: BlobStore, work: StowWork, progress: Callable[[float, str], None]) -> dict[str, Any]:
     """Build the SEG (and for a NIfTI scan its CT series) and store it on the PACS; no database work."""
     client = connect(work.endpoint, work.allowed_hosts)
+    # The SEG writer's tables (read once per process) load while this thread mostly waits on the PACS.
+    tables = threading.Thread(target=dicom_seg.load_standard_tables, name="seg-tables", daemon=True)
+    tables.start()
     generated = work.source_series_uid is None
     if generated:
         ct = _generated_ct(client, blobs, work, lambda f: progress(5 + 35 * f, "storing the scan's CT series"))
@@ -268,7 +308,9 @@ def send(blobs: BlobStore, work: StowWork, progress: Callable[[float, str], None
         progress(5, "reading the series' slice headers from the PACS")
         ct = _source_headers(client, work)
     progress(40, f"building the SEG of {len(work.segments)} structures")
-    masks = [(item.spec, _mask(blobs, item.manifest_digest)) for item in work.segments]
+    tables.join()
+    # Read one at a time by the SEG writer: one structure's box in memory, never all 28 masks.
+    masks = [(item.spec, partial(_mask_box, blobs, item.manifest_digest)) for item in work.segments]
     seed = f"maskloop-pacs:{work.project_id}:{work.scan_id}:{work.version_id}"
     seg = dicom_seg.segmentation(
         ct,
@@ -282,7 +324,7 @@ def send(blobs: BlobStore, work: StowWork, progress: Callable[[float, str], None
     )
     del masks
     progress(80, "storing the SEG")
-    _store(client, work.endpoint, [seg], "the SEG")
+    _store(work.endpoint, work.allowed_hosts, [seg], "the SEG")
     referenced = str(ct[0].SeriesInstanceUID)
     return {
         "outcome": "stored",
