@@ -8,10 +8,11 @@ import os
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import LEAD, Server, screenshot, sign_in_with_token, wait_ready
+from tests.browser.conftest import LEAD, SHAPE, SPACING, Server, screenshot, sign_in_with_token, wait_ready
 
 pytestmark = [pytest.mark.browser]
 
@@ -123,3 +124,119 @@ def test_lead_promotes_and_rolls_back_from_the_models_page(page: Page, server: S
     listed = server.get(f"/api/models/{model['id']}/decisions", LEAD)
     assert [(d["kind"], d["to_version_id"]) for d in listed] == [("promote", v2), ("rollback", v1)]
     assert listed[-1]["reason"] == "v2 misses small livers"
+
+
+# A tiny UNet on a coarse grid, so that a CPU trains and evaluates it in seconds.
+TINY_STRUCTURES = ["liver", "spleen"]
+TINY: dict[str, Any] = {
+    "architecture": "unet",
+    "structures": TINY_STRUCTURES,
+    "config": {
+        "channels": [4, 8],
+        "strides": [2],
+        "num_res_units": 0,
+        "training": {"patch_size": [32, 32, 32], "samples_per_volume": 1, "batch_size": 1},
+    },
+    "preprocessing": {"target_spacing": [6.6, 6.6, 6.6]},
+    "inference": {"roi_size": [32, 32, 32]},
+}
+
+
+def _api(server: Server, method: str, path: str, status: int, **kwargs: Any) -> Any:
+    response = httpx.request(method, server.base + path, headers=server.headers(LEAD), timeout=120, **kwargs)
+    assert response.status_code == status, f"{method} {path}: {response.text}"
+    return response.json()
+
+
+def approved_version(server: Server, seed: int) -> int:
+    """A scan imported with its phantom masks saved as a human version, submitted and approved: the version id."""
+    from backend.imaging.nifti import to_nifti_gz
+    from backend.imaging.phantom import generate_phantom
+
+    phantom = generate_phantom(SHAPE, SPACING, seed=seed)
+    case = f"TRAINPAGE_{seed}_{os.getpid()}"
+    scan = _api(
+        server,
+        "POST",
+        f"/api/projects/{server.project_id}/scans",
+        201,
+        files={"file": (f"{case}.nii.gz", to_nifti_gz(phantom.volume, phantom.affine), "application/gzip")},
+        data={"case_id": case},
+    )
+    masks = {name: to_nifti_gz(phantom.masks[name].astype(np.uint8), phantom.affine) for name in TINY_STRUCTURES}
+    files = [("files", (f"{name}.nii.gz", data, "application/gzip")) for name, data in masks.items()]
+    body = {"kind": "human", "message": "truth"}
+    version = _api(server, "POST", f"/api/scans/{scan['id']}/versions", 201, files=files, data=body)
+    transitions = f"/api/scans/{scan['id']}/transitions"
+    _api(server, "POST", transitions, 200, json={"action": "submit", "version_id": version["id"]})
+    _api(server, "POST", transitions, 200, json={"action": "start_review"})
+    review = {"version_id": version["id"], "decision": "approve"}
+    _api(server, "POST", f"/api/scans/{scan['id']}/reviews", 201, json=review)
+    return int(version["id"])
+
+
+def tiny_model(server: Server) -> tuple[dict[str, Any], int]:
+    """The tiny model registered with random weights (checked by the worker) and promoted: (model, v1 id)."""
+    import torch
+
+    from worker.models.networks import build_network
+    from worker.models.training import save_weights
+
+    torch.manual_seed(0)
+    network = build_network("unet", TINY["config"], len(TINY_STRUCTURES))
+    body = {"name": f"ui-train-{os.getpid()}", **TINY}
+    model = _api(server, "POST", f"/api/projects/{server.project_id}/models", 201, json=body)
+    files = {"weights": ("tiny.pt", save_weights(network), "application/octet-stream")}
+    version = _api(server, "POST", f"/api/models/{model['id']}/versions", 201, files=files)
+    _api(server, "POST", f"/api/model-versions/{version['id']}/promote", 200)
+    return dict(model), int(version["id"])
+
+
+def test_lead_launches_training_and_watches_the_gate_decide(page: Page, server: Server) -> None:
+    versions = [approved_version(server, seed) for seed in (81, 82, 83)]
+    model, v1 = tiny_model(server)
+    name = model["name"]
+
+    sign_in_with_token(page, server, LEAD)
+    page.goto(f"{server.base}/#/models")
+    wait_ready(page)
+    card = page.get_by_test_id(f"model-{name}")
+    expect(card.get_by_test_id(f"promoted-{v1}")).to_be_visible()
+    form = card.get_by_test_id(f"train-form-{name}")
+    # The lead's mistakes are caught before anything is sent.
+    form.get_by_test_id(f"train-versions-{name}").select_option("ids")
+    form.get_by_test_id(f"train-ids-{name}").fill(str(versions[0]))
+    form.get_by_test_id(f"train-start-{name}").click()
+    expect(form.get_by_test_id(f"train-error-{name}")).to_contain_text("at least 2 approved label versions")
+    # This test's three approved versions, one epoch, a third held out.
+    form.get_by_test_id(f"train-ids-{name}").fill(", ".join(map(str, versions)))
+    form.get_by_test_id(f"train-epochs-{name}").fill("1")
+    form.get_by_test_id(f"train-heldout-{name}").fill("0.3")
+    form.get_by_test_id(f"train-start-{name}").click()
+    expect(form.get_by_test_id(f"train-error-{name}")).to_be_hidden()
+
+    # The job is watched until it finished; then the round's decision and the gate's per-structure table.
+    job_line = card.get_by_test_id(f"train-job-{name}")
+    expect(job_line).to_have_attribute("data-status", "succeeded", timeout=240_000)
+    decision = card.get_by_test_id(f"train-decision-{name}")
+    expect(decision).to_contain_text("not promoted")
+    gate = card.get_by_test_id(f"train-gate-{name}")
+    expect(gate).to_have_attribute("data-passed", "false")
+    [round_] = _api(server, "GET", f"/api/models/{model['id']}/rounds", 200)
+    assert round_["promoted"] is False and round_["heldout_versions"] == 1, round_
+    expect(decision).to_have_attribute("data-decision", round_["decision"])
+    # One row per structure with the promoted version's and the candidate's held-out Dice, as the round holds them.
+    rows = gate.get_by_test_id(f"train-gate-{name}-table").locator("tbody tr")
+    expect(rows).to_have_count(2)
+    for row, entry in zip(rows.all(), round_["gate"]["structures"], strict=True):
+        expect(row).to_contain_text(f"{entry['previous']:.3f}")
+        expect(row).to_contain_text(f"{entry['new']:.3f}")
+    # The held-out set (1 scan) is below the project's minimum: the refusal says so.
+    expect(gate).to_contain_text("promotion needs at least")
+    # The new version is listed (not promoted); v1 stays promoted.
+    new_version = round_["new_model_version_id"]
+    expect(card.get_by_test_id(f"version-{new_version}")).to_be_visible()
+    expect(card.get_by_test_id(f"promoted-{v1}")).to_be_visible()
+    expect(card.get_by_test_id(f"promoted-{new_version}")).to_have_count(0)
+    card.get_by_test_id(f"train-watch-{name}").scroll_into_view_if_needed()
+    screenshot(page, "models-page-training")

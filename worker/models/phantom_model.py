@@ -43,14 +43,21 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "phantom_unet.pt
 
 
 def phantom_samples(
-    seeds: Sequence[int], structures: Sequence[str], shape: Sequence[int], spacing: Sequence[float]
+    seeds: Sequence[int],
+    structures: Sequence[str],
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    variation: float = 0.0,
 ) -> list[TrainingSample]:
-    """Training samples drawn from phantoms of the given seeds (half of them with a lesion)."""
+    """Training samples drawn from phantoms of the given seeds (half of them with a lesion; ``variation`` as in
+    ``generate_phantom``: 0 draws the default anatomy)."""
     from backend.imaging.phantom import generate_phantom  # lazy: only the trainer needs it
 
     out = []
     for seed in seeds:
-        ph = generate_phantom(tuple(shape), tuple(spacing), seed=int(seed), lesion=bool(seed % 2))
+        ph = generate_phantom(
+            tuple(shape), tuple(spacing), seed=int(seed), lesion=bool(seed % 2), variation=float(variation)
+        )
         masks = np.stack([ph.masks[name] for name in structures])
         out.append(TrainingSample(volume=ph.volume, affine=ph.affine, masks=masks))
     return out
@@ -65,28 +72,37 @@ def train_phantom_model(
     shape: Sequence[int] = (96, 96, 64),
     spacing: Sequence[float] = (3.5, 3.5, 4.0),
     cfg: TrainingConfig | None = None,
+    architecture: str = "unet",
+    config: dict[str, Any] | None = None,
+    variation: float = 0.0,
+    first_seeds: tuple[int, int] = (100, 900),
+    verbose: bool = True,
 ) -> TrainingResult:
-    """Train a small UNet on phantoms (seeds 100.. train, 900.. val); write ``out_path`` and ``out_path.json``."""
+    """Train a small network on phantoms (seeds ``first_seeds[0]``.. train, ``first_seeds[1]``.. val, shape
+    ``variation`` as in ``generate_phantom``); write ``out_path`` and ``out_path.json``."""
     out_path = Path(out_path)
     structures = list(structures)
+    config = dict(UNET_CONFIG if config is None else config)
     prep = Preprocessing(target_spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])))
     cfg = cfg or TrainingConfig(epochs=epochs, seed=0)
     torch.manual_seed(cfg.seed)
-    network = build_network("unet", UNET_CONFIG, out_channels=len(structures))
-    train_set = phantom_samples(range(100, 100 + n_train), structures, shape, spacing)
-    val_set = phantom_samples(range(900, 900 + n_val), structures, shape, spacing)
+    network = build_network(architecture, config, out_channels=len(structures))
+    train0, val0 = first_seeds
+    train_set = phantom_samples(range(train0, train0 + n_train), structures, shape, spacing, variation)
+    val_set = phantom_samples(range(val0, val0 + n_val), structures, shape, spacing, variation)
     started = time.perf_counter()
 
     def report(epoch: int, loss: float) -> None:
-        print(f"epoch {epoch:3d}/{cfg.epochs}  loss {loss:.4f}  {time.perf_counter() - started:7.1f} s", flush=True)
+        if verbose:
+            print(f"epoch {epoch:3d}/{cfg.epochs}  loss {loss:.4f}  {time.perf_counter() - started:7.1f} s", flush=True)
 
     result = train(network, train_set, val_set, prep, cfg, progress=report)
     data = save_weights(network)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_bytes(data)
     sidecar = {
-        "architecture": "unet",
-        "config": UNET_CONFIG,
+        "architecture": architecture,
+        "config": config,
         "structures": structures,
         "activation": "sigmoid",
         "preprocessing": prep.to_json(),
@@ -98,8 +114,9 @@ def train_phantom_model(
             "batch_size": cfg.batch_size,
             "samples_per_volume": cfg.samples_per_volume,
             "seed": cfg.seed,
-            "train_seeds": [100, 100 + n_train - 1],
-            "val_seeds": [900, 900 + n_val - 1],
+            "train_seeds": [train0, train0 + n_train - 1],
+            "val_seeds": [val0, val0 + n_val - 1],
+            "phantom_variation": float(variation),
             "phantom_shape": [int(s) for s in shape],
             "phantom_spacing": [float(s) for s in spacing],
             "final_loss": result.losses[-1] if result.losses else None,

@@ -33,7 +33,12 @@ class TrainingCancelled(Exception):
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Hyper-parameters; ``pos_fraction`` of the crops are centred on a foreground voxel of a random structure."""
+    """Hyper-parameters; ``pos_fraction`` of the crops are centred on a foreground voxel of a random structure.
+
+    The learning rate follows a cosine from ``learning_rate`` down to 5 % of it; with ``warmup_fraction`` > 0 it
+    first rises linearly over that share of the steps (fine-tuning: a fresh Adam's first steps are about
+    ``learning_rate`` per weight whatever the gradient, which shakes a trained network before its moments settle).
+    """
 
     epochs: int = 30
     learning_rate: float = 2e-3
@@ -44,6 +49,7 @@ class TrainingConfig:
     pos_fraction: float = 0.75
     weight_decay: float = 1e-5
     device: str | None = None
+    warmup_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         """Validate the fields."""
@@ -55,6 +61,8 @@ class TrainingConfig:
             raise ValueError(f"patch_size must be three positive ints, got {self.patch_size!r}")
         if not 0.0 <= self.pos_fraction <= 1.0:
             raise ValueError("pos_fraction must be within [0, 1]")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError("warmup_fraction must be within [0, 1)")
 
 
 @dataclass
@@ -154,6 +162,23 @@ def _crop(
     return item.image[sl], item.labels[sl]
 
 
+def _schedule(optimiser: torch.optim.Optimizer, steps: int, warmup: float) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine annealing to 5 % of the learning rate over ``steps``, after a linear warm-up over its first share."""
+    first = round(warmup * steps)
+    if first == 0:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimiser, T_max=steps, eta_min=optimiser.defaults["lr"] * 0.05
+        )
+
+    def factor(step: int) -> float:
+        if step < first:
+            return (step + 1) / first
+        progress = min(1.0, (step - first) / max(1, steps - first))
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+
+
 def train(
     network: torch.nn.Module,
     train: Sequence[TrainingSample],
@@ -184,9 +209,7 @@ def train(
     loss_fn = DiceCELoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
     optimiser = torch.optim.Adam(network.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(items) * cfg.samples_per_volume / cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimiser, T_max=cfg.epochs * steps_per_epoch, eta_min=cfg.learning_rate * 0.05
-    )
+    scheduler = _schedule(optimiser, cfg.epochs * steps_per_epoch, cfg.warmup_fraction)
     losses: list[float] = []
     for epoch in range(1, cfg.epochs + 1):
         network.train()

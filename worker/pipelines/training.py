@@ -50,13 +50,26 @@ class _Item:
     manifests: tuple[str | None, ...]
 
 
-def training_config(model_config: dict[str, object], epochs: int, seed: int) -> TrainingConfig:
-    """Training hyper-parameters: the model config's "training" section over the defaults."""
+# Fine-tuning promoted weights warms the learning rate up over this share of the steps unless the model's config
+# says otherwise (``training.warmup_fraction``): see ``TrainingConfig``.
+FINE_TUNE_WARMUP = 0.2
+
+
+def training_config(model_config: dict[str, object], epochs: int, seed: int, fine_tune: bool = False) -> TrainingConfig:
+    """Training hyper-parameters: the model config's "training" section over the defaults (``fine_tune``: starting
+    from trained weights, which warms the learning rate up by default)."""
     raw = dict(model_config.get("training", {}) or {})  # type: ignore[call-overload]
     fields: dict[str, object] = {"epochs": epochs, "seed": seed}
+    if fine_tune:
+        fields["warmup_fraction"] = FINE_TUNE_WARMUP
     if "patch_size" in raw:
         fields["patch_size"] = tuple(int(v) for v in raw["patch_size"])
-    for key, cast in (("batch_size", int), ("samples_per_volume", int), ("learning_rate", float)):
+    for key, cast in (
+        ("batch_size", int),
+        ("samples_per_volume", int),
+        ("learning_rate", float),
+        ("warmup_fraction", float),
+    ):
         if key in raw:
             fields[key] = cast(raw[key])
     return TrainingConfig(**fields)  # type: ignore[arg-type]
@@ -229,7 +242,9 @@ def _run(claimed: common.Claimed) -> None:
     train_samples = [_sample(blobs, item) for item in train_items]
     val_samples = [_sample(blobs, item) for item in val_items]
     network = build_network(architecture, config, len(structures))
-    if params.get("init", "promoted") == "promoted" and previous is not None and previous.weights_digest:
+    fine_tune = params.get("init", "promoted") == "promoted" and previous is not None and bool(previous.weights_digest)
+    if fine_tune:
+        assert previous is not None and previous.weights_digest is not None
         load_weights(network, blobs.get_bytes(previous.weights_digest))
     epochs = int(params["epochs"])
     result = train(
@@ -237,7 +252,7 @@ def _run(claimed: common.Claimed) -> None:
         train_samples,
         val_samples,
         Preprocessing.from_json(prep),
-        training_config(config, epochs, int(params.get("seed", 0))),
+        training_config(config, epochs, int(params.get("seed", 0)), fine_tune=fine_tune),
         progress=lambda epoch, loss: reporter.update(
             5 + 80 * epoch / epochs, f"epoch {epoch}/{epochs} loss {loss:.4f}"
         ),
