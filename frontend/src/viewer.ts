@@ -321,7 +321,9 @@ export class Viewer {
     })
     this.nv.drawBitmap = bitmap
     this.drawOpacity = opacity
-    this.nv.setDrawOpacity(opacity)
+    // The opacity is set without NiiVue's setDrawOpacity, which draws a frame of its own: one frame, after the
+    // upload (a frame costs more than the upload with a software GPU).
+    this.nv.drawOpacity = opacity
     this.nv.refreshDrawing(true)
   }
 

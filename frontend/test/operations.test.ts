@@ -50,11 +50,11 @@ describe.each([
     expect(voxels[1 + 2 * 2]).toBe(1)
   })
 
-  it('builds the multipart request: meta JSON and one part per non-empty input', () => {
+  it('builds the multipart request: meta JSON and one part per non-empty input', async () => {
     const target = new Uint8Array(g.voxels)
     target[g.rasIndex(...g.nativeToRasXYZ(2, 2, 2))] = 1
     const empty = new Uint8Array(g.voxels)
-    const plan = buildOperation(g, 'pancreas', { operation: 'logical', params: { op: 'add', source: 'duodenum' } }, [
+    const plan = await buildOperation(g, 'pancreas', { operation: 'logical', params: { op: 'add', source: 'duodenum' } }, [
       { structure: 'pancreas', ras: target },
       { structure: 'duodenum', ras: empty },
     ])
@@ -102,6 +102,13 @@ describe('decodeAnswer', () => {
 
   it('refuses an unknown encoding', () => {
     expect(() => decodeAnswer({ origin: [0, 0, 0], size: [1, 1, 1], encoding: 'u8', data: 'AA==' })).toThrow(/encoding/)
+  })
+
+  it('refuses an answer whose bits do not fill its box (never writes a partial box)', () => {
+    const short = { origin: [0, 0, 0], size: [4, 4, 1], encoding: 'bits+gzip', data: toBase64(gzipSync(new Uint8Array(1))) }
+    expect(() => decodeAnswer(short)).toThrow(/bytes for a box/)
+    const ras = new Uint8Array(16)
+    expect(() => applyAnswer(new Geometry([4, 4, 1], [1, 2, 3]), ras, short)).toThrow(/bytes for a box/)
   })
 })
 

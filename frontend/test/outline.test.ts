@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import type { Vec3 } from '../src/core/geometry'
-import { OUTLINE_OFFSET, drawOutlines, lutPadding } from '../src/core/outline'
+import { OUTLINE_OFFSET, drawOutlines, lutPadding, structureOfLabel } from '../src/core/outline'
 
 const DIMS: Vec3 = [7, 7, 3]
 const at = (x: number, y: number, z: number): number => x + DIMS[0] * (y + DIMS[1] * z)
@@ -75,5 +75,32 @@ describe('the label lookup table', () => {
     }
     expect(lutPadding(28)).toEqual([])
     expect(lutPadding(156).map((c) => c.value)).toEqual([-1])
+  })
+})
+
+describe('the structure under a voxel of the label map (the readout, comment pins)', () => {
+  const structures = [
+    { name: 'pancreas', label_value: 1 },
+    { name: 'pancreas_head', label_value: 2 },
+  ]
+
+  it('names the outlined structure on its boundary voxels, as inside them', () => {
+    const labels = map()
+    drawOutlines(labels, DIMS, [0, 1], [
+      { value: 1, region: [1, 2] },
+      { value: 2, region: [2] },
+    ])
+    expect(labels[at(1, 1, 0)]).toBe(1 + OUTLINE_OFFSET) // the parent's boundary
+    expect(labels[at(2, 2, 1)]).toBe(2 + OUTLINE_OFFSET) // the part's boundary
+    expect(structureOfLabel(structures, labels[at(1, 1, 0)])?.name).toBe('pancreas')
+    expect(structureOfLabel(structures, labels[at(2, 2, 1)])?.name).toBe('pancreas_head')
+    expect(structureOfLabel(structures, labels[at(3, 3, 1)])?.name).toBe('pancreas_head') // interior
+    expect(structureOfLabel(structures, labels[at(2, 2, 0)])?.name).toBe('pancreas')
+  })
+
+  it('is null on background and on a label no structure has', () => {
+    expect(structureOfLabel(structures, 0)).toBeNull()
+    expect(structureOfLabel(structures, 7)).toBeNull()
+    expect(structureOfLabel(structures, 7 + OUTLINE_OFFSET)).toBeNull()
   })
 })

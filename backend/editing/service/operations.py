@@ -45,8 +45,9 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class _Work:
-    """What an operation runs on: the scan's geometry, the decoded inputs by structure name, the size limit."""
+class Work:
+    """What an operation runs on: the scan's geometry, the decoded inputs by structure name (each a box trimmed to
+    its non-zero voxels), the size limit."""
 
     shape: Shape3
     spacing: Spacing
@@ -111,7 +112,7 @@ def _decode_inputs(
     return boxes
 
 
-def _result(target: str, work: _Work, region: Region, new: np.ndarray, what: str) -> Outcome:
+def _result(target: str, work: Work, region: Region, new: np.ndarray, what: str) -> Outcome:
     """The outcome of replacing the target's voxels on `region` by `new`."""
     done = change(crop(work.box(target), region), new, region)
     return Outcome(target, done, f"{what}: +{done.added:,} / -{done.removed:,} voxels")
@@ -121,7 +122,7 @@ def _unchanged(target: str, summary: str) -> Outcome:
     return Outcome(target, Change((0, 0, 0), np.zeros((0, 0, 0), dtype=bool), 0, 0), summary)
 
 
-def _interpolate(target: str, request: InterpolateRequest, work: _Work) -> Outcome:
+def _interpolate(target: str, request: InterpolateRequest, work: Work) -> Outcome:
     params = request.params
     for key in params.key_slices:
         if key >= work.shape[params.axis]:
@@ -148,7 +149,7 @@ def _interpolate(target: str, request: InterpolateRequest, work: _Work) -> Outco
     return _result(target, work, region, new, what)
 
 
-def _margin(target: str, request: MarginRequest, work: _Work) -> Outcome:
+def _margin(target: str, request: MarginRequest, work: Work) -> Outcome:
     mm = request.params.mm
     box = work.box(target)
     region = around([box], voxel_pad(mm, work.spacing), work.shape)
@@ -159,7 +160,7 @@ def _margin(target: str, request: MarginRequest, work: _Work) -> Outcome:
     return _result(target, work, region, new, f"{'grew' if mm > 0 else 'shrank'} by {abs(mm):g} mm")
 
 
-def _islands(target: str, request: IslandsRequest, work: _Work) -> Outcome:
+def _islands(target: str, request: IslandsRequest, work: Work) -> Outcome:
     params = request.params
     box = work.box(target)
     if params.voxel is not None and any(not 0 <= params.voxel[a] < work.shape[a] for a in range(3)):
@@ -186,7 +187,7 @@ def _islands(target: str, request: IslandsRequest, work: _Work) -> Outcome:
     return _result(target, work, region, new, what)
 
 
-def _smooth(target: str, request: SmoothRequest, work: _Work) -> Outcome:
+def _smooth(target: str, request: SmoothRequest, work: Work) -> Outcome:
     params = request.params
     box = work.box(target)
     region = around([box], voxel_pad(params.mm, work.spacing), work.shape)
@@ -202,7 +203,7 @@ def _smooth(target: str, request: SmoothRequest, work: _Work) -> Outcome:
     return _result(target, work, region, new, f"{params.method} {params.mm:g} mm")
 
 
-def _fill_holes(target: str, request: FillHolesRequest, work: _Work) -> Outcome:
+def _fill_holes(target: str, request: FillHolesRequest, work: Work) -> Outcome:
     box = work.box(target)
     region = around([box], (1, 1, 1), work.shape)
     if region is None:
@@ -213,7 +214,7 @@ def _fill_holes(target: str, request: FillHolesRequest, work: _Work) -> Outcome:
     return _result(target, work, region, new, what)
 
 
-def _logical(target: str, request: LogicalRequest, work: _Work, source: str | None, within: str | None) -> Outcome:
+def _logical(target: str, request: LogicalRequest, work: Work, source: str | None, within: str | None) -> Outcome:
     op = request.params.op
     mine = work.box(target)
     if op == "invert":
@@ -237,7 +238,7 @@ def _logical(target: str, request: LogicalRequest, work: _Work, source: str | No
     return _result(target, work, region, new, f"{op} {source}")
 
 
-def _scissors(target: str, request: ScissorsRequest, work: _Work) -> Outcome:
+def _scissors(target: str, request: ScissorsRequest, work: Work) -> Outcome:
     params = request.params
     if params.slab is not None and params.slab[1] >= work.shape[params.axis]:
         raise InvalidInput(
@@ -252,7 +253,7 @@ def _scissors(target: str, request: ScissorsRequest, work: _Work) -> Outcome:
     return _result(target, work, region, new, f"scissors (kept {params.keep})")
 
 
-def _statistics(target: str, scan: Scan, blobs: BlobStore, work: _Work, order: list[str]) -> Outcome:
+def _statistics(target: str, scan: Scan, blobs: BlobStore, work: Work, order: list[str]) -> Outcome:
     work.box(target)
     found = around([work.boxes[name] for name in order], (0, 0, 0), work.shape)
     values = None
@@ -296,20 +297,29 @@ def run(
     # Decoding and the operation hold whole boxes in memory: one of the process's heavy-work slots.
     with decode_limits.heavy_decode(f"operation {request.operation}"):
         boxes = _decode_inputs(request.inputs, name_of, parts, shape, max_voxels)
-        work = _Work(shape, spacing, float(scan.voxel_volume_mm3), boxes, max_voxels)
-        if isinstance(request, InterpolateRequest):
-            return _interpolate(target, request, work)
-        if isinstance(request, MarginRequest):
-            return _margin(target, request, work)
-        if isinstance(request, IslandsRequest):
-            return _islands(target, request, work)
-        if isinstance(request, SmoothRequest):
-            return _smooth(target, request, work)
-        if isinstance(request, FillHolesRequest):
-            return _fill_holes(target, request, work)
-        if isinstance(request, LogicalRequest):
-            return _logical(target, request, work, source, within)
-        if isinstance(request, ScissorsRequest):
-            return _scissors(target, request, work)
-        assert isinstance(request, StatisticsRequest)
-        return _statistics(target, scan, blobs, work, [name_of(i.structure) for i in request.inputs])
+        work = Work(shape, spacing, float(scan.voxel_volume_mm3), boxes, max_voxels)
+        if isinstance(request, StatisticsRequest):
+            return _statistics(target, scan, blobs, work, [name_of(i.structure) for i in request.inputs])
+        return compute(target, request, work, source, within)
+
+
+def compute(
+    target: str, request: AnyOperation, work: Work, source: str | None = None, within: str | None = None
+) -> Outcome:
+    """Run an operation other than statistics on decoded boxes (names already resolved): each works on the
+    structure's box plus what the operation can reach, never on the whole volume."""
+    if isinstance(request, InterpolateRequest):
+        return _interpolate(target, request, work)
+    if isinstance(request, MarginRequest):
+        return _margin(target, request, work)
+    if isinstance(request, IslandsRequest):
+        return _islands(target, request, work)
+    if isinstance(request, SmoothRequest):
+        return _smooth(target, request, work)
+    if isinstance(request, FillHolesRequest):
+        return _fill_holes(target, request, work)
+    if isinstance(request, LogicalRequest):
+        return _logical(target, request, work, source, within)
+    if isinstance(request, ScissorsRequest):
+        return _scissors(target, request, work)
+    raise InvalidInput(f"operation {request.operation!r} needs the scan")

@@ -81,3 +81,13 @@ export function lutPadding(maxValue: number): LabelColor[] {
   const pad = Math.max(0, Math.ceil((((maxValue + 1) / 128 - 0.5) * 128) / 127))
   return Array.from({ length: pad }, (_, k) => ({ value: -1 - k, rgb: [0, 0, 0] as [number, number, number], alpha: 0, name: '' }))
 }
+
+/**
+ * The structure a label-map voxel belongs to (null for background or a label no structure has): an outline voxel
+ * holds its structure's label plus OUTLINE_OFFSET (`drawOutlines`), so it is read back as that structure.
+ */
+export function structureOfLabel<S extends { name: string; label_value: number }>(structures: readonly S[], value: number): S | null {
+  const label = value >= OUTLINE_OFFSET ? value - OUTLINE_OFFSET : value
+  if (!label) return null
+  return structures.find((s) => s.label_value === label) ?? null
+}

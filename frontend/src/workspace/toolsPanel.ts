@@ -29,6 +29,8 @@ export class ToolsPanel {
   private state: PanelState = 'idle'
   private preview: Preview | null = null
   private stats: StructureStats[] = []
+  /** The drawing layer's bitmap while a preview is shown: the working copy with the answer applied. */
+  private shown: Uint8Array | null = null
   /** Input values kept across redraws. */
   private values = { marginMm: '3', minMl: '1', smoothMethod: 'closing', smoothMm: '2', logicalOp: 'add', source: '', sphereMm: '10' }
 
@@ -256,8 +258,9 @@ export class ToolsPanel {
       if (!(await ctx.review.ensureLease())) return
       const masks = [{ structure: name, ras: await ctx.session.ensure(name) }]
       for (const other of extra) masks.push({ structure: other, ras: await ctx.session.ensure(other) })
-      const plan = buildOperation(ctx.viewer.geometry!, name, spec, masks)
+      // The masks are read when buildOperation is called: the revision they were read at.
       const sent = rev()
+      const plan = await buildOperation(ctx.viewer.geometry!, name, spec, masks)
       const answer: OperationAnswer = await api.operation(ctx.scanId, plan)
       if (ctx.store.get().active !== name || ctx.store.get().mode.kind !== 'edit') return
       if (rev() !== sent) {
@@ -280,12 +283,15 @@ export class ToolsPanel {
   private showPreview(name: string, label: string, answer: OperationAnswer): void {
     const { ctx } = this
     const bm = ctx.session.edited.get(name)!
-    const shown = bm.slice()
-    if (!applyAnswer(ctx.viewer.geometry!, shown, answer)) {
+    // One bitmap for every preview (only one is shown at a time): no 10 MB allocation per Apply.
+    if (this.shown?.length !== bm.length) this.shown = new Uint8Array(bm.length)
+    const shown = this.shown
+    shown.set(bm)
+    // Added voxels are written as 2 (the seed colour) in the same pass over the answer's box.
+    if (!applyAnswer(ctx.viewer.geometry!, shown, answer, 2)) {
       toast(answer.summary || 'Nothing changes', 'info')
       return
     }
-    for (let i = 0; i < shown.length; i++) if (shown[i] && !bm[i]) shown[i] = 2
     this.preview = { structure: name, label, answer }
     this.setState('preview')
     this.display(name, shown)
@@ -340,7 +346,7 @@ export class ToolsPanel {
     try {
       const masks = []
       for (const n of names) masks.push({ structure: n, ras: await ctx.session.ensure(n) })
-      const answer: OperationAnswer = await api.operation(ctx.scanId, buildOperation(ctx.viewer.geometry!, name, { operation: 'statistics', params: {} }, masks))
+      const answer: OperationAnswer = await api.operation(ctx.scanId, await buildOperation(ctx.viewer.geometry!, name, { operation: 'statistics', params: {} }, masks))
       this.stats = answer.stats?.structures ?? []
     } catch (err) {
       ctx.fail(err)

@@ -4,6 +4,7 @@
  * under the crosshair).
  */
 
+import { structureOfLabel } from '../core/outline'
 import { pretty } from '../core/structures'
 import { clear, h, toast } from '../dom'
 import { type Layout, PRESETS } from '../viewer'
@@ -248,7 +249,7 @@ export class Viewbar {
     const active = ctx.store.get().active
     const r = viewer.readout(active ? (ctx.session?.edited.get(active) ?? null) : null)
     if (!r) return
-    const labelName = r.label ? ctx.structures.find((s) => s.label_value === r.label)?.name : null
+    const labelName = structureOfLabel(ctx.structures, r.label)?.name ?? null
     const dims = viewer.geometry!.rasDims
     const el = ctx.el.readout
     clear(el)

@@ -12,7 +12,7 @@ import { awaitingReview } from '../core/reviewRules'
 import { EditSession } from '../core/editSession'
 import { fmtBytes, toast } from '../dom'
 import type { Vec3 } from '../core/geometry'
-import { OUTLINE_OFFSET } from '../core/outline'
+import { structureOfLabel } from '../core/outline'
 import { type ReviewController, type ReviewHost, createReview } from '../review'
 import { sameItems } from '../store'
 import { Viewer } from '../viewer'
@@ -175,9 +175,7 @@ export class Workspace implements WorkspaceContext {
     const held = editing ? [...this.session.edited.keys()].sort((a, b) => Number(b === active) - Number(a === active)) : []
     const out = held.filter((name) => this.session.edited.get(name)![i])
     // An outlined structure's boundary voxels carry its label plus OUTLINE_OFFSET in the overlay (core/outline.ts).
-    const raw = this.viewer.labels?.img?.[g.nativeIndexOfRas(i)] ?? 0
-    const value = raw >= OUTLINE_OFFSET ? raw - OUTLINE_OFFSET : raw
-    const other = value ? this.structures.find((s) => s.label_value === value)?.name : undefined
+    const other = structureOfLabel(this.structures, this.viewer.labels?.img?.[g.nativeIndexOfRas(i)] ?? 0)?.name
     if (other && !held.includes(other)) out.push(other)
     return out
   }
