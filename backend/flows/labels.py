@@ -50,8 +50,12 @@ def save_masks(
     idempotency_key: str | None = None,
     mask_values: Mapping[str, MaskValues] | None = None,
     actor: User,
+    builders: Mapping[str, labels.MaskBuilder] | None = None,
 ) -> LabelVersion:
-    """Save a version from whole per-structure masks (others kept from the base); an import is QA-checked at once."""
+    """Save a version from whole per-structure masks (others kept from the base); an import is QA-checked at once.
+
+    `builders`: masks decoded straight into stored chunks (e.g. from the uploaded files) once the save's checks
+    have passed."""
     kind = upload_kind(actor, kind)
     version = labels.create_version(
         db,
@@ -64,6 +68,7 @@ def save_masks(
         masks=masks,
         missing=missing,
         idempotency_key=idempotency_key,
+        builders=builders,
     )
     if kind == "import":
         # The mask values tell QA about float masks off {0, 1}; a QA refusal refuses the import with it.

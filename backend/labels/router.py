@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, UploadFile, status
@@ -23,7 +24,7 @@ from backend.core.filenames import clean_file_name
 from backend.core.ids import PathId
 from backend.flows import labels as flows
 from backend.flows import reads
-from backend.imaging import chunks, nifti
+from backend.imaging import chunks, nifti, nifti_masks
 from backend.labels import service
 from backend.labels.dependencies import VersionAccess, require_version
 from backend.labels.schemas import (
@@ -160,19 +161,27 @@ def _create_from_masks(
     # A kind the caller may not upload is refused before any mask is decoded.
     kind = flows.upload_kind(access.user, fields.kind)
     geometry = scans.geometry_of(access.scan)
-    masks = {}
     mask_values: dict[str, nifti.MaskValues] = {}
+    files: dict[str, tuple[bytes, str]] = {}
     for upload in fields.files:
         name = scans.case_id_from_filename(upload.filename or "")
         if not name:
             raise InvalidInput("every mask file needs a name: <structure>.nii.gz")
-        data = uploads.read_limited(upload, settings.max_upload_bytes)
-        masks[name], mask_values[name] = nifti.load_mask_with_values(data, geometry, upload.filename or name)
+        files[name] = (uploads.read_limited(upload, settings.max_upload_bytes), upload.filename or name)
+
+    def builder(name: str) -> Callable[[chunks.PutBlob], chunks.MaskManifest]:
+        def build(put: chunks.PutBlob) -> chunks.MaskManifest:
+            data, filename = files[name]
+            manifest, mask_values[name] = nifti_masks.mask_manifest(data, geometry, filename, put)
+            return manifest
+
+        return build
+
     version = flows.save_masks(
         db,
         blobs,
         access.scan,
-        masks,
+        {},
         kind=kind,
         message=fields.message,
         base_version_id=fields.base_version_id,
@@ -180,6 +189,9 @@ def _create_from_masks(
         idempotency_key=fields.idempotency_key,
         mask_values=mask_values,
         actor=access.user,
+        # Each file is inflated a few planes at a time straight into its stored chunks (no whole mask in
+        # memory), once the save's checks have passed.
+        builders={name: builder(name) for name in files},
     )
     return read_after_commit(db, lambda: _one_out(db, version, access.scan))
 

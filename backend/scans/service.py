@@ -20,7 +20,7 @@ from backend.core.blobstore import BlobStore
 from backend.core.db import get_or_404
 from backend.core.errors import Conflict, DomainError, InvalidInput
 from backend.core.filenames import clean_file_name
-from backend.imaging import dicom, nifti, pants
+from backend.imaging import chunks, dicom, nifti, nifti_masks, pants
 from backend.imaging.nifti import MaskValues
 from backend.labels import service as labels
 from backend.models import LabelVersion, Project, Scan, User
@@ -300,13 +300,16 @@ def prepare_pants_case(
     )
     values: dict[str, MaskValues] = {}
 
-    def loader(structure: str, path: Path) -> Callable[[], np.ndarray]:
-        def load() -> np.ndarray:
+    def builder(structure: str, path: Path) -> Callable[[chunks.PutBlob], chunks.MaskManifest]:
+        # Each mask file is inflated a few planes at a time straight into its stored chunks (nifti_masks): no
+        # whole 79 MB mask is allocated, so decoding costs half the CPU and scales across worker processes.
+        def build(put: chunks.PutBlob) -> chunks.MaskManifest:
             name = _dataset_name(path, root)
-            mask, values[structure] = nifti.load_mask_with_values(read_dataset_file(path, name), geometry, name)
-            return mask
+            data = read_dataset_file(path, name)
+            manifest, values[structure] = nifti_masks.mask_manifest(data, geometry, name, put)
+            return manifest
 
-        return load
+        return build
 
     def read_ct() -> tuple[nifti.LoadedVolume, str, int, float]:
         volume = nifti.load_nifti_bytes(
@@ -315,11 +318,11 @@ def prepare_pants_case(
         stored = nifti.ensure_gzip(data)
         return volume, blobs.put_bytes(stored), len(stored), time.perf_counter() - started
 
-    loaders = {structure: loader(structure, path) for structure, path in case.structure_paths.items()}
+    builders = {structure: builder(structure, path) for structure, path in case.structure_paths.items()}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ct") as pool:
         ct = pool.submit(read_ct)
         try:
-            masks = labels.prebuild_masks(blobs, loaders, threads=threads) if loaders else None
+            masks = labels.prebuild_manifests(blobs, builders, threads=threads) if builders else None
         except BaseException:
             ct.result()  # a faulty CT is the case's first problem; else the mask's error stands
             raise

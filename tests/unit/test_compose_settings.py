@@ -39,3 +39,20 @@ def test_compose_runs_the_blob_store_on_s3_by_default() -> None:
     }
     settings = Settings(**defaults)  # type: ignore[arg-type]
     assert settings.blob_backend == "s3" and settings.s3_bucket == "maskloop-blobs"
+
+
+def _defaults(value: str) -> str:
+    """A compose value with each ${VAR:-default} replaced by its default (as compose runs it with no overrides)."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+
+
+def test_compose_mounts_the_import_root_where_the_api_and_the_import_workers_read_it() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    root = _defaults(compose["x-maskloop-env"]["MASKLOOP_IMPORT_ROOT"])
+    assert root.startswith("/")
+    assert Settings(import_root=root).import_root == Path(root)
+    # The API checks the folder a lead names; the cpu workers import its cases: both see it at the same path.
+    assert "cpu" in compose["services"]["worker-cpu"]["command"]
+    for service in ("api", "worker-cpu"):
+        targets = [_defaults(str(volume)).split(":")[1] for volume in compose["services"][service]["volumes"]]
+        assert root in targets, f"{service} does not mount the import root {root}: {targets}"

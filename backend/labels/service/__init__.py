@@ -13,10 +13,12 @@ from backend.labels.service.masks import (
 from backend.labels.service.saves import (
     Author,
     BoxPatch,
+    MaskBuilder,
     PrebuiltMasks,
     create_version,
     create_version_from_label_map,
     mask_threads,
+    prebuild_manifests,
     prebuild_masks,
     save_patch,
 )
@@ -34,6 +36,7 @@ __all__ = [
     "MAX_DRAFT_BYTES",
     "Author",
     "BoxPatch",
+    "MaskBuilder",
     "PrebuiltMasks",
     "StructureDiff",
     "authors_of",
@@ -51,6 +54,7 @@ __all__ = [
     "load_manifest",
     "mask_threads",
     "patches_from_label_map",
+    "prebuild_manifests",
     "prebuild_masks",
     "read_mask",
     "save_draft",

@@ -8,11 +8,13 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from backend.audit import service as audit
 from backend.core.blobstore import BlobStore, sha256_hex
@@ -188,10 +190,11 @@ def _persist(
     else:
         db.add(version)
         db.flush()
+    rows = []
     for structure_id, (status, digest, voxels) in entries.items():
         parent = parent_entries.get(structure_id)
         changed = parent is None or parent.status != status or parent.manifest_digest != digest
-        db.add(
+        rows.append(
             LabelVersionStructure(
                 version_id=version.id,
                 structure_id=structure_id,
@@ -202,15 +205,19 @@ def _persist(
                 changed=changed,
             )
         )
+    db.add_all(rows)
     db.flush()
+    # The rows just written are the version's whole collection (no column of theirs is set by the database):
+    # set it as loaded instead of reading it back.
+    set_committed_value(version, "structures", rows)
     if not branch:
         base_id = base.id if base else None
         condition = Scan.head_version_id.is_(None) if base_id is None else Scan.head_version_id == base_id
         moved = db.execute(update(Scan).where(Scan.id == scan.id, condition).values(head_version_id=version.id))
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             raise _conflict(db, scan, base_id)
-        db.refresh(scan, attribute_names=["head_version_id"])
-    db.refresh(version, attribute_names=["structures"])
+        # The conditional UPDATE matched this one row, so the head is this version: no need to read it back.
+        set_committed_value(scan, "head_version_id", version.id)
     workflow.on_version_created(db, scan, version)
     audit.record(
         db,
@@ -249,13 +256,32 @@ def mask_threads(threads: int | None = None) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _build_manifests(masks: dict[int, np.ndarray], put: _TrackingPut) -> dict[int, MaskManifest]:
-    """Chunk and compress each structure's mask, several structures at once (zstd and numpy release the GIL)."""
-    if len(masks) < 2 or mask_threads() < 2:
-        return {sid: chunks.build_manifest(mask, put) for sid, mask in masks.items()}
-    with ThreadPoolExecutor(max_workers=min(len(masks), mask_threads())) as pool:
-        futures = {sid: pool.submit(chunks.build_manifest, mask, put) for sid, mask in masks.items()}
-        return {sid: future.result() for sid, future in futures.items()}
+# Builds one structure's manifest, storing its chunks through the `put` it is given: chunking a decoded mask, or
+# decoding a mask file straight into chunks (nifti_masks.mask_manifest, which never holds the whole mask).
+MaskBuilder = Callable[[chunks.PutBlob], MaskManifest]
+K = TypeVar("K")
+
+
+def _run_builders(
+    builders: Mapping[K, MaskBuilder], put: _TrackingPut, threads: int | None = None
+) -> dict[K, MaskManifest]:
+    """Run the builders, several structures at once (zlib-ng, zstd and numpy release the GIL); the first error
+    is raised once the builders already running have finished, and builders not yet started never run."""
+    workers = min(len(builders), mask_threads(threads))
+    if workers < 2:
+        return {key: build(put) for key, build in builders.items()}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="masks") as pool:
+        futures = {key: pool.submit(build, put) for key, build in builders.items()}
+        try:
+            return {key: future.result() for key, future in futures.items()}
+        except BaseException:
+            for future in futures.values():
+                future.cancel()
+            raise
+
+
+def _chunking(mask: np.ndarray) -> MaskBuilder:
+    return lambda put: chunks.build_manifest(mask, put)
 
 
 @dataclass(frozen=True)
@@ -271,29 +297,24 @@ def prebuild_masks(
 ) -> PrebuiltMasks:
     """Decode (each loader) and chunk structure masks on threads, storing the chunk blobs; no database work.
 
-    Each mask is dropped as soon as its manifest is built, so a case's masks decode in parallel (zlib-ng, zstd
-    and numpy release the GIL) with only `threads` of them in memory at once. The first error is raised once
-    the masks being decoded have finished; masks not yet started are not decoded. Pass the result to
-    `create_version(prebuilt=...)`.
+    Each mask is dropped as soon as its manifest is built, so a case's masks decode in parallel with only
+    `threads` of them in memory at once. Pass the result to `create_version(prebuilt=...)`.
     """
+
+    def builder(loader: Callable[[], np.ndarray]) -> MaskBuilder:
+        return lambda put: chunks.build_manifest(loader(), put)
+
+    return prebuild_manifests(blobs, {name: builder(loader) for name, loader in loaders.items()}, threads=threads)
+
+
+def prebuild_manifests(
+    blobs: BlobStore, builders: Mapping[str, MaskBuilder], *, threads: int | None = None
+) -> PrebuiltMasks:
+    """Run structure mask builders on `threads` threads (default: the CPUs), storing their chunks; no database
+    work. Every chunk is stored when this returns; the first error is raised once the running builders ended."""
     put = _TrackingPut(blobs)
-
-    def build(loader: Callable[[], np.ndarray]) -> MaskManifest:
-        return chunks.build_manifest(loader(), put)
-
-    workers = min(len(loaders), mask_threads(threads))
     try:
-        if workers < 2:
-            manifests = {name: build(loader) for name, loader in loaders.items()}
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="masks") as pool:
-                futures = {name: pool.submit(build, loader) for name, loader in loaders.items()}
-                try:
-                    manifests = {name: future.result() for name, future in futures.items()}
-                except BaseException:
-                    for future in futures.values():
-                        future.cancel()
-                    raise
+        manifests = _run_builders(builders, put, threads)
     except BaseException:
         put.wait(raise_errors=False)
         raise
@@ -315,11 +336,13 @@ def create_version(
     branch: bool = False,
     idempotency_key: str | None = None,
     prebuilt: PrebuiltMasks | None = None,
+    builders: Mapping[str, MaskBuilder] | None = None,
 ) -> LabelVersion:
     """Create a version from whole per-structure masks; structures not given are inherited from the base.
 
     Without a base, structures that are neither given nor listed as missing are recorded as missing
-    (unknown), never as empty. `prebuilt` adds masks already chunked and stored by `prebuild_masks`.
+    (unknown), never as empty. `prebuilt` adds masks already chunked and stored by `prebuild_masks`;
+    `builders` adds masks built (decoded, chunked, stored) only once every check of the save has passed.
     """
     existing = _existing_for_key(db, scan, idempotency_key)
     if existing is not None:
@@ -331,14 +354,19 @@ def create_version(
     shape = scan_shape(scan)
     put = _TrackingPut(blobs)
     entries: dict[int, tuple[str, str | None, int]] = {}
-    given: dict[int, np.ndarray] = {}
+    given: dict[int, MaskBuilder] = {}
     for name, mask in masks.items():
         structure = projects.find_structure(structures, name)
         if structure.id in given:
             raise InvalidInput(f"structure {structure.name!r} was given twice")
         if tuple(mask.shape) != shape:
             raise InvalidInput(f"mask of {name!r} has shape {list(mask.shape)}, the scan has {list(shape)}")
-        given[structure.id] = mask
+        given[structure.id] = _chunking(mask)
+    for name, build in (builders or {}).items():
+        structure = projects.find_structure(structures, name)
+        if structure.id in given:
+            raise InvalidInput(f"structure {structure.name!r} was given twice")
+        given[structure.id] = build  # its file's grid is checked against the scan's as it decodes
     ready: dict[int, MaskManifest] = {}
     for name, manifest in (prebuilt.manifests if prebuilt else {}).items():
         structure = projects.find_structure(structures, name)
@@ -349,7 +377,7 @@ def create_version(
         ready[structure.id] = manifest
     missing_ids = {projects.find_structure(structures, name).id for name in missing}
     try:
-        built = _build_manifests(given, put) | ready
+        built = _run_builders(given, put) | ready
     except BaseException:
         put.wait(raise_errors=False)
         raise
