@@ -12,7 +12,7 @@ import type { Project } from './api/types'
 
 const PROJECT_KEY = 'maskloop.project'
 
-export type LeadPage = 'worklist' | 'dashboard' | 'audit' | 'evaluations' | 'exports' | 'models' | 'loop' | 'pacs'
+export type LeadPage = 'worklist' | 'dashboard' | 'audit' | 'evaluations' | 'exports' | 'models' | 'loop' | 'pacs' | 'imports'
 
 /** Project roles that may read the audit log (backend PERMISSIONS: `read_audit`). */
 const AUDIT_ROLES = new Set(['lead', 'admin'])
@@ -28,6 +28,8 @@ export function canSee(page: LeadPage, project: Project | null): boolean {
   if (api.user?.is_admin) return true
   if (page === 'audit') return AUDIT_ROLES.has(project.role)
   if (page === 'models' || page === 'loop' || page === 'pacs') return EXPORT_ROLES.has(project.role)
+  // Dataset imports: backend permission `import` (leads and admins).
+  if (page === 'imports') return EXPORT_ROLES.has(project.role)
   if (page === 'dashboard') return DASHBOARD_ROLES.has(project.role)
   if (page === 'exports') return EXPORT_ROLES.has(project.role)
   return EVALUATION_ROLES.has(project.role)
@@ -85,6 +87,7 @@ const NAV: [LeadPage, string, string][] = [
   ['models', 'Models', '#/models'],
   ['loop', 'Loop', '#/loop'],
   ['pacs', 'PACS', '#/pacs'],
+  ['imports', 'Imports', '#/imports'],
 ]
 
 /** The navigation links the caller may use in this project (only the worklist for annotators). */
@@ -150,7 +153,7 @@ export function accountControls(): HTMLElement[] {
 }
 
 export function leadHeader(active: LeadPage, projects: Project[], project: Project | null): HTMLElement {
-  const path = { worklist: '/', dashboard: '/dashboard', audit: '/audit', evaluations: '/evaluations', exports: '/exports', models: '/models', loop: '/loop', pacs: '/pacs' }[active]
+  const path = { worklist: '/', dashboard: '/dashboard', audit: '/audit', evaluations: '/evaluations', exports: '/exports', models: '/models', loop: '/loop', pacs: '/pacs', imports: '/imports' }[active]
   return h(
     'header',
     { class: 'topbar' },
@@ -179,7 +182,7 @@ export function leadHeader(active: LeadPage, projects: Project[], project: Proje
 /** The clear refusal shown on a direct URL to a page the caller's role may not see. */
 export function notAllowed(body: HTMLElement, what: string, project: Project | null, page: LeadPage = 'audit'): void {
   clear(body)
-  const who = page === 'audit' || page === 'exports' || page === 'models' || page === 'loop' || page === 'pacs' ? 'project leads and admins' : 'project leads, reviewers and admins'
+  const who = page === 'audit' || page === 'exports' || page === 'models' || page === 'loop' || page === 'pacs' || page === 'imports' ? 'project leads and admins' : 'project leads, reviewers and admins'
   body.append(
     h(
       'div',

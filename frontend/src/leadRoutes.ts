@@ -1,10 +1,11 @@
-/** Routes of the lead pages: #/dashboard, #/audit, #/evaluations, #/evaluations/{id}, #/exports (query in the hash). */
+/** Routes of the lead pages: #/dashboard, #/audit, #/evaluations, #/evaluations/{id}, #/exports, #/models, #/loop, #/pacs, #/imports (query in the hash). */
 
 import { AuditLog } from './audit'
 import { Dashboard } from './dashboard'
 import { EvaluationList } from './evaluation/list'
 import { EvaluationReport } from './evaluation/report'
 import { ExportsPage } from './exports'
+import { ImportsPage } from './imports'
 import { hashParts } from './lead'
 import { LoopPage } from './loop'
 import { ModelsPage } from './models'
@@ -26,6 +27,7 @@ export function leadPage(root: HTMLElement, hash: string): LeadPageView | null {
   if (path === '/models') return new ModelsPage(root)
   if (path === '/loop') return new LoopPage(root)
   if (path === '/pacs') return new PacsPage(root)
+  if (path === '/imports') return new ImportsPage(root)
   const run = /^\/evaluations\/(\d+)$/.exec(path)
   if (run) return new EvaluationReport(root, Number(run[1]))
   return null
