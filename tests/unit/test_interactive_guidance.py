@@ -178,7 +178,8 @@ def test_region_bounds() -> None:
     req = InteractiveRequest(ph.volume, (2.0, 2.0, 3.0), ph.affine, "liver", [(0, 159, 40)])
     region = prepare_request(model, req).region
     assert region.lo[0] == 0 and region.hi[1] == 160
-    assert region.shape == (120, 120, 80)  # 240 mm per axis (z: the whole 240 mm volume)
+    side = cfg.min_extent_mm  # 192 mm per axis: 96 voxels of 2 mm, 64 of 3 mm
+    assert region.shape == (int(side // 2.0), int(side // 2.0), min(80, int(side // 3.0)))
     assert all(s % cfg.divisor == 0 for s in region.padded_shape)
     far = InteractiveRequest(ph.volume, (2.0, 2.0, 3.0), ph.affine, "liver", [(0, 0, 0), (159, 159, 79)])
     region = prepare_request(model, far).region

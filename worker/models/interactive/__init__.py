@@ -29,7 +29,9 @@ need more). Its crop is reordered to RAS by the affine's closest axes (oblique s
 axes), resized to the model's isotropic ``spacing_mm`` and HU-windowed; positive and negative clicks become the
 Gaussian maps of MONAI DeepGrow's ``AddGuidanceSignald`` and, DeepIGeoS-style, geodesic distance maps over the
 image (``geodesic``); with the previous mask, a MONAI UNet (seeded from the bundled phantom UNet) predicts one
-logit map; components holding no positive click are dropped; the probabilities are resized back and thresholded.
+logit map; components holding no positive click are dropped; the probabilities are resized back and thresholded;
+with a previous mask, only the parts of the change that honour a click are taken (FocalClick's progressive merge,
+``merge``), so a correction does not move the mask's edge elsewhere.
 Clicks outside the region (only when the clicks and the mask span more than ``max_size`` model voxels) do not
 guide that answer. Every error is a ``ValueError`` subclass of ``InteractiveError``.
 

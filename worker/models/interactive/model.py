@@ -50,12 +50,17 @@ class InteractiveConfig:
     hu_window: tuple[float, float] = (-175.0, 250.0)
     sigma: float = 2.0  # click Gaussian, model voxels (DeepGrow's AddGuidanceSignald)
     margin_mm: float = 40.0  # around the clicks and the previous mask
-    min_extent_mm: float = 240.0  # a first click sees at least this much per axis
+    # A first click sees at least this much per axis: the training patch (64 voxels of 3 mm), since the instance
+    # norms' statistics, and so the answers, shift on regions much larger than those trained on.
+    min_extent_mm: float = 192.0
     max_size: int = 128  # model voxels per axis at most (128 × 3 mm = 384 mm)
     threshold: float = 0.5
     max_clicks: int = 64  # positive + negative in one request
     use_previous: bool = True
     keep_clicked_components: bool = True
+    # FocalClick's progressive merge (``merge``): a correction changes only the regions that honour a click.
+    progressive_merge: bool = True
+    merge_opening: int = 0  # scan voxels: the change is opened by this much before its clicked parts are taken
     # Geodesic click maps (``geodesic``): step cost sqrt(spatial² + gamma² ΔI²) on the image smoothed by `smooth`
     # voxels; channel exp(-d / tau).
     geodesic: bool = True

@@ -18,9 +18,18 @@ from worker.models.interactive.errors import (
 )
 from worker.models.interactive.geometry import Region, choose_region, from_canonical, spacing_of, to_canonical
 from worker.models.interactive.guidance import build_input, resample, window
+from worker.models.interactive.merge import progressive_merge
 from worker.models.interactive.model import InteractiveConfig, LoadedInteractiveModel
 
-__all__ = ["InteractiveAnswer", "InteractiveRequest", "PreparedRequest", "prepare_request", "refine", "region_for"]
+__all__ = [
+    "InteractiveAnswer",
+    "InteractiveRequest",
+    "PreparedRequest",
+    "keep_clicked",
+    "prepare_request",
+    "refine",
+    "region_for",
+]
 
 Index = tuple[int, int, int]
 
@@ -131,7 +140,7 @@ def region_for(
     )
 
 
-def _keep_clicked(mask: np.ndarray, positive: Sequence[Index], previous: np.ndarray | None) -> np.ndarray:
+def keep_clicked(mask: np.ndarray, positive: Sequence[Index], previous: np.ndarray | None) -> np.ndarray:
     """The connected components holding a positive click (else those overlapping the previous mask)."""
     labels, n = ndimage.label(mask)
     if n <= 1:
@@ -153,6 +162,8 @@ class PreparedRequest:
     positive: list[Index]  # model-grid voxels (RAS order)
     negative: list[Index]
     previous: np.ndarray | None  # model grid, [0, 1]
+    previous_region: np.ndarray | None = None  # the previous mask in the region (storage order, bool)
+    clicks_region: tuple[list[Index], list[Index]] = ([], [])  # positive, negative clicks in the region (storage)
 
 
 def prepare_request(model: LoadedInteractiveModel, req: InteractiveRequest) -> PreparedRequest:
@@ -166,22 +177,41 @@ def prepare_request(model: LoadedInteractiveModel, req: InteractiveRequest) -> P
     crop = to_canonical(np.asarray(req.image[region.slices()], dtype=np.float32), region.ornt)
     image01 = window(resample(crop, region.model_shape), cfg.hu_window).numpy()
     prev_model = None
-    if prev is not None and cfg.use_previous:
-        full = np.zeros(region.shape, dtype=np.float32)
-        _, pmask, origin = prev
-        dst = [
-            slice(max(lo, o), min(hi, o + n))
-            for lo, hi, o, n in zip(region.lo, region.hi, origin, pmask.shape, strict=True)
-        ]
-        if all(d.start < d.stop for d in dst):
-            src = tuple(slice(d.start - o, d.stop - o) for d, o in zip(dst, origin, strict=True))
-            rel = tuple(slice(d.start - lo, d.stop - lo) for d, lo in zip(dst, region.lo, strict=True))
-            full[rel] = pmask[src]
-        prev_model = resample(to_canonical(full, region.ornt), region.model_shape).numpy()
+    prev_region = None
+    if prev is not None:
+        prev_region = _previous_in(region, prev[1], prev[2])
+        if cfg.use_previous:
+            prev_model = resample(to_canonical(prev_region.astype(np.float32), region.ornt), region.model_shape).numpy()
     pos_model = [region.to_model(p) for p in positive if region.contains(p)]
     neg_model = [region.to_model(p) for p in negative if region.contains(p)]
     x = build_input(image01, pos_model, neg_model, prev_model, region.padded_shape, cfg)
-    return PreparedRequest(region=region, input=x, positive=pos_model, negative=neg_model, previous=prev_model)
+
+    def rel(points: list[Index]) -> list[Index]:
+        return [(p[0] - region.lo[0], p[1] - region.lo[1], p[2] - region.lo[2]) for p in points if region.contains(p)]
+
+    return PreparedRequest(
+        region=region,
+        input=x,
+        positive=pos_model,
+        negative=neg_model,
+        previous=prev_model,
+        previous_region=prev_region,
+        clicks_region=(rel(positive), rel(negative)),
+    )
+
+
+def _previous_in(region: Region, pmask: np.ndarray, origin: Index) -> np.ndarray:
+    """The previous mask (a box at ``origin``) cropped to the region, storage order, bool."""
+    full = np.zeros(region.shape, dtype=bool)
+    dst = [
+        slice(max(lo, o), min(hi, o + n))
+        for lo, hi, o, n in zip(region.lo, region.hi, origin, pmask.shape, strict=True)
+    ]
+    if all(d.start < d.stop for d in dst):
+        src = tuple(slice(d.start - o, d.stop - o) for d, o in zip(dst, origin, strict=True))
+        rel = tuple(slice(d.start - lo, d.stop - lo) for d, lo in zip(dst, region.lo, strict=True))
+        full[rel] = pmask[src] > 0.5
+    return full
 
 
 def refine(model: LoadedInteractiveModel, req: InteractiveRequest) -> InteractiveAnswer:
@@ -202,10 +232,12 @@ def refine(model: LoadedInteractiveModel, req: InteractiveRequest) -> Interactiv
     prob = torch.sigmoid(logits[: m[0], : m[1], : m[2]].float())
     if cfg.keep_clicked_components:
         hard = (prob > cfg.threshold).numpy()
-        kept = _keep_clicked(hard, prepared.positive, prepared.previous)
+        kept = keep_clicked(hard, prepared.positive, prepared.previous)
         if kept is not hard:
             prob = prob * torch.from_numpy(kept.astype(np.float32))
     mask = from_canonical((resample(prob, region.canonical_shape) > cfg.threshold).numpy(), region.ornt)
+    if cfg.progressive_merge and prepared.previous_region is not None and prepared.previous_region.any():
+        mask = progressive_merge(mask, prepared.previous_region, *prepared.clicks_region, opening=cfg.merge_opening)
     timings["restore_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     return InteractiveAnswer(origin=region.lo, mask=mask, structure=req.structure, timings=timings)

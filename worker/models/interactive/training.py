@@ -5,6 +5,7 @@ random deep interior voxel); a patch of the model grid around it; then 0–3 cor
 network in the loop (predict, click at the centre of the largest error, repeat: the DeepEdit scheme) or from a
 synthetic "previous mask" (eroded, dilated, cut, leaking, with a stray blob) with clicks on its largest errors.
 The target is the structure's mask in the patch; the loss Dice + cross-entropy on the sigmoid output.
+``served_loop`` post-processes the loop's answers as ``refine`` does (clicked components, progressive merge).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,10 @@ from scipy import ndimage
 
 from worker.models.interactive.clicker import centre_of
 from worker.models.interactive.guidance import build_input
+from worker.models.interactive.merge import progressive_merge
 from worker.models.interactive.model import InteractiveConfig, build_network
 from worker.models.interactive.phantoms import TRAIN_STRUCTURES, ModelSpaceCase, training_phantom
+from worker.models.interactive.refine import keep_clicked
 from worker.models.interactive.transfer import PHANTOM_UNET, seed_from_unet
 from worker.models.training import load_weights
 
@@ -50,6 +53,10 @@ class TrainConfig:
     p_synthetic: float = 0.25
     max_rounds: int = 3
     seed_from_unet: bool = True  # start from the bundled phantom UNet (see ``transfer``)
+    # In the loop, post-process the network's answers as ``refine`` does (clicked components, progressive merge),
+    # so the previous masks the network learns from are those the clicker meets when served.
+    served_loop: bool = False
+    sample_weights: dict[str, float] = field(default_factory=dict)  # per structure, over the built-in ones
 
     def to_json(self) -> dict[str, object]:
         """JSON form."""
@@ -136,6 +143,19 @@ def _error_clicks(prev: np.ndarray, gt: np.ndarray, k: int) -> list[tuple[Index,
     return out
 
 
+def _as_served(
+    hard: torch.Tensor, pos: list[Index], neg: list[Index], prev: np.ndarray | None, cfg: InteractiveConfig
+) -> np.ndarray:
+    """A network answer post-processed as ``refine`` does (clicked components, progressive merge), so the
+    previous masks of the training loop are those the clicker meets at inference."""
+    pred = hard.numpy()
+    if cfg.keep_clicked_components:
+        pred = keep_clicked(pred, pos, prev)
+    if cfg.progressive_merge and prev is not None and prev.any():
+        pred = progressive_merge(pred, prev, pos, neg)
+    return np.asarray(pred, dtype=bool)
+
+
 def make_sample(
     case: ModelSpaceCase,
     name: str,
@@ -161,7 +181,8 @@ def make_sample(
         with torch.no_grad():
             for _ in range(rounds):
                 x = build_input(image, pos, neg, prev, size, cfg)
-                pred = (network(x[None])[0, 0] > 0).numpy()
+                hard = network(x[None])[0, 0] > 0
+                pred = _as_served(hard, pos, neg, prev, cfg) if tcfg.served_loop else hard.numpy()
                 clicks = _error_clicks(pred, gt, 1)
                 prev = pred
                 if not clicks:
@@ -176,11 +197,15 @@ def make_sample(
 
 
 def _pick(
-    cases: Sequence[ModelSpaceCase], rng: np.random.Generator, structures: Sequence[str] = TRAIN_STRUCTURES
+    cases: Sequence[ModelSpaceCase],
+    rng: np.random.Generator,
+    structures: Sequence[str] = TRAIN_STRUCTURES,
+    extra: dict[str, float] | None = None,
 ) -> tuple[ModelSpaceCase, str]:
     case = cases[int(rng.integers(len(cases)))]
     names = [n for n in structures if n in case.boxes]
-    weights = np.array([_WEIGHTS.get(n, 1.0) for n in names])
+    table = {**_WEIGHTS, **(extra or {})}
+    weights = np.array([table.get(n, 1.0) for n in names])
     return case, names[int(rng.choice(len(names), p=weights / weights.sum()))]
 
 
@@ -236,7 +261,7 @@ def train_interactive(
         in_loop = network if step >= tcfg.loop_from * tcfg.steps else None
         xs, ys = [], []
         for _ in range(tcfg.batch_size):
-            case, name = _pick(pool, rng, structures)
+            case, name = _pick(pool, rng, structures, tcfg.sample_weights)
             x, y = make_sample(case, name, cfg, tcfg, rng, in_loop)
             xs.append(x)
             ys.append(y)
