@@ -93,7 +93,7 @@ def _run(claimed: common.Claimed) -> None:
     results = attention_maps(probabilities, names, default_forbidden_overlaps(names, parents), thresholds)
     reporter.update(80, "storing maps", force=True)
     with session_scope() as db:
-        job = common.owned_job(db, claimed)
+        job = common.closing_job(db, claimed)
         scan = scans.get_scan(db, job.scan_id or 0)
         stored = registry.store_attention(
             db,

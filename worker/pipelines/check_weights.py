@@ -95,7 +95,7 @@ def _run(claimed: common.Claimed) -> None:
             reason = "the weights file is missing from the blob store"
     seconds = time.perf_counter() - started
     with session_scope() as db:
-        job = common.owned_job(db, claimed)
+        job = common.closing_job(db, claimed)
         version = registry.get_model_version(db, job.model_version_id or 0)
         valid = reason is None
         registry.record_weights_check(

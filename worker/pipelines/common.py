@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from backend.core.config import get_settings
-from backend.core.db import session_scope
+from backend.core.db import declare_write_intent, session_scope
 from backend.core.errors import DomainError
 from backend.jobs import recovery
 from backend.jobs import service as jobs
@@ -233,6 +233,16 @@ def owned_job(db: Session, claimed: Claimed) -> Job:
     if job.status != "running" or job.worker != claimed.worker or job.cancel_requested:
         raise JobAbandoned(f"job {job.id} is {job.status} (worker {job.worker}, cancel={job.cancel_requested})")
     return job
+
+
+def closing_job(db: Session, claimed: Claimed) -> Job:
+    """`owned_job` as the first statement of a pipeline's closing session, which stores its results and the outcome.
+
+    On SQLite (WAL) that session takes the write lock now: a transaction that reads and then writes fails at once
+    ('database is locked') when another connection commits in between, while one that starts with the lock makes
+    the other writer wait its turn under the busy timeout. A no-op on PostgreSQL."""
+    declare_write_intent(db)
+    return owned_job(db, claimed)
 
 
 def finish_with_error(claimed: Claimed, error: BaseException) -> None:

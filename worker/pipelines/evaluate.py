@@ -36,7 +36,7 @@ def _run(claimed: common.Claimed) -> None:
         reporter.update(2 + 93 * (index + 1) / max(1, len(plans)), f"scored {plan.case_id} ({index + 1}/{len(plans)})")
     reporter.update(96, "writing the results", force=True)
     with session_scope() as db:
-        job = common.owned_job(db, claimed)
+        job = common.closing_job(db, claimed)
         run_row = evaluation.get_run(db, run_id)
         evaluation.store_results(db, run_row, outcomes)
         summary = run_row.summary

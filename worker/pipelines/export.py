@@ -50,7 +50,7 @@ def _run(claimed: common.Claimed) -> None:
         digest = blobs.put_file(archive)
         size = archive.stat().st_size
     with session_scope() as db:
-        job = common.owned_job(db, claimed)
+        job = common.closing_job(db, claimed)
         jobs.succeed(
             db,
             job,

@@ -70,7 +70,7 @@ def _run(claimed: common.Claimed) -> None:
     result = quality.compute_fusion(blobs, plan, progress=tick)
     reporter.update(92, "writing the fusion version", force=True)
     with session_scope() as db:
-        job = common.owned_job(db, claimed)
+        job = common.closing_job(db, claimed)
         reader_set, actor, method = _inputs(db, claimed)
         version = quality.store_fusion(db, blobs, reader_set, actor, plan, result, idempotency_key=key)
         jobs.succeed(

@@ -25,4 +25,4 @@ def stow(claimed: common.Claimed) -> None:
         raise common.JobAbandoned(f"job {claimed.job_id} was cancelled")
     with session_scope() as db:
         declare_write_intent(db)
-        stow_service.complete(db, common.owned_job(db, claimed), work, result)
+        stow_service.complete(db, common.closing_job(db, claimed), work, result)

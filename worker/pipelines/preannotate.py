@@ -89,7 +89,7 @@ def _run(claimed: common.Claimed) -> None:
     with ThreadPoolExecutor(max_workers=map_threads) as pool, _WriteBehind(blobs) as behind:
         futures = {name: pool.submit(_write_map, blobs, quantised[i], affine) for i, name in enumerate(spec.structures)}
         with session_scope() as db:
-            job = common.owned_job(db, claimed)
+            job = common.closing_job(db, claimed)
             scan = scans.get_scan(db, job.scan_id or 0)
             version = registry.get_model_version(db, job.model_version_id or 0)
             label_version = _write_version(db, behind, scan, version.id, spec, masks, base_version_id, job.id)

@@ -292,7 +292,7 @@ def _record(
 ) -> None:
     """Store the new version, the training round and the gate's decision; finish the job."""
     with session_scope() as db:
-        job = common.owned_job(db, claimed)
+        job = common.closing_job(db, claimed)
         model = registry.get_model(db, model_id)
         revised = sum(_human_revised(db, labels.get_version(db, vid)) for vid in train_ids + val_ids)
         new_version = registry.add_version(
