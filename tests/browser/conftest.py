@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,26 +112,14 @@ class Server:
             engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`maskloop demo-data` (2 small phantoms) then `maskloop serve` on a free port, serving frontend/dist."""
-    if not (DIST / "index.html").exists():
-        pytest.fail(
-            f"{DIST}/index.html is missing: build the workspace first (`make frontend`, i.e. "
-            "`cd frontend && npm ci && npm run build`)",
-            pytrace=False,
-        )
-    data = tmp_path_factory.mktemp("browser") / "data"
-    # The PACS allow-list (an admin setting) admits the test Orthanc, which listens on 127.0.0.1 (test_pacs_page).
-    env = {
-        **os.environ,
-        "MASKLOOP_DATA_DIR": str(data),
-        "MASKLOOP_FRONTEND_DIST": str(DIST),
-        "MASKLOOP_PACS_ALLOWED_HOSTS": "127.0.0.1",
-    }
+@contextmanager
+def serving(data: Path, extra_env: dict[str, str], demo_args: list[str], emails: tuple[str, ...]) -> Iterator[Server]:
+    """`maskloop demo-data <demo_args>` into `data`, then `maskloop serve` on a free port (frontend/dist) with
+    `extra_env`; signed-in tokens for `emails`; the server (and its embedded worker) stopped on exit."""
+    env = {**os.environ, "MASKLOOP_DATA_DIR": str(data), "MASKLOOP_FRONTEND_DIST": str(DIST), **extra_env}
     env.pop("MASKLOOP_DATABASE_URL", None)
     setup = subprocess.run(
-        [str(BIN / "maskloop"), "demo-data", "--cases", "2", "--size", "96", "--no-preannotate"],
+        [str(BIN / "maskloop"), "demo-data", *demo_args, "--no-preannotate"],
         env=env,
         capture_output=True,
         text=True,
@@ -151,7 +140,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         else:
             pytest.fail("maskloop serve did not come up: " + (data / "server.log").read_text())
         tokens = {}
-        for email in (ANNOTATOR, LEAD, "admin@maskloop.local"):
+        for email in emails:
             login = httpx.post(f"{base}/api/auth/login", json={"email": email, "password": DEMO_PASSWORD})
             assert login.status_code == 200, login.text
             tokens[email] = login.json()["access_token"]
@@ -165,6 +154,26 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             proc.kill()
             proc.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`maskloop demo-data` (2 small phantoms) then `maskloop serve` on a free port, serving frontend/dist."""
+    if not (DIST / "index.html").exists():
+        pytest.fail(
+            f"{DIST}/index.html is missing: build the workspace first (`make frontend`, i.e. "
+            "`cd frontend && npm ci && npm run build`)",
+            pytrace=False,
+        )
+    data = tmp_path_factory.mktemp("browser") / "data"
+    # The PACS allow-list (an admin setting) admits the test Orthanc, which listens on 127.0.0.1 (test_pacs_page).
+    with serving(
+        data,
+        {"MASKLOOP_PACS_ALLOWED_HOSTS": "127.0.0.1"},
+        ["--cases", "2", "--size", "96"],
+        (ANNOTATOR, LEAD, "admin@maskloop.local"),
+    ) as running:
+        yield running
 
 
 _case_numbers = itertools.count(1)

@@ -9,9 +9,6 @@ its own server with MASKLOOP_IMPORT_ROOT set, on a one-case demo project."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +16,8 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from backend.cli import DEMO_PASSWORD
 from backend.imaging.phantom import write_pants_dataset
-from tests.browser.conftest import ANNOTATOR, BIN, DIST, LEAD, Server, _free_port, sign_in_with_token, wait_ready
+from tests.browser.conftest import ANNOTATOR, LEAD, Server, serving, sign_in_with_token, wait_ready
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -52,53 +48,15 @@ def import_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base_dir = tmp_path_factory.mktemp("imports-page")
     data, import_root = base_dir / "data", base_dir / "import-root"
     _tiny_dataset(import_root / "tiny")
-    env = {
-        **os.environ,
-        "MASKLOOP_DATA_DIR": str(data),
-        "MASKLOOP_FRONTEND_DIST": str(DIST),
+    # The page needs no click-refinement worker (it would load its model for nothing), and a quicker poll of the
+    # SQLite broker lets the solo worker take each case's job sooner.
+    extra = {
         "MASKLOOP_IMPORT_ROOT": str(import_root),
-        # The page needs no click-refinement worker (it would load its model for nothing), and a quicker poll of
-        # the SQLite broker lets the solo worker take each case's job sooner.
         "MASKLOOP_INTERACTIVE_WORKER": "false",
         "MASKLOOP_BROKER_POLL_S": "0.2",
     }
-    env.pop("MASKLOOP_DATABASE_URL", None)
-    setup = subprocess.run(
-        [str(BIN / "maskloop"), "demo-data", "--cases", "1", "--size", "32", "--no-preannotate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert setup.returncode == 0, setup.stdout + setup.stderr
-    port = _free_port()
-    log = (data / "server.log").open("w")
-    proc = subprocess.Popen([str(BIN / "maskloop"), "serve", "--port", str(port)], env=env, stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            try:
-                if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("maskloop serve did not come up: " + (data / "server.log").read_text())
-        tokens = {}
-        for email in (LEAD, ANNOTATOR):
-            login = httpx.post(f"{base}/api/auth/login", json={"email": email, "password": DEMO_PASSWORD})
-            assert login.status_code == 200, login.text
-            tokens[email] = login.json()["access_token"]
-        projects = httpx.get(f"{base}/api/projects", headers={"Authorization": f"Bearer {tokens[LEAD]}"}).json()
-        yield Server(base=base, data_dir=data, project_id=projects[0]["id"], tokens=tokens)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:  # its embedded worker follows it (parent-death signal)
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+    with serving(data, extra, ["--cases", "1", "--size", "32"], (LEAD, ANNOTATOR)) as running:
+        yield running
 
 
 def test_lead_imports_a_dataset_and_sees_the_corrupt_case_named(page: Page, import_server: Server) -> None:
