@@ -126,6 +126,8 @@ export class Worklist {
   /** False once the server answered 404 for the worklist endpoint (no review workflow). */
   workflow = true
   private headKinds = new Map<number, string>()
+  /** Numbers each load: the answer to an older filter or page that arrives late is dropped. */
+  private loadRequest = 0
   private body!: HTMLElement
 
   constructor(root: HTMLElement) {
@@ -182,6 +184,7 @@ export class Worklist {
 
   async load(): Promise<void> {
     const project = this.project!
+    const request = ++this.loadRequest
     const params = new URLSearchParams({ page: String(this.page), page_size: '100' })
     if (this.filters.site) params.set('site', this.filters.site)
     if (this.filters.phase) params.set('phase', this.filters.phase)
@@ -246,7 +249,7 @@ export class Worklist {
     }
     this.facets = (await facets).facets
     const drafts = api.user ? await localDrafts.scans(api.user.id) : new Set<number>()
-    if (!this.body.isConnected) return
+    if (!this.body.isConnected || request !== this.loadRequest) return
     this.render(rows, total, pageSize, drafts, ranked)
     await this.loadKinds(rows)
   }

@@ -4,10 +4,11 @@ appears and succeeds, run by `maskloop serve`'s solo worker), then assigns every
 from __future__ import annotations
 
 import os
+import uuid
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 from backend.imaging.phantom import generate_phantom
 from tests.browser.conftest import ANNOTATOR, LEAD, SHAPE, SPACING, Server, screenshot, sign_in_with_token, wait_ready
@@ -70,3 +71,34 @@ def test_a_bad_launch_shows_the_servers_reason(page: Page, server: Server) -> No
     page.get_by_test_id("loop-preannotate").click()
     expect(page.get_by_test_id("loop-error")).to_contain_text("Choose a scan")
     assert not httpx.get(f"{server.base}/api/health", timeout=5).is_error
+
+
+def test_a_late_answer_to_an_older_filter_does_not_replace_the_scan_list(page: Page, server: Server) -> None:
+    """The page's first (unfiltered) scan list may answer after the lead typed a filter: the older answer is dropped,
+    so the scan chosen from the filtered list is the one launched (CI once pre-annotated another scan this way)."""
+    prefix = f"LATEFILTER{uuid.uuid4().hex[:10].upper()}"
+    with server.client() as client:
+        phantom = generate_phantom(SHAPE, SPACING, seed=41)
+        scan = upload_scan(client, server.headers(LEAD), server.project_id, phantom, f"{prefix}_41")  # type: ignore[arg-type]
+
+    held: list[Route] = []
+
+    def hold_unfiltered(route: Route) -> None:
+        # The first list of the page (no case-id filter) is held until the filtered list has been shown.
+        if "q=" not in route.request.url and not held:
+            held.append(route)
+            return
+        route.continue_()
+
+    page.route("**/api/projects/*/scans?*", hold_unfiltered)
+    sign_in_with_token(page, server, LEAD)
+    page.goto(f"{server.base}/#/loop?project={server.project_id}")
+    page.get_by_test_id("loop-filter-q").wait_for()
+    page.get_by_test_id("loop-filter-q").fill(prefix)
+    page.get_by_test_id("loop-filter-q").dispatch_event("change")
+    expect(page.get_by_test_id("loop-matching")).to_have_text(f"1 scan matching case id “{prefix}”")
+    assert held, "the page never asked for its unfiltered list"
+    held[0].continue_()
+    page.wait_for_load_state("networkidle")
+    expect(page.get_by_test_id("loop-matching")).to_have_text(f"1 scan matching case id “{prefix}”")
+    expect(page.get_by_test_id("loop-scan")).to_have_value(str(scan["id"]))

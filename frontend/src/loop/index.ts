@@ -19,6 +19,8 @@ export class LoopPage {
   private filters: LoopFilters = savedFilters(null)
   private matching: Scan[] = []
   private total = 0
+  /** Numbers each scan-list request: an answer to an older filter that arrives late is dropped. */
+  private listRequest = 0
   private readonly jobsList = h('ul', { class: 'loop-jobs', 'data-testid': 'loop-jobs' })
   private readonly scanSelect = h('select', { 'data-testid': 'loop-scan' })
   private readonly targetKind = h(
@@ -103,7 +105,9 @@ export class LoopPage {
   }
 
   private async loadMatching(): Promise<void> {
+    const request = ++this.listRequest
     const page = await api.get<ScanPage>(`/api/projects/${this.project.id}/scans?${scanQuery(this.filters)}`)
+    if (request !== this.listRequest) return
     this.matching = page.items
     this.total = page.total
     clear(this.scanSelect)
