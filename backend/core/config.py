@@ -113,6 +113,13 @@ class Settings(BaseSettings):
         default=3072,
         description="Largest decoded voxel data of one uploaded NIfTI file or DICOM series, in MiB.",
     )
+    label_map_cache_mb: int = Field(
+        default=256,
+        ge=0,
+        description="Combined label maps of recent versions one API process keeps in memory, MiB (a 512x512x300 "
+        "map is 75 MiB): a MONAI Label client's next save on the version it was given is compared with that "
+        "version's map without recomposing every mask; 0: none.",
+    )
 
     @model_validator(mode="after")
     def _check_job_recovery(self) -> Settings:

@@ -69,8 +69,17 @@ def save_label(
         base = scan.head_version_id  # a client that never fetched the scan through us builds on the head it sees now
     author = labels.Author(user_id=actor.id)
     message = message or f"MONAI Label client {client_id}"
-    if label.label_map is not None and label.names is not None:
-        base_version = labels.get_version(db, base) if base is not None else None
+    if label.label_map is None or label.names is None:  # a .seg.nrrd: the masks it holds replace the base's
+        version = labels.create_version(
+            db, blobs, scan, author=author, kind="human", message=message, base_version_id=base, masks=label.masks or {}
+        )
+        service.remember_base(db, actor, client_id, scan, version.id)
+        db.commit()
+        return version
+    base_version = labels.get_version(db, base) if base is not None else None
+    # The base's map, kept from the client's previous save or label download when this process has it.
+    base_map = labels.take_combined_map(db, blobs, base_version)[0] if base_version is not None else None
+    try:
         patches = labels.patches_from_label_map(
             db,
             blobs,
@@ -80,6 +89,7 @@ def save_label(
             label.names,
             filename=label.filename,
             declared=label.declared,
+            given=base_map,
         )
         if patches:
             version = labels.save_patch(
@@ -89,19 +99,14 @@ def save_label(
             version = labels.create_version(
                 db, blobs, scan, author=author, kind="human", message=message, base_version_id=base, masks={}
             )
-    else:
-        version = labels.create_version(
-            db,
-            blobs,
-            scan,
-            author=author,
-            kind="human",
-            message=message,
-            base_version_id=base,
-            masks=label.masks or {},
-        )
-    service.remember_base(db, actor, client_id, scan, version.id)
-    db.commit()
+        service.remember_base(db, actor, client_id, scan, version.id)
+        db.commit()
+    except BaseException:
+        if base_version is not None and base_map is not None:
+            labels.keep_combined_map(db, base_version, base_map)  # unchanged: the save never touched it
+        raise
+    if base_version is not None and base_map is not None:
+        labels.keep_after_save(db, blobs, base_version, base_map, version, patches)
     return version
 
 

@@ -126,8 +126,12 @@ def label_file(db: Session, blobs: BlobStore, scan: Scan, version: LabelVersion,
     """A version as a label file: a combined .nii.gz map, or a .seg.nrrd keeping overlaps (extension '.nrrd')."""
     affine = scans.geometry_of(scan).affine
     if extension.lower() not in (".nrrd", ".seg.nrrd"):
-        label_map, painted = labels.combined_map(db, blobs, version)
-        data = nifti.to_nifti_gz(label_map, affine)
+        # The map stays with this process for the client's save on this version (see labels' map_cache).
+        label_map, painted = labels.take_combined_map(db, blobs, version)
+        try:
+            data = nifti.to_nifti_gz(label_map, affine)
+        finally:
+            labels.keep_combined_map(db, version, label_map)
         return LabelFile(f"{scan.case_id}.nii.gz", data, [s.name for s in painted])
     schema = {s.id: s for s in projects.structures_of(db, scan.project_id)}
     masks: dict[str, np.ndarray] = {}

@@ -16,7 +16,6 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 from backend.core.blobstore import get_blob_store
 from backend.core.config import get_settings
 from backend.core.errors import DomainError, NotFound
+from backend.core.lru import BoundedLru
 from backend.imaging import chunks, nifti
 from backend.interactive import service
 from worker.models.interactive import (
@@ -63,54 +63,19 @@ class Volume:
         return int(self.data.nbytes)
 
 
-class _Cache:
-    """A small LRU keyed by string, bounded by entry count and by a size in bytes (thread-safe)."""
-
-    def __init__(self, max_entries: int, max_bytes: int | None = None) -> None:
-        self.max_entries, self.max_bytes = max_entries, max_bytes
-        self._items: OrderedDict[str, tuple[Any, int]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Any | None:
-        """The cached value (now the most recent), or None."""
-        with self._lock:
-            found = self._items.get(key)
-            if found is None:
-                return None
-            self._items.move_to_end(key)
-            return found[0]
-
-    def put(self, key: str, value: Any, size: int = 0) -> None:
-        """Keep a value, dropping the least recent ones past the bounds (a value over the byte bound is not kept)."""
-        with self._lock:
-            if self.max_bytes is not None and size > self.max_bytes:
-                return
-            self._items[key] = (value, size)
-            self._items.move_to_end(key)
-            while len(self._items) > self.max_entries or (
-                self.max_bytes is not None and sum(s for _, s in self._items.values()) > self.max_bytes
-            ):
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        """Forget everything (tests)."""
-        with self._lock:
-            self._items.clear()
-
-
-_models: _Cache | None = None
-_volumes: _Cache | None = None
+_models: BoundedLru[Any] | None = None
+_volumes: BoundedLru[Any] | None = None
 _caches_lock = threading.Lock()
 
 
-def caches() -> tuple[_Cache, _Cache]:
+def caches() -> tuple[BoundedLru[Any], BoundedLru[Any]]:
     """This process's model and volume caches, sized by the settings at first use."""
     global _models, _volumes
     with _caches_lock:
         if _models is None or _volumes is None:
             settings = get_settings()
-            _models = _Cache(settings.interactive_model_cache)
-            _volumes = _Cache(1024, settings.interactive_volume_cache_mb * 1024 * 1024)
+            _models = BoundedLru(settings.interactive_model_cache)
+            _volumes = BoundedLru(1024, settings.interactive_volume_cache_mb * 1024 * 1024)
         return _models, _volumes
 
 

@@ -2,6 +2,12 @@
 
 from backend.labels.service.combined import patches_from_label_map
 from backend.labels.service.drafts import MAX_DRAFT_BYTES, delete_draft, get_draft, save_draft
+from backend.labels.service.map_cache import (
+    clear_combined_maps,
+    keep_after_save,
+    keep_combined_map,
+    take_combined_map,
+)
 from backend.labels.service.masks import (
     combined_map,
     default_paint_order,
@@ -40,6 +46,7 @@ __all__ = [
     "PrebuiltMasks",
     "StructureDiff",
     "authors_of",
+    "clear_combined_maps",
     "combined_map",
     "create_version",
     "create_version_from_label_map",
@@ -49,6 +56,8 @@ __all__ = [
     "entries_by_structure",
     "get_draft",
     "get_version",
+    "keep_after_save",
+    "keep_combined_map",
     "lineage",
     "list_versions",
     "load_manifest",
@@ -60,5 +69,6 @@ __all__ = [
     "save_draft",
     "save_patch",
     "structure_entry",
+    "take_combined_map",
     "volume_ml",
 ]

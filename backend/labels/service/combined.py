@@ -25,19 +25,21 @@ def patches_from_label_map(
     *,
     filename: str,
     declared: bool = True,
+    given: np.ndarray | None = None,
 ) -> list[BoxPatch]:
     """Box patches that turn `base` into what the uploaded combined map shows, for the structures it names.
 
-    `base` is the version whose combined map the client was given (None: the scan had none). When the client
+    `base` is the version whose combined map the client was given (None: the scan had none); `given` is that map
+    when the caller has it (Fortran order, as combined_map paints it), else it is composed here. When the client
     `declared` the names (label_info), a named structure the base lacks (missing) becomes present even where the
     upload leaves it empty; without label_info an empty structure stays as the base had it.
     """
     structures = projects.structures_of(db, scan.project_id)
     schema_values = {s.name: s.label_value for s in structures}
     uploaded = label_diff.to_schema_values(label_map, names, schema_values)
-    if base is not None:
+    if given is None and base is not None:
         given, _ = combined_map(db, blobs, base, memory_order="F")
-    else:
+    elif given is None:
         given = np.zeros(scan_shape(scan), dtype=uploaded.dtype, order="F")
     named = set(names.values())
     parents = {s.name: s.inside for s in structures if s.inside}
