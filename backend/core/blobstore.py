@@ -8,13 +8,17 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from backend.core.blobstore_batch import BlobBatch, io_pool, start_each, wait_each
 from backend.core.config import get_settings
 from backend.core.errors import NotFound
 
@@ -99,8 +103,98 @@ def _touch_if_old(path: Path, mtime: float) -> None:
             os.utime(path)
 
 
+def _fsync_path(path: str | Path, *, folder: bool = False) -> None:
+    """fsync a file or a folder by name (a folder's fsync makes the names renamed into it durable)."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if folder else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(path: str | Path) -> None:
+    """fsync a folder, so that the names renamed or created in it survive a power loss."""
+    _fsync_path(path, folder=True)
+
+
+class _LocalBatch:
+    """A batch on the local store. Each blob is written on the I/O threads while the caller goes on encoding: a temp
+    file, fsynced, then renamed into place (its name appears only once its content is durable, since another
+    writer that finds it skips its own write); commit waits for them and then fsyncs each folder that gained a name
+    (or holds a reused blob), once per folder, so the renames are durable too. Concurrent fsyncs share the disk
+    journal's commits, and a folder whose rename an earlier commit already carried costs next to nothing.
+
+    Safe to use from several threads: a commit covers every blob handed over before it began, and returns only once
+    those are durable, whichever commit (on whichever thread) started their fsyncs; a failure is kept, so every later
+    commit of the batch raises it too (a failed fsync proves nothing about what reached the disk: never retried).
+    """
+
+    def __init__(self, store: LocalBlobStore) -> None:
+        self.store = store
+        self.new_bytes = 0
+        self._lock = threading.Lock()
+        # Held by a commit from taking its writes until its fsyncs are recorded, so that a concurrent commit that
+        # finds no folder left to fsync still waits for the fsyncs the first one started.
+        self._commit_lock = threading.Lock()
+        self._claimed: set[str] = set()
+        self._writes: list[Future[None]] = []  # every write handed over (kept: a later commit re-raises a failure)
+        self._pending: dict[str, bytes] = {}  # handed over, not yet stored (read by a patch's later boxes)
+        self._folders: set[Path] = set()  # whose entries this batch's blobs need durable, no fsync started since
+        self._syncs: list[Future[None]] = []  # every folder fsync started
+
+    def put(self, data: bytes) -> str:
+        """Hand a blob over: its write starts on an I/O thread unless it was handed over already."""
+        digest = sha256_hex(data)
+        with self._lock:
+            if digest in self._claimed:
+                return digest
+            self._claimed.add(digest)
+            self._pending[digest] = data
+            self._writes.append(io_pool().submit(self._write, digest, data))
+        return digest
+
+    def _write(self, digest: str, data: bytes) -> None:
+        try:
+            folders, written = self.store._store(digest, data)
+            with self._lock:
+                self._folders |= folders
+                self.new_bytes += len(data) if written else 0
+        finally:
+            with self._lock:
+                self._pending.pop(digest, None)
+
+    def pending(self, digest: str) -> bytes | None:
+        """A blob handed over and still being written."""
+        with self._lock:
+            return self._pending.get(digest)
+
+    def start_commit(self) -> Callable[[], None]:
+        """Wait for every write (the first failure is raised; the blobs are readable now), start the fsyncs of the
+        folders they were renamed into (or found in), and return the wait for those (which raises their failure)."""
+        with self._commit_lock:
+            with self._lock:
+                writes = list(self._writes)
+            wait_each(writes)  # a write's folders are recorded before its future is done
+            with self._lock:
+                folders, self._folders = self._folders, set()
+            self._syncs.extend(start_each(_fsync_folder, sorted(folders)))
+            syncs = list(self._syncs)
+        return lambda: wait_each(syncs)
+
+    def commit(self) -> None:
+        """Make every blob handed over durable, folders included."""
+        self.start_commit()()
+
+    def abort(self) -> None:
+        """Wait for the writes in flight (a blob stored meanwhile stays, unreferenced, for gc)."""
+        with self._lock:
+            writes = list(self._writes)
+        wait_all(writes)
+
+
 class LocalBlobStore:
-    """Blobs as files under root/ab/cd/<sha256>; written to a temp file then renamed into place."""
+    """Blobs as files under root/ab/cd/<sha256>; written to a temp file, fsynced, renamed into place, and the folder
+    fsynced (blobs written together in a batch share their fsyncs)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -112,27 +206,20 @@ class LocalBlobStore:
         check_digest(digest)
         return self.root / digest[:2] / digest[2:4] / digest
 
+    def batch(self) -> BlobBatch:
+        """A batch of blobs stored together (see _LocalBatch); use through blob_batch()."""
+        return _LocalBatch(self)
+
     def put_bytes(self, data: bytes) -> str:
         """Store bytes under their sha256 (no-op if present) and return the digest."""
         digest = sha256_hex(data)
-        target = self._path(digest)
-        if self.exists(digest):
-            return digest
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        folders, _ = self._store(digest, data)
+        for folder in folders:  # one, or up to three when the write created its fan-out folders
+            _fsync_folder(folder)
         return digest
 
     def put_file(self, path: Path) -> str:
-        """Store a file's content under its sha256 and return the digest."""
+        """Store a file's content under its sha256 and return the digest (hashed while it is copied)."""
         hasher = hashlib.sha256()
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
         try:
@@ -140,19 +227,52 @@ class LocalBlobStore:
                 while block := src.read(_READ_CHUNK):
                     hasher.update(block)
                     out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
             digest = hasher.hexdigest()
             target = self._path(digest)
             if self.exists(digest):
                 Path(tmp_name).unlink()
+                _fsync_folder(target.parent)  # another writer's rename may not be durable yet
                 return digest
-            target.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_path(tmp_name)
+            folders = self._make_folders(target.parent)
             os.replace(tmp_name, target)
+            for folder in folders:
+                _fsync_folder(folder)
             return digest
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
+
+    def _store(self, digest: str, data: bytes) -> tuple[set[Path], bool]:
+        """Write data (whose sha256 is digest) unless stored: temp file, fsync, rename into place. Returns the
+        folders to fsync before a row may name it, and whether it was written; a stored blob's age is refreshed."""
+        target = self._path(digest)
+        if self.exists(digest):
+            return {target.parent}, False  # another writer's rename may not be durable yet
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()  # out of Python's buffer, so that the fsync covers every byte
+                os.fsync(handle.fileno())
+            folders = self._make_folders(target.parent)
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return folders, True
+
+    def _make_folders(self, leaf: Path) -> set[Path]:
+        """Create the fan-out folders of leaf (root/ab/cd) as needed; the folders whose entries a write into leaf
+        changes (leaf itself, and the parent of each folder created), to fsync once renamed."""
+        changed = {leaf}
+        for folder in (leaf.parent, leaf):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            changed.add(folder.parent)
+        return changed
 
     def get_bytes(self, digest: str) -> bytes:
         """Read a whole blob."""

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_all
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 
 from backend.audit import service as audit
-from backend.core.blobstore import BlobStore, sha256_hex
+from backend.core.blobstore import BlobStore
+from backend.core.blobstore_batch import blob_batch
 from backend.core.errors import Conflict, InvalidInput
 from backend.imaging import chunks
 from backend.imaging.chunks import MaskManifest
@@ -45,78 +44,80 @@ class BoxPatch:
     box: np.ndarray
 
 
-# Blob writes in flight at once: each waits on storage (an fsync, an S3 round trip), not on the CPU.
-_BLOB_WRITERS = 8
-_writers_lock = threading.Lock()
-_writers: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _blob_writers() -> ThreadPoolExecutor:
-    """The process's blob-writing threads, shared by every save (started once, and again in a forked child)."""
-    global _writers
-    with _writers_lock:
-        if _writers is None or _writers[0] != os.getpid():
-            _writers = (os.getpid(), ThreadPoolExecutor(max_workers=_BLOB_WRITERS, thread_name_prefix="blob-put"))
-        return _writers[1]
-
-
-@dataclass
 class _TrackingPut:
-    """Writes blobs and counts the bytes that were not already stored (storage cost of a version).
+    """Hands a save's blobs to one batch of the store and counts the bytes not already stored (the version's
+    storage cost).
 
-    The digest is returned at once and the write runs on a small thread pool, so the waits of many chunk writes
-    overlap (a whole mask is ~60 chunks: 60 fsyncs or S3 PUTs one after another cost more than its decoding);
-    `wait()` must return before any row names the blobs.
+    The digest is returned at once; the store writes the blobs on I/O threads while the masks are still being
+    encoded (a whole mask is ~60 chunks: 60 fsyncs or S3 PUTs one after another cost more than its decoding).
+    `wait()`, or `durable_before_commit()` before the rows are written, makes them durable before a row names them.
     """
 
-    blobs: BlobStore
-    new_bytes: int = 0
-    digests: list[str] = field(default_factory=list)
-    # Structures are encoded on several threads: each digest is written (and counted) by the first to claim it.
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _claimed: set[str] = field(default_factory=set)
-    _writes: list[Future[None]] = field(default_factory=list)
-    _pending: dict[str, bytes] = field(default_factory=dict)
+    def __init__(self, blobs: BlobStore) -> None:
+        self.blobs = blobs
+        self._batch = blob_batch(blobs)
+
+    @property
+    def new_bytes(self) -> int:
+        """Bytes of the blobs this save stored that were not stored before."""
+        return self._batch.new_bytes
 
     def __call__(self, data: bytes) -> str:
-        digest = sha256_hex(data)
-        with self._lock:
-            if digest in self._claimed:
-                return digest
-            self._claimed.add(digest)
-            self._pending[digest] = data
-            self._writes.append(_blob_writers().submit(self._write, digest, data))
-        return digest
-
-    def _write(self, digest: str, data: bytes) -> None:
-        try:
-            if not self.blobs.exists(digest):
-                self.blobs.put_bytes(data)
-                with self._lock:
-                    self.new_bytes += len(data)
-        finally:
-            with self._lock:
-                self._pending.pop(digest, None)
+        return self._batch.put(data)
 
     def reader(self, get: Callable[[str], bytes]) -> Callable[[str], bytes]:
-        """`get`, which also finds the blobs handed over here and still being written."""
+        """`get`, which also finds the blobs handed over here and not yet stored."""
 
         def read(digest: str) -> bytes:
-            with self._lock:
-                data = self._pending.get(digest)
+            data = self._batch.pending(digest)
             return data if data is not None else get(digest)
 
         return read
 
+    def durable_before_commit(self, db: Session) -> None:
+        """Wait until every blob handed over is stored (the first failure is raised here), and make the session's
+        next commit wait until they are durable: the rest of that (the folders' fsyncs) runs while the version's
+        rows are inserted, and a failure of it fails the commit, so no committed row names a blob not durable."""
+        _wait_before_commit(db, self._batch.start_commit())
+
     def wait(self, *, raise_errors: bool = True) -> None:
-        """Wait until every blob handed over is stored; the first failed write is raised (after all finished)
-        unless the caller is already failing (`raise_errors=False`: its own error stays the one reported)."""
-        with self._lock:
-            writes, self._writes = self._writes, []
-        wait_all(writes)
-        for write in writes:
-            if raise_errors:
-                write.result()
+        """Make every blob handed over durable (the first failure is raised); with `raise_errors=False` (the caller
+        is already failing and its own error stays the one reported) the batch is given up instead."""
+        if raise_errors:
+            self._batch.commit()
+        else:
+            self._batch.abort()
+
+
+# Session.info key: the waits (blob folder fsyncs) that the session's commit must pass before the database's COMMIT.
+_BLOB_WAITS = "maskloop.blob_waits"
+
+
+def _wait_before_commit(db: Session, wait: Callable[[], None]) -> None:
+    """Make the session's next commit (or savepoint release) call `wait` first; a failure of it fails that commit.
+
+    Two listeners per session, not per save (a bulk import saves thousands of versions on one session). A wait is
+    kept until it passed, so a commit retried after a failure fails again; a rollback drops it with its rows."""
+    waits: list[Callable[[], None]] | None = db.info.get(_BLOB_WAITS)
+    if waits is None:
+        waits = db.info[_BLOB_WAITS] = []
+        event.listen(db, "before_commit", _run_waits)
+        event.listen(db, "after_transaction_end", _drop_waits)
+    waits.append(wait)
+
+
+def _run_waits(session: Session) -> None:
+    """before_commit: every blob the transaction's rows name is durable before they commit (raises otherwise)."""
+    waits: list[Callable[[], None]] = session.info.get(_BLOB_WAITS, [])
+    for wait in list(waits):
+        wait()
+    waits.clear()
+
+
+def _drop_waits(session: Session, transaction: SessionTransaction) -> None:
+    """after_transaction_end: the session's own transaction ended (commit, rollback, close): its waits go with it."""
+    if transaction.parent is None:
+        session.info.get(_BLOB_WAITS, []).clear()
 
 
 def _check_base(db: Session, scan: Scan, base_version_id: int | None, *, branch: bool) -> LabelVersion | None:
@@ -390,7 +391,7 @@ def create_version(
         else:
             row = inherited[structure.id]
             entries[structure.id] = (row.status, row.manifest_digest, row.voxel_count)
-    put.wait()  # every blob is stored before a row names it
+    put.durable_before_commit(db)  # every blob is stored before a row names it, and durable before that commits
     return _persist(
         db,
         scan,
@@ -483,7 +484,7 @@ def save_patch(
         manifests[structure.id] = chunks.apply_box(manifest, patch.origin, patch.box, put.reader(blobs.get_bytes), put)
     for sid, manifest in manifests.items():
         current[sid] = ("present", put(manifest.to_bytes()), manifest.voxel_count)
-    put.wait()  # every blob is stored before a row names it
+    put.durable_before_commit(db)  # every blob is stored before a row names it, and durable before that commits
     return _persist(
         db,
         scan,
