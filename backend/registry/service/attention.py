@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from backend.core.blobstore import BlobStore
+from backend.core.blobstore_batch import blob_batch
 from backend.core.errors import NotFound
 from backend.imaging import chunks
 from backend.models import AttentionMap, Scan, ScanTask, Structure
@@ -52,9 +53,16 @@ def store_attention(
 ) -> list[AttentionMap]:
     """Replace the scan's attention maps (derived data, recomputed from predictions) and their priorities."""
     stored = []
-    for item in results:
-        manifest = chunks.build_manifest(item.mask, blobs.put_bytes)
-        digest = blobs.put_bytes(manifest.to_bytes())
+    # One batch for every map's chunks: written on the I/O threads, each folder fsynced once before the rows commit.
+    batch = blob_batch(blobs)
+    try:
+        manifests = [chunks.build_manifest(item.mask, batch.put) for item in results]
+        digests = [batch.put(manifest.to_bytes()) for manifest in manifests]
+        batch.commit()
+    except BaseException:
+        batch.abort()
+        raise
+    for item, manifest, digest in zip(results, manifests, digests, strict=True):
         voxels = manifest.voxel_count
         row = db.scalar(
             select(AttentionMap).where(AttentionMap.scan_id == scan.id, AttentionMap.structure_id == item.structure.id)
