@@ -12,13 +12,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from backend.core.blobstore_batch import BlobBatch, io_pool, start_each, wait_each
+from backend.core.blobstore_batch import BlobBatch, PooledBatch, start_each, wait_each
 from backend.core.config import get_settings
 from backend.core.errors import NotFound
 
@@ -117,7 +116,7 @@ def _fsync_folder(path: str | Path) -> None:
     _fsync_path(path, folder=True)
 
 
-class _LocalBatch:
+class _LocalBatch(PooledBatch):
     """A batch on the local store. Each blob is written on the I/O threads while the caller goes on encoding: a temp
     file, fsynced, then renamed into place (its name appears only once its content is durable, since another
     writer that finds it skips its own write); commit waits for them and then fsyncs each folder that gained a name
@@ -130,28 +129,13 @@ class _LocalBatch:
     """
 
     def __init__(self, store: LocalBlobStore) -> None:
+        super().__init__(store)
         self.store = store
-        self.new_bytes = 0
-        self._lock = threading.Lock()
         # Held by a commit from taking its writes until its fsyncs are recorded, so that a concurrent commit that
         # finds no folder left to fsync still waits for the fsyncs the first one started.
         self._commit_lock = threading.Lock()
-        self._claimed: set[str] = set()
-        self._writes: list[Future[None]] = []  # every write handed over (kept: a later commit re-raises a failure)
-        self._pending: dict[str, bytes] = {}  # handed over, not yet stored (read by a patch's later boxes)
         self._folders: set[Path] = set()  # whose entries this batch's blobs need durable, no fsync started since
         self._syncs: list[Future[None]] = []  # every folder fsync started
-
-    def put(self, data: bytes) -> str:
-        """Hand a blob over: its write starts on an I/O thread unless it was handed over already."""
-        digest = sha256_hex(data)
-        with self._lock:
-            if digest in self._claimed:
-                return digest
-            self._claimed.add(digest)
-            self._pending[digest] = data
-            self._writes.append(io_pool().submit(self._write, digest, data))
-        return digest
 
     def _write(self, digest: str, data: bytes) -> None:
         try:
@@ -163,18 +147,11 @@ class _LocalBatch:
             with self._lock:
                 self._pending.pop(digest, None)
 
-    def pending(self, digest: str) -> bytes | None:
-        """A blob handed over and still being written."""
-        with self._lock:
-            return self._pending.get(digest)
-
     def start_commit(self) -> Callable[[], None]:
         """Wait for every write (the first failure is raised; the blobs are readable now), start the fsyncs of the
         folders they were renamed into (or found in), and return the wait for those (which raises their failure)."""
         with self._commit_lock:
-            with self._lock:
-                writes = list(self._writes)
-            wait_each(writes)  # a write's folders are recorded before its future is done
+            wait_each(self._writes_so_far())  # a write's folders are recorded before its future is done
             with self._lock:
                 folders, self._folders = self._folders, set()
             self._syncs.extend(start_each(_fsync_folder, sorted(folders)))
@@ -184,12 +161,6 @@ class _LocalBatch:
     def commit(self) -> None:
         """Make every blob handed over durable, folders included."""
         self.start_commit()()
-
-    def abort(self) -> None:
-        """Wait for the writes in flight (a blob stored meanwhile stays, unreferenced, for gc)."""
-        with self._lock:
-            writes = list(self._writes)
-        wait_all(writes)
 
 
 class LocalBlobStore:

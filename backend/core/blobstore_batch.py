@@ -1,7 +1,7 @@
 """Blobs written together: a save hands its chunks to a batch and commits it before a row names them.
 
-The local store's batch (blobstore._LocalBatch) writes on the I/O threads and fsyncs each folder once per batch;
-any other store (S3) gets `_PooledBatch`, whose puts run on the same threads so that their round trips overlap.
+Any store (S3) gets `PooledBatch`, whose puts run on the I/O threads so that their round trips overlap; the local
+store's batch (blobstore._LocalBatch, a PooledBatch that also records folders) fsyncs each folder once per batch.
 """
 
 from __future__ import annotations
@@ -108,10 +108,10 @@ class BlobBatch(Protocol):
 def blob_batch(blobs: BlobStore) -> BlobBatch:
     """A batch on the store: its own when it has one (the local store's shares fsyncs), else puts on I/O threads."""
     batch = getattr(blobs, "batch", None)
-    return batch() if callable(batch) else _PooledBatch(blobs)
+    return batch() if callable(batch) else PooledBatch(blobs)
 
 
-class _PooledBatch:
+class PooledBatch:
     """A batch for any store: each blob is written by put_bytes on the I/O threads while the caller goes on (an S3
     store's round trips overlap); commit waits for all of them."""
 
